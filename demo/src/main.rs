@@ -1,0 +1,222 @@
+//! peer-demo: the program inside peer's example image — a tiny HTTP server plus the
+//! few tools the tests and users need inside a container that has no shell.
+//!
+//! It uses only the standard library (and libc for signals), so it links statically
+//! and the image is one file.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") | None => serve(),
+        Some("get") => get(&rest),
+        Some("cat") => cat(&rest),
+        Some("write") => write(&rest),
+        Some("alloc") => alloc(&rest),
+        Some("sleep") => sleep(&rest),
+        Some("echo") => {
+            println!("{}", rest.join(" "));
+            Ok(())
+        }
+        Some("mount-cgroup") => mount_cgroup(),
+        Some("exit") => return ExitCode::from(rest.first().and_then(|c| c.parse().ok()).unwrap_or(1)),
+        Some(other) => Err(format!(
+            "unknown command {other:?}; expected serve, get URL, cat FILE, write FILE TEXT, alloc MIB, sleep SECS, echo ..., mount-cgroup, exit CODE"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer-demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERMINATING.store(true, Ordering::SeqCst);
+}
+
+/// Serves HTTP/1.1 on $PORT (default 8080) until SIGTERM.
+///
+/// As PID 1 of its pid namespace the process ignores signals it has no handler for,
+/// so it installs one for SIGTERM and SIGINT and exits 0 on them.
+fn serve() -> Result<(), String> {
+    // SAFETY: `on_term` is async-signal-safe (one atomic store) and the handler
+    // pointer stays valid for the life of the process.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind port {port}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    println!("peer-demo listening on :{port}");
+    while !TERMINATING.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                std::thread::spawn(move || {
+                    let _ = handle(stream);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+    println!("peer-demo: terminating");
+    Ok(())
+}
+
+fn handle(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut keep_alive = true;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+                break;
+            }
+            if header.to_ascii_lowercase().starts_with("connection: close") {
+                keep_alive = false;
+            }
+        }
+        let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (status, body) = route(&target);
+        let conn = if keep_alive { "keep-alive" } else { "close" };
+        write!(
+            out,
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n{body}",
+            body.len()
+        )?;
+        out.flush()?;
+        if !keep_alive {
+            return Ok(());
+        }
+    }
+}
+
+fn query(target: &str, key: &str) -> Option<u64> {
+    let q = target.split_once('?')?.1;
+    q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+fn route(target: &str) -> (&'static str, String) {
+    let path = target.split('?').next().unwrap_or("/");
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    match path {
+        "/" => ("200 OK", format!("hello from {} (pid {})\n", host.trim(), std::process::id())),
+        "/healthz" if std::path::Path::new("/tmp/unhealthy").exists() => ("500 Internal Server Error", "unhealthy\n".into()),
+        "/healthz" => ("200 OK", "ok\n".into()),
+        "/ready" if std::path::Path::new("/tmp/notready").exists() => ("503 Service Unavailable", "not ready\n".into()),
+        "/ready" => ("200 OK", "ready\n".into()),
+        "/burn" => {
+            let ms = query(target, "ms").unwrap_or(100);
+            let end = Instant::now() + Duration::from_millis(ms);
+            let mut x: u64 = 1;
+            while Instant::now() < end {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            ("200 OK", format!("burned {ms} ms ({x})\n"))
+        }
+        "/alloc" => {
+            let mib = query(target, "mib").unwrap_or(1);
+            let kept = touch(mib);
+            ("200 OK", format!("allocated {} MiB\n", kept.len() >> 20))
+        }
+        "/exit" => std::process::exit(query(target, "code").unwrap_or(1) as i32),
+        _ => ("404 Not Found", "not found\n".into()),
+    }
+}
+
+/// Allocates `mib` MiB and writes every page so the memory is really charged.
+fn touch(mib: u64) -> Vec<u8> {
+    let mut v = vec![0u8; (mib as usize) << 20];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    v
+}
+
+fn get(args: &[&str]) -> Result<(), String> {
+    let url = args.first().ok_or("usage: get http://HOST:PORT/PATH")?;
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let mut s = TcpStream::connect(&hostport).map_err(|e| format!("connect {hostport}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {hostport}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    print!("{body}");
+    let ok = head.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{}", head.lines().next().unwrap_or("no response")))
+    }
+}
+
+fn cat(args: &[&str]) -> Result<(), String> {
+    for f in args {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+        print!("{text}");
+    }
+    Ok(())
+}
+
+fn write(args: &[&str]) -> Result<(), String> {
+    let [file, text] = args else { return Err("usage: write FILE TEXT".into()) };
+    std::fs::write(file, text).map_err(|e| format!("{file}: {e}"))
+}
+
+fn alloc(args: &[&str]) -> Result<(), String> {
+    let mib: u64 = args.first().and_then(|m| m.parse().ok()).ok_or("usage: alloc MIB")?;
+    let kept = touch(mib);
+    println!("allocated {} MiB", kept.len() >> 20);
+    std::thread::sleep(Duration::from_secs(3600));
+    Ok(())
+}
+
+fn sleep(args: &[&str]) -> Result<(), String> {
+    let secs: u64 = args.first().and_then(|m| m.parse().ok()).unwrap_or(3600);
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(())
+}
+
+/// Tries to mount a cgroup v1 memory hierarchy (and then cgroup2) at /tmp/cg; a
+/// container without CAP_SYS_ADMIN must fail.
+fn mount_cgroup() -> Result<(), String> {
+    std::fs::create_dir_all("/tmp/cg").map_err(|e| e.to_string())?;
+    for (fstype, data) in [("cgroup", "memory"), ("cgroup2", "")] {
+        let src = std::ffi::CString::new("cgroup").expect("no NUL in a literal");
+        let target = std::ffi::CString::new("/tmp/cg").expect("no NUL in a literal");
+        let fs = std::ffi::CString::new(fstype).expect("no NUL in a literal");
+        let data = std::ffi::CString::new(data).expect("no NUL in a literal");
+        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, data.as_ptr().cast()) };
+        if rc == 0 {
+            println!("mounted {fstype}");
+            return Ok(());
+        }
+        eprintln!("mount {fstype}: {}", std::io::Error::last_os_error());
+    }
+    Err("could not mount any cgroup filesystem".into())
+}

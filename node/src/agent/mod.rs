@@ -1,0 +1,199 @@
+//! The agent: one `select!` loop that owns the node's state and drives the reconciler.
+//!
+//! Inputs are a closed [`Input`] enum (API requests, folder changes, container exits,
+//! results of executor tasks, timers, shutdown). After each input the loop runs the pure
+//! [`reconcile`](crate::reconcile::reconcile) and hands the actions to the executor
+//! (`pods.rs`), whose slow work (creating, stopping containers) runs in tasks that
+//! report back as inputs. Only this loop mutates state.
+
+mod events;
+mod pods;
+mod queries;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use runtime::image::ImageStore;
+use runtime::{ExitEvent, Runtime, RuntimeConfig};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+pub use self::events::EventLog;
+use self::pods::TaskResult;
+use crate::api::{Request, Response};
+use crate::folder::{Folder, Level};
+use crate::reconcile::{self, ObservedPod};
+use crate::store::Store;
+
+/// Node-wide defaults for containers that declare no limits (like a Kubernetes LimitRange).
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultLimits {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub specs_dir: PathBuf,
+    pub socket: PathBuf,
+    pub cgroup_parent: String,
+    pub default_limits: DefaultLimits,
+    /// Container log files are rotated past this size, keeping `log_keep` old ones.
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+}
+
+/// Everything that can wake the agent.
+pub enum Input {
+    Api(Request, oneshot::Sender<Response>),
+    FolderChanged,
+    Exit(ExitEvent),
+    Task(TaskResult),
+    Tick,
+    Shutdown,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    store: Store,
+    folder: Folder,
+    pods: BTreeMap<String, ObservedPod>,
+    runtime: Arc<Runtime>,
+    images: Arc<ImageStore>,
+    events: EventLog,
+    tasks: mpsc::UnboundedSender<TaskResult>,
+    /// Executor tasks in flight; owned here so none is detached.
+    jobs: JoinSet<()>,
+}
+
+/// Milliseconds since the Unix epoch: for display, ages and back-off deadlines only,
+/// never to order writes.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let exe = std::env::current_exe().context("finding the peer executable for the runtime helper")?;
+    let runtime = Runtime::new(RuntimeConfig {
+        root: cfg.data_dir.join("runtime"),
+        helper_exe: exe,
+        helper_args: vec![crate::RUNTIME_HELPER_ARG.to_owned()],
+        cgroup_parent: cfg.cgroup_parent.clone(),
+    })
+    .context("starting the container runtime")?;
+    let runtime = Arc::new(runtime);
+    let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images")).context("opening the image store")?);
+    let mut exits = runtime.exits();
+
+    let store = Store::open(&cfg.data_dir.join("desired.json"))?;
+    let folder = Folder::open(&cfg.specs_dir, &cfg.data_dir.join("folder.json"))?;
+    let (task_tx, mut task_rx) = mpsc::unbounded_channel();
+    let (input_tx, mut input_rx) = mpsc::unbounded_channel::<Input>();
+
+    let mut agent = Agent {
+        cfg: cfg.clone(),
+        store,
+        folder,
+        pods: BTreeMap::new(),
+        runtime: runtime.clone(),
+        images,
+        events: EventLog::new(1000),
+        tasks: task_tx,
+        jobs: JoinSet::new(),
+    };
+    agent.adopt().await;
+
+    let _watcher = crate::watch::watch(&cfg.specs_dir, input_tx.clone())?;
+    let server = crate::server::serve(&cfg.socket, input_tx.clone()).await?;
+    tracing::info!(data = %cfg.data_dir.display(), specs = %cfg.specs_dir.display(), socket = %cfg.socket.display(), "peer agent up");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    agent.sync_folder();
+    let mut wake = agent.reconcile();
+    loop {
+        let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)));
+        let input = tokio::select! {
+            Some(i) = input_rx.recv() => i,
+            Some(e) = exits.recv() => Input::Exit(e),
+            Some(t) = task_rx.recv() => Input::Task(t),
+            _ = tick.tick() => Input::Tick,
+            _ = sleep => Input::Tick,
+            _ = sigterm.recv() => Input::Shutdown,
+            _ = tokio::signal::ctrl_c() => Input::Shutdown,
+        };
+        match input {
+            Input::Api(req, reply) => {
+                let resp = agent.handle_api(req);
+                let _ = reply.send(resp);
+            }
+            Input::FolderChanged => agent.sync_folder(),
+            Input::Exit(e) => agent.handle_exit(e),
+            Input::Task(t) => agent.handle_task(t),
+            Input::Tick => {
+                while agent.jobs.try_join_next().is_some() {}
+                agent.sync_folder();
+                agent.rotate_logs();
+            }
+            Input::Shutdown => break,
+        }
+        wake = agent.reconcile();
+    }
+    // Containers keep running when the agent stops: a restarted agent adopts them.
+    // Executor tasks in flight finish first so no create is cut in half.
+    server.abort();
+    while agent.jobs.join_next().await.is_some() {}
+    tracing::info!("peer agent stopped; containers keep running");
+    Ok(())
+}
+
+impl Agent {
+    fn sync_folder(&mut self) {
+        let outcome = self.folder.sync(&mut self.store);
+        for (level, msg) in outcome.messages {
+            match level {
+                Level::Info => tracing::info!("{msg}"),
+                Level::Warning => {
+                    tracing::warn!("{msg}");
+                    self.events.warning("specs", "SpecWarning", &msg);
+                }
+                Level::Error => {
+                    tracing::error!("{msg}");
+                    self.events.warning("specs", "InvalidSpec", &msg);
+                }
+            }
+        }
+    }
+
+    /// Runs the reconciler and starts its actions; returns when to run it again.
+    fn reconcile(&mut self) -> Option<tokio::time::Instant> {
+        let desired = reconcile::desired_pods(self.store.workloads());
+        let now = now_ms();
+        let plan = reconcile::reconcile(&desired, &self.pods, now);
+        for action in plan.actions {
+            self.execute(action);
+        }
+        plan.wake_at_ms.map(|at| tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    fn rotate_logs(&self) {
+        for pod in self.pods.values() {
+            for (name, c) in &pod.containers {
+                let path = self.log_path(&pod.namespace, &pod.name, name, c.restart_count);
+                if let Err(e) = runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes, self.cfg.log_keep) {
+                    tracing::warn!(path = %path.display(), "rotating log: {e}");
+                }
+            }
+        }
+    }
+}

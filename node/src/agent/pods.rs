@@ -1,0 +1,421 @@
+//! The executor: carries out the reconciler's actions on the runtime and keeps the
+//! observed pods (persisted per pod under `pods/`) in step with what happened.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::spec::Container;
+use runtime::image::ImageStore;
+use runtime::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Runtime};
+
+use super::{now_ms, Agent, DefaultLimits};
+use crate::reconcile::{self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated};
+use crate::store::write_atomic;
+
+/// What a finished executor task reports to the agent loop.
+#[derive(Debug)]
+pub enum TaskResult {
+    Started { pod: String, container: String, pid: i32, start_time: u64 },
+    StartFailed { pod: String, container: String, reason: String, message: String },
+    PodRemoved { pod: String },
+}
+
+/// The runtime's id of a container: `<namespace>_<pod>_<container>` (Kubernetes names
+/// never contain `_`, so this is unambiguous and passes libcontainer's id check).
+pub fn container_id(namespace: &str, pod: &str, container: &str) -> String {
+    format!("{namespace}_{pod}_{container}")
+}
+
+/// The id of a pod's sandbox (its network namespace).
+pub fn sandbox_id(namespace: &str, pod: &str) -> String {
+    format!("{namespace}_{pod}")
+}
+
+/// Limits a container runs with: its own, or the node's defaults where it sets none.
+pub fn limits_for(c: &Container, defaults: DefaultLimits) -> Limits {
+    let cpu = c.resources.limits.cpu_millis.unwrap_or(defaults.cpu_millis);
+    let mem = c.resources.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
+    Limits {
+        // A request above the default limit raises the limit to the request, as a
+        // LimitRange would refuse the pod otherwise.
+        cpu_millis: Some(cpu.max(c.resources.requests.cpu_millis.unwrap_or(0))),
+        memory_bytes: Some(mem.max(c.resources.requests.memory_bytes.unwrap_or(0))),
+        pids: None,
+    }
+}
+
+/// Everything a task needs to start one container, cloned out of the agent.
+struct StartJob {
+    runtime: Arc<Runtime>,
+    images: Arc<ImageStore>,
+    pod_key: String,
+    sandbox: String,
+    host_network: bool,
+    specs: Vec<(String, String, ContainerSpec)>, // (container name, image, spec)
+}
+
+impl StartJob {
+    async fn run(self, tx: tokio::sync::mpsc::UnboundedSender<super::TaskResult>) {
+        let netns = if self.host_network {
+            Ok(None)
+        } else {
+            self.runtime.ensure_pod_netns(&self.sandbox).await.map(Some)
+        };
+        for (name, image, mut spec) in self.specs {
+            let result = match &netns {
+                Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network namespace: {e}"))),
+                Ok(ns) => {
+                    spec.network = ns.clone().map_or(Network::Host, Network::Namespace);
+                    start_one(&self.runtime, &self.images, &image, &spec).await
+                }
+            };
+            let msg = match result {
+                Ok((pid, start_time)) => TaskResult::Started { pod: self.pod_key.clone(), container: name, pid, start_time },
+                Err((reason, message)) => {
+                    TaskResult::StartFailed { pod: self.pod_key.clone(), container: name, reason, message }
+                }
+            };
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+async fn start_one(
+    runtime: &Runtime,
+    images: &ImageStore,
+    image: &str,
+    spec: &ContainerSpec,
+) -> Result<(i32, u64), (String, String)> {
+    let resolved = match images.resolve(image) {
+        Ok(r) => r,
+        Err(e) => return Err(("ImagePullBackOff".to_owned(), format!("{e} (import it with `peer image import`)"))),
+    };
+    // A leftover container of the same id (previous run, or a crash mid-create) goes first.
+    if let Err(e) = runtime.remove_container(&spec.id).await {
+        return Err(("CreateContainerError".to_owned(), format!("removing old container {}: {e}", spec.id)));
+    }
+    match runtime.run_container(spec, &resolved).await {
+        Ok(started) => Ok((started.pid, started.start_time)),
+        Err(e) => Err(("CreateContainerError".to_owned(), e.to_string())),
+    }
+}
+
+impl Agent {
+    pub(super) fn log_path(&self, namespace: &str, pod: &str, container: &str, restart: u32) -> PathBuf {
+        self.cfg.data_dir.join("logs").join(sandbox_id(namespace, pod)).join(container).join(format!("{restart}.log"))
+    }
+
+    fn record_path(&self, key: &str) -> PathBuf {
+        self.cfg.data_dir.join("pods").join(format!("{}.json", key.replace('/', "_")))
+    }
+
+    /// Writes a pod's record so a restarted agent can adopt its containers.
+    fn persist(&self, key: &str) {
+        let path = self.record_path(key);
+        let result = match self.pods.get(key) {
+            Some(pod) => serde_json::to_vec_pretty(pod)
+                .map_err(std::io::Error::other)
+                .and_then(|b| write_atomic(&path, &b)),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        if let Err(e) = result {
+            tracing::error!(pod = key, "persisting pod record {}: {e}", path.display());
+        }
+    }
+
+    fn spec_for(&mut self, pod: &ObservedPod, c: &Container) -> ContainerSpec {
+        if c.resources.limits.cpu_millis.is_none() || c.resources.limits.memory_bytes.is_none() {
+            let msg = format!(
+                "container {} declares no cpu or memory limit; the node's defaults apply (cpu {}m, memory {} bytes)",
+                c.name, self.cfg.default_limits.cpu_millis, self.cfg.default_limits.memory_bytes
+            );
+            tracing::warn!(pod = %pod.name, "{msg}");
+            self.events.warning(&format!("pod/{}", pod.name), "DefaultLimits", &msg);
+        }
+        let restart = pod.containers.get(&c.name).map_or(0, |o| o.restart_count);
+        ContainerSpec {
+            id: container_id(&pod.namespace, &pod.name, &c.name),
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+            working_dir: c.working_dir.clone(),
+            hostname: pod.name.chars().take(63).collect(),
+            limits: limits_for(c, self.cfg.default_limits),
+            network: Network::Host,
+            log_path: self.log_path(&pod.namespace, &pod.name, &c.name, restart),
+        }
+    }
+
+    fn spawn_start(&mut self, key: &str, only: Option<&str>) {
+        let Some(pod) = self.pods.get(key).cloned() else { return };
+        let mut specs = Vec::new();
+        for c in &pod.template.containers {
+            if only.is_none_or(|o| o == c.name) {
+                let spec = self.spec_for(&pod, c);
+                specs.push((c.name.clone(), c.image.clone(), spec));
+            }
+        }
+        let job = StartJob {
+            runtime: self.runtime.clone(),
+            images: self.images.clone(),
+            pod_key: key.to_owned(),
+            sandbox: sandbox_id(&pod.namespace, &pod.name),
+            host_network: pod.template.host_network,
+            specs,
+        };
+        let tx = self.tasks.clone();
+        self.jobs.spawn(job.run(tx));
+    }
+
+    pub(super) fn execute(&mut self, action: Action) {
+        match action {
+            Action::CreatePod(d) => self.create_pod(d),
+            Action::StartContainer { pod, container } => {
+                let Some(p) = self.pods.get_mut(&pod) else { return };
+                let Some(c) = p.containers.get_mut(&container) else { return };
+                if let ContainerState::Terminated(t) = &c.state {
+                    c.last_termination = Some(t.clone());
+                    c.restart_count += 1;
+                }
+                c.failures += 1;
+                c.state = ContainerState::Creating;
+                self.events.normal(&format!("pod/{}", p.name), "Restarting", &format!("restarting container {container}"));
+                self.persist(&pod);
+                self.spawn_start(&pod, Some(&container));
+            }
+            Action::DeletePod { pod, grace } => self.delete_pod(&pod, grace),
+        }
+    }
+
+    fn create_pod(&mut self, d: DesiredPod) {
+        let key = reconcile::pod_key(&d.namespace, &d.name);
+        let containers = d
+            .template
+            .containers
+            .iter()
+            .map(|c| {
+                let obs = ObservedContainer { state: ContainerState::Creating, restart_count: 0, failures: 0, last_termination: None };
+                (c.name.clone(), obs)
+            })
+            .collect();
+        let pod = ObservedPod {
+            namespace: d.namespace,
+            name: d.name,
+            workload: d.workload,
+            revision: d.revision,
+            template: d.template,
+            deleting: false,
+            created_at_ms: now_ms(),
+            containers,
+        };
+        self.events.normal(&format!("pod/{}", pod.name), "Scheduled", &format!("assigned to this node for {}", pod.workload));
+        self.pods.insert(key.clone(), pod);
+        self.persist(&key);
+        self.spawn_start(&key, None);
+    }
+
+    fn delete_pod(&mut self, key: &str, grace: Duration) {
+        let Some(pod) = self.pods.get_mut(key) else { return };
+        pod.deleting = true;
+        for c in pod.containers.values_mut() {
+            if matches!(c.state, ContainerState::Running { .. } | ContainerState::Creating) {
+                c.state = ContainerState::Stopping;
+            }
+        }
+        let ids: Vec<String> = pod.containers.keys().map(|c| container_id(&pod.namespace, &pod.name, c)).collect();
+        let sandbox = sandbox_id(&pod.namespace, &pod.name);
+        self.events.normal(&format!("pod/{}", pod.name), "Killing", &format!("stopping pod (grace {}s)", grace.as_secs()));
+        self.persist(key);
+        let rt = self.runtime.clone();
+        let tx = self.tasks.clone();
+        let key = key.to_owned();
+        self.jobs.spawn(async move {
+            // Containers of a pod stop together, each with the full grace period.
+            let mut stops = tokio::task::JoinSet::new();
+            for id in ids.clone() {
+                let rt = rt.clone();
+                stops.spawn(async move {
+                    if let Err(e) = rt.stop_container(&id, grace).await {
+                        tracing::warn!(container = %id, "stopping: {e}");
+                    }
+                });
+            }
+            while stops.join_next().await.is_some() {}
+            for id in &ids {
+                if let Err(e) = rt.remove_container(id).await {
+                    tracing::warn!(container = %id, "removing: {e}");
+                }
+            }
+            if let Err(e) = rt.remove_pod_netns(&sandbox).await {
+                tracing::warn!(sandbox = %sandbox, "removing network namespace: {e}");
+            }
+            let _ = tx.send(TaskResult::PodRemoved { pod: key });
+        });
+    }
+
+    pub(super) fn handle_task(&mut self, t: TaskResult) {
+        match t {
+            TaskResult::Started { pod, container, pid, start_time } => {
+                let Some(p) = self.pods.get_mut(&pod) else { return };
+                let id = container_id(&p.namespace, &p.name, &container);
+                // Watch even when the pod is being deleted, so the exit is reaped.
+                self.runtime.watch(&id, pid, start_time);
+                let Some(c) = p.containers.get_mut(&container) else { return };
+                if matches!(c.state, ContainerState::Creating) {
+                    c.state = ContainerState::Running { pid, start_time, started_at_ms: now_ms() };
+                    self.events.normal(&format!("pod/{}", p.name), "Started", &format!("started container {container} (pid {pid})"));
+                }
+                self.persist(&pod);
+            }
+            TaskResult::StartFailed { pod, container, reason, message } => {
+                let Some(p) = self.pods.get_mut(&pod) else { return };
+                let Some(c) = p.containers.get_mut(&container) else { return };
+                if !matches!(c.state, ContainerState::Creating) {
+                    return;
+                }
+                c.failures += 1;
+                let delay = reconcile::backoff(c.failures).max(Duration::from_secs(1));
+                c.state = ContainerState::Waiting { reason: reason.clone(), message: message.clone(), retry_at_ms: now_ms() + delay.as_millis() as u64 };
+                tracing::warn!(pod = %pod, container = %container, "{reason}: {message}");
+                self.events.warning(&format!("pod/{}", p.name), &reason, &message);
+                self.persist(&pod);
+            }
+            TaskResult::PodRemoved { pod } => {
+                if let Some(p) = self.pods.remove(&pod) {
+                    let logs = self.cfg.data_dir.join("logs").join(sandbox_id(&p.namespace, &p.name));
+                    let _ = std::fs::remove_dir_all(logs);
+                    self.events.normal(&format!("pod/{}", p.name), "Deleted", "pod removed");
+                }
+                self.persist(&pod);
+            }
+        }
+    }
+
+    pub(super) fn handle_exit(&mut self, e: ExitEvent) {
+        let found = self.pods.iter_mut().find_map(|(key, p)| {
+            let name = p.containers.iter().find_map(|(n, c)| match c.state {
+                ContainerState::Running { pid, .. } if pid == e.pid && container_id(&p.namespace, &p.name, n) == e.id => Some(n.clone()),
+                _ => None,
+            })?;
+            Some((key.clone(), name))
+        });
+        let Some((key, name)) = found else {
+            tracing::debug!(id = %e.id, pid = e.pid, "exit of a container no longer tracked");
+            return;
+        };
+        let now = now_ms();
+        let Some(pod) = self.pods.get_mut(&key) else { return };
+        let Some(c) = pod.containers.get_mut(&name) else { return };
+        let ContainerState::Running { started_at_ms, .. } = c.state else { return };
+        let reason = if e.oom_killed {
+            "OOMKilled"
+        } else {
+            match e.exit_code {
+                Some(0) => "Completed",
+                Some(_) => "Error",
+                None if e.signal.is_some() => "Error",
+                None => "Unknown",
+            }
+        };
+        if now.saturating_sub(started_at_ms) >= reconcile::BACKOFF_RESET.as_millis() as u64 {
+            c.failures = 0;
+        }
+        let exit_code = e.exit_code.or(e.signal.map(|s| 128 + s));
+        c.state = ContainerState::Terminated(Terminated {
+            exit_code,
+            signal: e.signal,
+            reason: reason.to_owned(),
+            started_at_ms,
+            finished_at_ms: now,
+        });
+        let msg = format!("container {name} exited (code {exit_code:?}, reason {reason})");
+        tracing::info!(pod = %key, "{msg}");
+        if reason == "Completed" {
+            self.events.normal(&format!("pod/{}", pod.name), reason, &msg);
+        } else {
+            self.events.warning(&format!("pod/{}", pod.name), reason, &msg);
+        }
+        self.persist(&key);
+    }
+
+    /// After a start: take back the pods of the previous run from their records.
+    ///
+    /// A container still running with the same pid and process start time is adopted
+    /// as it is (no restart, no duplicate); one that died meanwhile is marked
+    /// terminated with an unknown exit code and restarted by the reconciler. Containers
+    /// the runtime holds that no record names are removed.
+    pub(super) async fn adopt(&mut self) {
+        let dir = self.cfg.data_dir.join("pods");
+        let mut records: BTreeMap<String, ObservedPod> = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match std::fs::read(&path).map(|b| serde_json::from_slice::<ObservedPod>(&b)) {
+                    Ok(Ok(pod)) => {
+                        records.insert(reconcile::pod_key(&pod.namespace, &pod.name), pod);
+                    }
+                    Ok(Err(e)) => tracing::warn!(path = %path.display(), "ignoring unreadable pod record: {e}"),
+                    Err(e) => tracing::warn!(path = %path.display(), "reading pod record: {e}"),
+                }
+            }
+        }
+        let now = now_ms();
+        let mut known = std::collections::BTreeSet::new();
+        for (key, pod) in records.iter_mut() {
+            // An interrupted stop is decided again by the reconciler.
+            pod.deleting = false;
+            for (name, c) in pod.containers.iter_mut() {
+                let id = container_id(&pod.namespace, &pod.name, name);
+                known.insert(id.clone());
+                let status = self.runtime.inspect(&id);
+                match (&c.state, status) {
+                    (ContainerState::Running { pid, start_time, .. }, Ok(ContainerStatus::Running { pid: p, start_time: s }))
+                        if *pid == p && *start_time == s =>
+                    {
+                        self.runtime.watch(&id, p, s);
+                        tracing::info!(pod = %key, container = %name, pid = p, "adopted running container");
+                    }
+                    (ContainerState::Waiting { .. } | ContainerState::Terminated(_), _) => {}
+                    (state, _) => {
+                        let started_at_ms = match state {
+                            ContainerState::Running { started_at_ms, .. } => *started_at_ms,
+                            _ => now,
+                        };
+                        c.state = ContainerState::Terminated(Terminated {
+                            exit_code: None,
+                            signal: None,
+                            reason: "Unknown".to_owned(),
+                            started_at_ms,
+                            finished_at_ms: now,
+                        });
+                        tracing::info!(pod = %key, container = %name, "container is gone since the agent last ran; it will be restarted");
+                    }
+                }
+            }
+        }
+        self.pods = records;
+        for key in self.pods.keys().cloned().collect::<Vec<_>>() {
+            self.persist(&key);
+        }
+        match self.runtime.list_containers() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !known.contains(id)) {
+                    tracing::info!(container = %id, "removing a container no pod record names");
+                    let rt = self.runtime.clone();
+                    self.jobs.spawn(async move {
+                        let _ = rt.stop_container(&id, Duration::from_secs(1)).await;
+                        if let Err(e) = rt.remove_container(&id).await {
+                            tracing::warn!(container = %id, "removing orphan: {e}");
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::warn!("listing runtime containers: {e}"),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Answers to the local API: tables, descriptions, and writes from `peer apply`/`delete`.
+
+use protocol::spec::{Kind, ObjectKey};
+use serde_json::json;
+
+use super::pods::container_id;
+use super::{now_ms, Agent};
+use crate::api::{DeploymentRow, ExecTarget, LogTarget, PodRow, Request, Response};
+use crate::manifest::{self, DocResult};
+use crate::reconcile::{self, ContainerState, ObservedPod};
+use crate::store::Source;
+
+/// The STATUS column of `peer get pods`, as kubectl shows it.
+pub fn pod_status(pod: &ObservedPod, now: u64) -> String {
+    if pod.deleting {
+        return "Terminating".into();
+    }
+    for c in pod.containers.values() {
+        match &c.state {
+            ContainerState::Waiting { reason, .. } => return reason.clone(),
+            ContainerState::Creating => return "ContainerCreating".into(),
+            ContainerState::Terminated(_) => {
+                if reconcile::restart_due_ms(pod.template.restart_policy, c).is_some_and(|due| due > now) {
+                    return "CrashLoopBackOff".into();
+                }
+            }
+            _ => {}
+        }
+    }
+    reconcile::pod_phase(pod).into()
+}
+
+fn ready_count(pod: &ObservedPod) -> usize {
+    pod.containers.values().filter(|c| matches!(c.state, ContainerState::Running { .. })).count()
+}
+
+fn ok(data: impl serde::Serialize) -> Response {
+    match serde_json::to_value(data) {
+        Ok(data) => Response::Ok { data },
+        Err(e) => Response::Error { message: format!("encoding the answer: {e}") },
+    }
+}
+
+fn err(message: impl Into<String>) -> Response {
+    Response::Error { message: message.into() }
+}
+
+/// `deployment`, `deployments`, `deploy`, `pod`, `pods`, `po` (kubectl's spellings).
+pub fn parse_kind(kind: &str) -> Option<Kind> {
+    match kind.to_ascii_lowercase().as_str() {
+        "deployment" | "deployments" | "deploy" => Some(Kind::Deployment),
+        "pod" | "pods" | "po" => Some(Kind::Pod),
+        _ => None,
+    }
+}
+
+impl Agent {
+    pub(super) fn handle_api(&mut self, req: Request) -> Response {
+        let now = now_ms();
+        match req {
+            Request::GetPods => {
+                let rows: Vec<PodRow> = self
+                    .pods
+                    .values()
+                    .map(|p| PodRow {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        ready: format!("{}/{}", ready_count(p), p.containers.len()),
+                        status: pod_status(p, now),
+                        restarts: p.containers.values().map(|c| c.restart_count).sum(),
+                        age_secs: now.saturating_sub(p.created_at_ms) / 1000,
+                        workload: p.workload.to_string(),
+                    })
+                    .collect();
+                ok(rows)
+            }
+            Request::GetDeployments => {
+                let rows: Vec<DeploymentRow> = self
+                    .store
+                    .iter()
+                    .filter(|s| s.workload.key.kind == Kind::Deployment)
+                    .map(|s| {
+                        let w = &s.workload;
+                        let rev = w.template.revision_hash();
+                        let mine = self.pods.values().filter(|p| p.workload == w.key && !p.deleting);
+                        let (mut ready, mut current) = (0, 0);
+                        for p in mine {
+                            if p.revision == rev {
+                                current += 1;
+                                if ready_count(p) == p.containers.len() {
+                                    ready += 1;
+                                }
+                            }
+                        }
+                        let source = match &s.source {
+                            Source::File(f) => f.clone(),
+                            Source::Api(f) => format!("apply {f}"),
+                        };
+                        DeploymentRow {
+                            namespace: w.key.namespace.clone(),
+                            name: w.key.name.clone(),
+                            ready,
+                            desired: w.replicas,
+                            up_to_date: current,
+                            source,
+                        }
+                    })
+                    .collect();
+                ok(rows)
+            }
+            Request::GetEvents => ok(self.events.all().collect::<Vec<_>>()),
+            Request::DescribePod { namespace, name } => {
+                let Some(pod) = self.pods.get(&reconcile::pod_key(&namespace, &name)) else {
+                    return err(format!("pod {namespace}/{name} not found"));
+                };
+                let containers: Vec<_> = pod
+                    .template
+                    .containers
+                    .iter()
+                    .map(|c| {
+                        let obs = pod.containers.get(&c.name);
+                        json!({
+                            "name": c.name,
+                            "id": container_id(&pod.namespace, &pod.name, &c.name),
+                            "image": c.image,
+                            "state": obs.map(|o| &o.state),
+                            "restartCount": obs.map_or(0, |o| o.restart_count),
+                            "lastState": obs.and_then(|o| o.last_termination.as_ref()),
+                            "requests": c.resources.requests,
+                            "limits": super::pods::limits_for(c, self.cfg.default_limits),
+                            "limitsDefaulted": c.resources.limits.cpu_millis.is_none() || c.resources.limits.memory_bytes.is_none(),
+                        })
+                    })
+                    .collect();
+                let object = format!("pod/{}", pod.name);
+                ok(json!({
+                    "namespace": pod.namespace,
+                    "name": pod.name,
+                    "status": pod_status(pod, now),
+                    "phase": reconcile::pod_phase(pod),
+                    "controlledBy": pod.workload.to_string(),
+                    "revision": pod.revision,
+                    "createdAtMs": pod.created_at_ms,
+                    "labels": pod.template.labels,
+                    "restartPolicy": pod.template.restart_policy,
+                    "hostNetwork": pod.template.host_network,
+                    "containers": containers,
+                    "events": self.events.for_object(&object).collect::<Vec<_>>(),
+                }))
+            }
+            Request::LogPath { namespace, pod, container, previous } => {
+                let Some(p) = self.pods.get(&reconcile::pod_key(&namespace, &pod)) else {
+                    return err(format!("pod {namespace}/{pod} not found"));
+                };
+                let Some((name, c)) = pick_container(p, container.as_deref()) else {
+                    return err(format!("container {container:?} not found in pod {namespace}/{pod}"));
+                };
+                let restart = if previous {
+                    match c.restart_count.checked_sub(1) {
+                        Some(r) => r,
+                        None => return err(format!("previous terminated container {name} in pod {pod} not found")),
+                    }
+                } else {
+                    c.restart_count
+                };
+                let running = !previous && matches!(c.state, ContainerState::Running { .. });
+                ok(LogTarget { path: self.log_path(&p.namespace, &p.name, name, restart), running })
+            }
+            Request::ExecTarget { namespace, pod, container } => {
+                let Some(p) = self.pods.get(&reconcile::pod_key(&namespace, &pod)) else {
+                    return err(format!("pod {namespace}/{pod} not found"));
+                };
+                let Some((name, c)) = pick_container(p, container.as_deref()) else {
+                    return err(format!("container {container:?} not found in pod {namespace}/{pod}"));
+                };
+                if !matches!(c.state, ContainerState::Running { .. }) {
+                    return err(format!("container {name} in pod {pod} is not running"));
+                }
+                ok(ExecTarget {
+                    runtime_root: self.cfg.data_dir.join("runtime"),
+                    container_id: container_id(&p.namespace, &p.name, name),
+                })
+            }
+            Request::Apply { files } => self.apply_files(files),
+            Request::DeleteFiles { files } => {
+                let mut keys = Vec::new();
+                let mut errors = Vec::new();
+                for (name, text) in &files {
+                    let parsed = manifest::parse_file(name, text);
+                    if let Some(e) = parsed.syntax_error {
+                        errors.push(e.to_string());
+                    }
+                    for doc in parsed.documents {
+                        match doc {
+                            DocResult::Object { workload, .. } => keys.push(workload.key),
+                            DocResult::Invalid { key: Some(key), .. } => keys.push(key),
+                            DocResult::Invalid { key: None, error } => errors.push(error.to_string()),
+                            DocResult::Ignored { .. } => {}
+                        }
+                    }
+                }
+                self.delete_keys(keys, errors)
+            }
+            Request::Delete { kind, namespace, name } => {
+                let Some(kind) = parse_kind(&kind) else {
+                    return err(format!("unknown kind {kind:?}; expected deployment or pod"));
+                };
+                self.delete_keys(vec![ObjectKey { kind, namespace, name }], vec![])
+            }
+        }
+    }
+
+    fn apply_files(&mut self, files: Vec<(String, String)>) -> Response {
+        let (mut applied, mut unchanged, mut warnings, mut errors) = (vec![], vec![], vec![], vec![]);
+        for (name, text) in &files {
+            let parsed = manifest::parse_file(name, text);
+            if let Some(e) = parsed.syntax_error {
+                errors.push(e.to_string());
+                continue;
+            }
+            for doc in parsed.documents {
+                match doc {
+                    DocResult::Object { workload, warnings: w } => {
+                        warnings.extend(w.iter().map(|w| w.to_string()));
+                        let key = workload.key.to_string();
+                        match self.store.put(workload, Source::Api(name.clone())) {
+                            Ok(true) => applied.push(key),
+                            Ok(false) => unchanged.push(key),
+                            Err(e) => errors.push(format!("{name}: storing {key}: {e:#}")),
+                        }
+                    }
+                    DocResult::Ignored { warning, .. } => warnings.push(warning.to_string()),
+                    DocResult::Invalid { error, .. } => errors.push(error.to_string()),
+                }
+            }
+        }
+        for w in &warnings {
+            self.events.warning("specs", "SpecWarning", w);
+        }
+        ok(json!({ "applied": applied, "unchanged": unchanged, "warnings": warnings, "errors": errors }))
+    }
+
+    fn delete_keys(&mut self, keys: Vec<ObjectKey>, mut errors: Vec<String>) -> Response {
+        let mut deleted = vec![];
+        for key in keys {
+            match self.store.remove(&key) {
+                Ok(true) => deleted.push(key.to_string()),
+                Ok(false) => errors.push(format!("{key} not found")),
+                Err(e) => errors.push(format!("deleting {key}: {e:#}")),
+            }
+        }
+        ok(json!({ "deleted": deleted, "errors": errors }))
+    }
+}
+
+/// The named container, or the pod's first one when no name is given.
+fn pick_container<'a>(
+    pod: &'a ObservedPod,
+    name: Option<&str>,
+) -> Option<(&'a String, &'a reconcile::ObservedContainer)> {
+    match name {
+        Some(n) => pod.containers.get_key_value(n),
+        None => {
+            let first = pod.template.containers.first()?;
+            pod.containers.get_key_value(&first.name)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The local API between the `peer` CLI and its agent: JSON lines over a Unix socket.
+//!
+//! API boundary: one request per connection, one JSON object per line. The agent
+//! answers with one `Response`; `logs --follow` answers with `Chunk`s until the
+//! client hangs up. The socket is created mode 0600, so only root can use it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request line the agent reads (a big `peer apply` of many files fits).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Pods as table rows.
+    GetPods,
+    GetDeployments,
+    GetEvents,
+    /// Full detail of one pod.
+    DescribePod { namespace: String, name: String },
+    /// Log file location of a container (current or previous instance).
+    LogPath { namespace: String, pod: String, container: Option<String>, previous: bool },
+    /// Where a running container lives, for `peer exec` (which runs in the CLI process).
+    ExecTarget { namespace: String, pod: String, container: Option<String> },
+    /// Files given to `peer apply -f`: (name for messages, content).
+    Apply { files: Vec<(String, String)> },
+    /// Files given to `peer delete -f`: every object they name is deleted.
+    DeleteFiles { files: Vec<(String, String)> },
+    /// `peer delete KIND NAME`.
+    Delete { kind: String, namespace: String, name: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok { data: serde_json::Value },
+    Error { message: String },
+}
+
+/// Answer to [`Request::LogPath`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogTarget {
+    pub path: PathBuf,
+    pub running: bool,
+}
+
+/// Answer to [`Request::ExecTarget`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecTarget {
+    pub runtime_root: PathBuf,
+    pub container_id: String,
+}
+
+/// A row of `peer get pods`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRow {
+    pub namespace: String,
+    pub name: String,
+    pub ready: String,
+    pub status: String,
+    pub restarts: u32,
+    pub age_secs: u64,
+    pub workload: String,
+}
+
+/// A row of `peer get deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentRow {
+    pub namespace: String,
+    pub name: String,
+    pub ready: u32,
+    pub desired: u32,
+    pub up_to_date: u32,
+    pub source: String,
+}
+
+/// One entry of the node's event log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRow {
+    pub time_ms: u64,
+    /// Normal or Warning, as in Kubernetes.
+    pub kind: String,
+    pub object: String,
+    pub reason: String,
+    pub message: String,
+}

@@ -1,0 +1,128 @@
+//! The `peer` command line: `up` runs the agent; every other command talks to it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "peer", version, about = "A leaderless container orchestrator for edge fleets")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where the node keeps its state, images, containers and logs.
+    #[arg(long, global = true, env = "PEER_DATA_DIR", default_value = "/var/lib/peer")]
+    pub data_dir: PathBuf,
+    /// The agent's API socket [default: DATA_DIR/peer.sock].
+    #[arg(long, global = true, env = "PEER_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.data_dir.join("peer.sock"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent in the foreground.
+    Up(UpArgs),
+    /// List objects: pods, deployments, events.
+    Get {
+        resource: String,
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Show one pod in detail.
+    Describe {
+        /// Only `pod` for now.
+        resource: String,
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Print a container's logs.
+    Logs {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Keep printing new output until the container stops.
+        #[arg(short, long)]
+        follow: bool,
+        /// The previous (terminated) instance of the container.
+        #[arg(short, long)]
+        previous: bool,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Add or update the objects in YAML files (a file or every file of a folder).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete the objects named in files, or one object by kind and name.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Manage the node's local image store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The drop-in folder of Kubernetes YAML specs.
+    #[arg(long, env = "PEER_SPECS", default_value = "/etc/peer/specs")]
+    pub specs: PathBuf,
+    /// CPU limit (millicores) for containers that declare none.
+    #[arg(long, env = "PEER_DEFAULT_CPU_MILLIS", default_value_t = 1000)]
+    pub default_cpu_millis: u64,
+    /// Memory limit (MiB) for containers that declare none.
+    #[arg(long, env = "PEER_DEFAULT_MEMORY_MIB", default_value_t = 512)]
+    pub default_memory_mib: u64,
+    /// Parent cgroup of this node's containers (under each hierarchy's root).
+    #[arg(long, env = "PEER_CGROUP_PARENT", default_value = "peer")]
+    pub cgroup_parent: String,
+    /// Rotate a container's log file past this size (MiB).
+    #[arg(long, default_value_t = 10)]
+    pub log_max_mib: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import { path: PathBuf },
+    /// List images.
+    Ls,
+    /// Remove an image reference.
+    Rm { reference: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    Json,
+    Yaml,
+}

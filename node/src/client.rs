@@ -1,0 +1,223 @@
+//! The CLI side of the local API: blocking requests over the agent's Unix socket and
+//! kubectl-like output. No tokio here, so `peer exec` may call libcontainer in-process.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::{DeploymentRow, EventRow, ExecTarget, LogTarget, PodRow, Request, Response};
+use crate::cli::Output;
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Client {
+        Client { socket }
+    }
+
+    /// Sends one request and returns the agent's data, or its error as an error.
+    pub fn call(&self, req: &Request) -> anyhow::Result<Value> {
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the peer agent at {}: {e}\nis it running? start it with `peer up` (and check --data-dir / PEER_DATA_DIR)",
+                self.socket.display()
+            )
+        })?;
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        stream.write_all(&line).context("sending request to the agent")?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).context("reading the agent's answer")?;
+        match serde_json::from_str::<Response>(&answer).context("decoding the agent's answer")? {
+            Response::Ok { data } => Ok(data),
+            Response::Error { message } => bail!("{message}"),
+        }
+    }
+
+    pub fn call_as<T: DeserializeOwned>(&self, req: &Request) -> anyhow::Result<T> {
+        Ok(serde_json::from_value(self.call(req)?)?)
+    }
+}
+
+/// Prints `data` as JSON or YAML.
+pub fn print_structured(data: &Value, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(data)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(data)?),
+    }
+    Ok(())
+}
+
+/// Prints rows as an aligned table, kubectl style.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   ", w = *w));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Ages as kubectl shows them: 45s, 3m, 2h, 5d.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::Result<()> {
+    let req = match resource {
+        "pods" | "pod" | "po" => Request::GetPods,
+        "deployments" | "deployment" | "deploy" => Request::GetDeployments,
+        "events" | "event" | "ev" => Request::GetEvents,
+        other => bail!("unknown resource type {other:?}; expected pods, deployments or events"),
+    };
+    let data = client.call(&req)?;
+    if let Some(output) = output {
+        return print_structured(&data, output);
+    }
+    match req {
+        Request::GetPods => {
+            let rows: Vec<PodRow> = serde_json::from_value(data)?;
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|r| vec![r.name, r.ready, r.status, r.restarts.to_string(), age(r.age_secs)])
+                .collect();
+            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"], &rows);
+        }
+        Request::GetDeployments => {
+            let rows: Vec<DeploymentRow> = serde_json::from_value(data)?;
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|r| vec![r.name, format!("{}/{}", r.ready, r.desired), r.up_to_date.to_string(), r.source])
+                .collect();
+            print_table(&["NAME", "READY", "UP-TO-DATE", "SOURCE"], &rows);
+        }
+        _ => {
+            let rows: Vec<EventRow> = serde_json::from_value(data)?;
+            let now = crate::agent::now_ms();
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|r| vec![age(now.saturating_sub(r.time_ms) / 1000), r.kind, r.reason, r.object, r.message])
+                .collect();
+            print_table(&["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the YAML files named on the command line; a folder means its spec files.
+pub fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let files = if path.is_dir() {
+            crate::folder::spec_files(path).with_context(|| format!("reading folder {}", path.display()))?
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            out.push((f.display().to_string(), text));
+        }
+    }
+    Ok(out)
+}
+
+/// Prints the outcome of apply/delete; fails when any document had an error.
+pub fn report_write(data: &Value, verb: &str) -> anyhow::Result<()> {
+    let list = |k: &str| -> Vec<String> {
+        data.get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    for key in list(verb) {
+        println!("{key} {verb}");
+    }
+    for key in list("unchanged") {
+        println!("{key} unchanged");
+    }
+    for w in list("warnings") {
+        eprintln!("warning: {w}");
+    }
+    let errors = list("errors");
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if !errors.is_empty() {
+        bail!("{} error(s)", errors.len());
+    }
+    Ok(())
+}
+
+pub fn logs(client: &Client, req: Request, follow: bool) -> anyhow::Result<()> {
+    let target: LogTarget = client.call_as(&req)?;
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    loop {
+        pos = copy_from(&target.path, pos, &mut out)?;
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Stop following once the container stopped or was restarted (a new log file).
+        let now: LogTarget = match client.call_as(&req) {
+            Ok(t) => t,
+            Err(_) => return Ok(()),
+        };
+        if !now.running || now.path != target.path {
+            copy_from(&target.path, pos, &mut out)?;
+            return Ok(());
+        }
+    }
+}
+
+/// Copies `path` from byte `pos` to `out`; returns the new position. A file that
+/// shrank was rotated (copy-truncate), so reading starts again from its beginning.
+fn copy_from(path: &Path, pos: u64, out: &mut impl Write) -> anyhow::Result<u64> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pos),
+        Err(e) => return Err(e).with_context(|| format!("opening log {}", path.display())),
+    };
+    let len = f.metadata()?.len();
+    let start = if len < pos { 0 } else { pos };
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    out.write_all(&buf)?;
+    out.flush()?;
+    Ok(start + buf.len() as u64)
+}
+
+pub fn exec(client: &Client, req: Request, command: &[String]) -> anyhow::Result<i32> {
+    let target: ExecTarget = client.call_as(&req)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    runtime::exec(&target.runtime_root, &target.container_id, command, tty)
+        .with_context(|| format!("exec in container {}", target.container_id))
+}

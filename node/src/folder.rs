@@ -1,0 +1,190 @@
+//! The drop-in spec folder: turns files added, changed or removed into store writes.
+//!
+//! A file writes into the desired state only when its content changed since this node
+//! last applied it (content hashes are persisted next to the store). So a restart does
+//! not re-apply unchanged files, and a stale file cannot undo a newer `peer apply` or
+//! `peer delete` of the same object.
+//!
+//! Bad input loses nothing: a file that is not valid YAML keeps all its objects as they
+//! were; a document that is invalid keeps the last good version of its object.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use protocol::spec::{fnv1a64, ObjectKey};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{self, DocResult};
+use crate::store::{write_atomic, Source, Store};
+
+/// How serious a message about the folder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FileState {
+    hash: u64,
+    keys: BTreeSet<ObjectKey>,
+}
+
+/// The folder's last applied state, persisted so restarts do not re-apply old files.
+#[derive(Debug)]
+pub struct Folder {
+    dir: PathBuf,
+    state_path: PathBuf,
+    files: BTreeMap<String, FileState>,
+}
+
+/// What one sync did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changed: bool,
+    pub messages: Vec<(Level, String)>,
+}
+
+impl Folder {
+    pub fn open(dir: &Path, state_path: &Path) -> anyhow::Result<Folder> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating spec folder {}", dir.display()))?;
+        let files = match std::fs::read(state_path) {
+            Ok(bytes) => serde_json::from_slice::<Vec<(String, FileState)>>(&bytes)
+                .with_context(|| format!("reading {}", state_path.display()))?
+                .into_iter()
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
+        };
+        Ok(Folder { dir: dir.to_owned(), state_path: state_path.to_owned(), files })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the folder and applies what changed to `store`.
+    pub fn sync(&mut self, store: &mut Store) -> Outcome {
+        let mut out = Outcome::default();
+        let present = match spec_files(&self.dir) {
+            Ok(p) => p,
+            Err(e) => {
+                out.messages.push((Level::Error, format!("reading spec folder {}: {e}", self.dir.display())));
+                return out;
+            }
+        };
+        let mut dirty = false;
+        for path in &present {
+            let name = path.display().to_string();
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.messages.push((Level::Error, format!("{name}: cannot read: {e}")));
+                    continue;
+                }
+            };
+            let hash = fnv1a64(text.as_bytes());
+            if self.files.get(&name).is_some_and(|f| f.hash == hash) {
+                continue;
+            }
+            let old_keys = self.files.get(&name).map(|f| f.keys.clone()).unwrap_or_default();
+            let keys = apply_text(&name, &text, &old_keys, store, &mut out);
+            self.files.insert(name, FileState { hash, keys });
+            dirty = true;
+        }
+        let present: BTreeSet<String> = present.iter().map(|p| p.display().to_string()).collect();
+        let gone: Vec<String> = self.files.keys().filter(|f| !present.contains(*f)).cloned().collect();
+        for name in gone {
+            let state = self.files.remove(&name).unwrap_or_default();
+            for key in &state.keys {
+                remove_if_from(store, key, &name, &mut out);
+            }
+            out.messages.push((Level::Info, format!("{name}: removed; its objects are deleted")));
+            dirty = true;
+        }
+        if dirty {
+            let list: Vec<(&String, &FileState)> = self.files.iter().collect();
+            let saved = serde_json::to_vec(&list)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| write_atomic(&self.state_path, &bytes));
+            if let Err(e) = saved {
+                out.messages.push((Level::Error, format!("writing {}: {e}", self.state_path.display())));
+            }
+        }
+        out.changed |= dirty;
+        out
+    }
+}
+
+/// Applies one file's new text; returns the keys the file now defines.
+fn apply_text(
+    name: &str,
+    text: &str,
+    old_keys: &BTreeSet<ObjectKey>,
+    store: &mut Store,
+    out: &mut Outcome,
+) -> BTreeSet<ObjectKey> {
+    let parsed = manifest::parse_file(name, text);
+    if let Some(err) = parsed.syntax_error {
+        out.messages.push((Level::Error, format!("{err}; the file's objects keep their last good version")));
+        return old_keys.clone();
+    }
+    let mut keys = BTreeSet::new();
+    for doc in parsed.documents {
+        match doc {
+            DocResult::Object { workload, warnings } => {
+                for w in warnings {
+                    out.messages.push((Level::Warning, w.to_string()));
+                }
+                keys.insert(workload.key.clone());
+                let key = workload.key.clone();
+                match store.put(workload, Source::File(name.to_owned())) {
+                    Ok(true) => out.messages.push((Level::Info, format!("{name}: applied {key}"))),
+                    Ok(false) => {}
+                    Err(e) => out.messages.push((Level::Error, format!("{name}: storing {key}: {e:#}"))),
+                }
+            }
+            DocResult::Ignored { warning, .. } => out.messages.push((Level::Warning, warning.to_string())),
+            DocResult::Invalid { key, error } => {
+                out.messages.push((Level::Error, format!("{error}; the last good version is kept")));
+                if let Some(key) = key {
+                    keys.insert(key);
+                }
+            }
+        }
+    }
+    for key in old_keys.difference(&keys) {
+        remove_if_from(store, key, name, out);
+    }
+    keys
+}
+
+/// Deletes `key` only if its stored version still comes from file `name`.
+fn remove_if_from(store: &mut Store, key: &ObjectKey, name: &str, out: &mut Outcome) {
+    let from_this_file = store.get(key).is_some_and(|s| s.source == Source::File(name.to_owned()));
+    if !from_this_file {
+        return;
+    }
+    match store.remove(key) {
+        Ok(_) => out.messages.push((Level::Info, format!("{name}: deleted {key}"))),
+        Err(e) => out.messages.push((Level::Error, format!("{name}: deleting {key}: {e:#}"))),
+    }
+}
+
+/// The YAML/JSON files directly in `dir` (not recursive, like `kubectl apply -f DIR`),
+/// skipping hidden files and editor leftovers.
+pub fn spec_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let wanted = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+        if wanted && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}

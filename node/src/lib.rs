@@ -1,0 +1,17 @@
+//! The peer node: the agent (reconciler, spec folder, local API) and the CLI.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod folder;
+pub mod manifest;
+pub mod reconcile;
+pub mod server;
+pub mod store;
+pub mod watch;
+
+/// `peer __runtime-helper …` runs libcontainer's create in a fresh single-threaded
+/// process (see ARCHITECTURE.md); it is not a user command.
+pub const RUNTIME_HELPER_ARG: &str = "__runtime-helper";

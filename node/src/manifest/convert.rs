@@ -1,0 +1,301 @@
+//! Kubernetes objects (the real k8s-openapi types) to peer's `Workload`: defaults and validation.
+//!
+//! This is the one place where Kubernetes semantics become peer's. Defaults follow
+//! Kubernetes (replicas 1, RollingUpdate 25%/25%, restartPolicy Always, grace period
+//! 30 s, namespace `default`) with one deliberate difference, see [`deployment`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use protocol::spec::{
+    IntOrPercent, Kind, ObjectKey, PodTemplate, RestartPolicy, Strategy, Workload,
+};
+
+use super::container;
+use super::diagnostic::{FieldError, Note};
+
+/// Said when a manifest asks for a rolling update, which peer does not do yet.
+const ROLLING_UPDATE_NOTE: &str = "rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate";
+
+/// The namespace of objects that do not name one, as in Kubernetes.
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+
+/// A Deployment as a workload.
+///
+/// Unlike Kubernetes `apps/v1`, which rejects a Deployment without `spec.selector`,
+/// peer accepts the short form users write by hand:
+/// - with neither `spec.selector.matchLabels` nor `spec.template.metadata.labels`, the
+///   template labels default to `{app: <metadata.name>}`;
+/// - without `spec.selector.matchLabels`, the selector defaults to the template labels.
+///
+/// A selector that is given must match the template labels, else it is an error, as
+/// in Kubernetes.
+pub(crate) fn deployment(d: &Deployment, notes: &mut Vec<Note>) -> Result<Workload, FieldError> {
+    let key = object_key(Kind::Deployment, &d.metadata)?;
+    let spec = &d.spec;
+    let replicas = match spec.replicas {
+        None => 1,
+        Some(n) => u32::try_from(n).map_err(|_| {
+            FieldError::new("spec.replicas", format!("expected a non-negative integer, got {n}"))
+        })?,
+    };
+
+    let mut template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let match_labels = spec.selector.match_labels.clone().unwrap_or_default();
+    let has_expressions = spec
+        .selector
+        .match_expressions
+        .as_ref()
+        .is_some_and(|e| !e.is_empty());
+    if match_labels.is_empty() && template_labels.is_empty() && !has_expressions {
+        template_labels.insert("app".to_owned(), key.name.clone());
+    }
+    let selector = if match_labels.is_empty() {
+        template_labels.clone()
+    } else {
+        match_labels
+    };
+    if selector.is_empty() {
+        return Err(FieldError::new(
+            "spec.selector",
+            "empty selector: set spec.selector.matchLabels or spec.template.metadata.labels",
+        ));
+    }
+    if let Some((k, v)) = selector
+        .iter()
+        .find(|(k, v)| template_labels.get(*k) != Some(*v))
+    {
+        return Err(FieldError::new(
+            "spec.template.metadata.labels",
+            format!("selector does not match template labels: the selector needs {k}: {v}"),
+        ));
+    }
+
+    let strategy = strategy(spec.strategy.as_ref(), notes)?;
+    let template = pod_template(
+        Kind::Deployment,
+        "spec.template.spec",
+        template_labels,
+        spec.template.spec.as_ref(),
+        notes,
+    )?;
+    Ok(Workload {
+        key,
+        labels: d.metadata.labels.clone().unwrap_or_default(),
+        replicas,
+        selector,
+        strategy,
+        template,
+    })
+}
+
+/// A bare Pod as a workload: one replica, selected by its own labels, replaced whole
+/// when it changes (Kubernetes does not update a running pod's containers either).
+pub(crate) fn pod(p: &Pod, notes: &mut Vec<Note>) -> Result<Workload, FieldError> {
+    let key = object_key(Kind::Pod, &p.metadata)?;
+    let labels = p.metadata.labels.clone().unwrap_or_default();
+    let template = pod_template(Kind::Pod, "spec", labels.clone(), p.spec.as_ref(), notes)?;
+    Ok(Workload {
+        key,
+        selector: labels.clone(),
+        labels,
+        replicas: 1,
+        strategy: Strategy::Recreate,
+        template,
+    })
+}
+
+/// Kind, namespace and name, validated as Kubernetes does: names become container ids
+/// and file names downstream, so they must not carry `/` or `..`.
+fn object_key(kind: Kind, meta: &ObjectMeta) -> Result<ObjectKey, FieldError> {
+    let name = match meta.name.as_deref() {
+        None | Some("") => {
+            return Err(FieldError::new(
+                "metadata.name",
+                "required field is missing (peer does not implement generateName)",
+            ))
+        }
+        Some(name) => name,
+    };
+    if !is_dns_subdomain(name) {
+        return Err(FieldError::new(
+            "metadata.name",
+            format!("expected lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters, got {name:?}"),
+        ));
+    }
+    let namespace = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    if !is_dns_label(namespace) {
+        return Err(FieldError::new(
+            "metadata.namespace",
+            format!("expected lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters, got {namespace:?}"),
+        ));
+    }
+    Ok(ObjectKey {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Strategy, FieldError> {
+    let type_ = s.and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate");
+    let rolling = s.and_then(|s| s.rolling_update.as_ref());
+    match type_ {
+        "Recreate" => {
+            if rolling.is_some() {
+                return Err(FieldError::new(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy type is Recreate",
+                ));
+            }
+            Ok(Strategy::Recreate)
+        }
+        "RollingUpdate" => {
+            let max_surge = int_or_percent(
+                rolling.and_then(|r| r.max_surge.as_ref()),
+                "spec.strategy.rollingUpdate.maxSurge",
+            )?;
+            let max_unavailable = int_or_percent(
+                rolling.and_then(|r| r.max_unavailable.as_ref()),
+                "spec.strategy.rollingUpdate.maxUnavailable",
+            )?;
+            let zero = |v: IntOrPercent| matches!(v, IntOrPercent::Int(0) | IntOrPercent::Percent(0));
+            if zero(max_surge) && zero(max_unavailable) {
+                return Err(FieldError::new(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    "may not be 0 when maxSurge is 0",
+                ));
+            }
+            if matches!(max_unavailable, IntOrPercent::Percent(p) if p > 100) {
+                return Err(FieldError::new(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    "expected a percentage of at most 100%",
+                ));
+            }
+            if s.is_some() {
+                notes.push(("spec.strategy".to_owned(), ROLLING_UPDATE_NOTE.to_owned()));
+            }
+            Ok(Strategy::RollingUpdate {
+                max_surge,
+                max_unavailable,
+            })
+        }
+        other => Err(FieldError::new(
+            "spec.strategy.type",
+            format!("expected Recreate or RollingUpdate, got {other:?}"),
+        )),
+    }
+}
+
+/// `maxSurge`/`maxUnavailable`: an integer or a percentage; 25% when absent.
+fn int_or_percent(value: Option<&IntOrString>, path: &str) -> Result<IntOrPercent, FieldError> {
+    match value {
+        None => Ok(IntOrPercent::Percent(25)),
+        Some(IntOrString::Int(n)) => u32::try_from(*n)
+            .map(IntOrPercent::Int)
+            .map_err(|_| FieldError::new(path, format!("expected a non-negative integer, got {n}"))),
+        Some(IntOrString::String(s)) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<u32>().ok())
+            .map(IntOrPercent::Percent)
+            .ok_or_else(|| {
+                FieldError::new(
+                    path,
+                    format!("expected an integer or a percentage such as 25%, got {s:?}"),
+                )
+            }),
+    }
+}
+
+fn pod_template(
+    kind: Kind,
+    prefix: &str,
+    labels: BTreeMap<String, String>,
+    spec: Option<&PodSpec>,
+    notes: &mut Vec<Note>,
+) -> Result<PodTemplate, FieldError> {
+    let Some(spec) = spec else {
+        return Err(FieldError::new(
+            prefix,
+            "required field is missing, expected a pod spec with containers",
+        ));
+    };
+    let containers = container::containers(prefix, &spec.containers, notes)?;
+    let restart_policy = match (kind, spec.restart_policy.as_deref()) {
+        (_, None | Some("Always")) => RestartPolicy::Always,
+        (Kind::Deployment, Some(other)) => {
+            return Err(FieldError::new(
+                format!("{prefix}.restartPolicy"),
+                format!("expected Always for a Deployment, got {other:?}"),
+            ))
+        }
+        (Kind::Pod, Some("OnFailure")) => RestartPolicy::OnFailure,
+        (Kind::Pod, Some("Never")) => RestartPolicy::Never,
+        (Kind::Pod, Some(other)) => {
+            return Err(FieldError::new(
+                format!("{prefix}.restartPolicy"),
+                format!("expected Always, OnFailure or Never, got {other:?}"),
+            ))
+        }
+    };
+    let termination_grace_period_seconds = match spec.termination_grace_period_seconds {
+        None => 30,
+        Some(n) => u64::try_from(n).map_err(|_| {
+            FieldError::new(
+                format!("{prefix}.terminationGracePeriodSeconds"),
+                format!("expected a non-negative integer, got {n}"),
+            )
+        })?,
+    };
+    Ok(PodTemplate {
+        labels,
+        containers,
+        restart_policy,
+        termination_grace_period_seconds,
+        host_network: spec.host_network.unwrap_or(false),
+    })
+}
+
+/// A DNS-1123 subdomain, the rule for Deployment and Pod names.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label_part)
+}
+
+/// A DNS-1123 label, the rule for namespaces and container names.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_label_part(s)
+}
+
+fn is_dns_label_part(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.starts_with(alnum)
+        && s.ends_with(alnum)
+        && s.chars().all(|c| alnum(c) || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_rules() {
+        assert!(is_dns_subdomain("api"));
+        assert!(is_dns_subdomain("api.v2-x"));
+        assert!(!is_dns_subdomain("../etc"));
+        assert!(!is_dns_subdomain("Api"));
+        assert!(!is_dns_subdomain("a/b"));
+        assert!(!is_dns_subdomain("a..b"));
+        assert!(!is_dns_subdomain("-a"));
+        assert!(is_dns_label("default"));
+        assert!(!is_dns_label("a.b"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,235 @@
+//! The allow-list of manifest fields peer implements, and the walk that warns about the rest.
+//!
+//! No field is dropped silently. Every field present in a document is one of:
+//! - implemented: listed below as [`Rule::Use`] (taken whole) or [`Rule::Walk`] (its
+//!   children are checked one by one);
+//! - accepted but without effect yet: [`Rule::Note`], warned with what peer does instead;
+//! - a Kubernetes field peer does not implement: warned "not implemented by peer yet";
+//! - unknown to Kubernetes (a typo, or a field from a newer release): warned "unknown
+//!   field". The real Kubernetes types silently skip such fields, so they are found by
+//!   comparing the document with the typed object serialized back: a field that did not
+//!   survive the round trip is unknown.
+//!
+//! Patterns write list elements as `[]`: `containers[].ports[].containerPort`.
+
+use protocol::spec::Kind;
+use serde_yaml_ng::Value;
+
+use super::diagnostic::{index, join, Note};
+
+/// What peer does with a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Implemented; the value is read whole (a scalar, a list of strings, a label map).
+    Use,
+    /// Implemented; check each child field (or list element) against the table.
+    Walk,
+    /// Accepted but peer does not act on it (yet); the message says what peer does instead.
+    Note(&'static str),
+}
+
+/// Fields every object may carry.
+const OBJECT: &[(&str, Rule)] = &[
+    ("apiVersion", Rule::Use),
+    ("kind", Rule::Use),
+    ("metadata", Rule::Walk),
+    ("metadata.name", Rule::Use),
+    ("metadata.namespace", Rule::Use),
+    ("metadata.labels", Rule::Use),
+    ("metadata.annotations", Rule::Note(ANNOTATIONS)),
+    ("status", Rule::Note("status is written by the cluster, not read from manifests; ignored")),
+];
+
+/// Deployment fields outside the pod spec.
+const DEPLOYMENT: &[(&str, Rule)] = &[
+    ("spec", Rule::Walk),
+    ("spec.replicas", Rule::Use),
+    ("spec.selector", Rule::Walk),
+    ("spec.selector.matchLabels", Rule::Use),
+    (
+        "spec.selector.matchExpressions",
+        Rule::Note("not implemented by peer yet, ignored: pods are selected by matchLabels, or by the template labels when there are none"),
+    ),
+    // Whether a rolling update has an effect yet is decided in `convert`.
+    ("spec.strategy", Rule::Walk),
+    ("spec.strategy.type", Rule::Use),
+    ("spec.strategy.rollingUpdate", Rule::Walk),
+    ("spec.strategy.rollingUpdate.maxSurge", Rule::Use),
+    ("spec.strategy.rollingUpdate.maxUnavailable", Rule::Use),
+    ("spec.template", Rule::Walk),
+    ("spec.template.metadata", Rule::Walk),
+    ("spec.template.metadata.labels", Rule::Use),
+    ("spec.template.metadata.annotations", Rule::Note(ANNOTATIONS)),
+];
+
+/// Pod spec fields, relative to `spec` (Pod) or `spec.template.spec` (Deployment).
+const POD_SPEC: &[(&str, Rule)] = &[
+    ("containers", Rule::Walk),
+    ("containers[]", Rule::Walk),
+    ("containers[].name", Rule::Use),
+    ("containers[].image", Rule::Use),
+    ("containers[].command", Rule::Use),
+    ("containers[].args", Rule::Use),
+    ("containers[].workingDir", Rule::Use),
+    ("containers[].env", Rule::Walk),
+    ("containers[].env[]", Rule::Walk),
+    ("containers[].env[].name", Rule::Use),
+    ("containers[].env[].value", Rule::Use),
+    (
+        "containers[].env[].valueFrom",
+        Rule::Note("not implemented by peer yet: the variable is not set"),
+    ),
+    ("containers[].ports", Rule::Walk),
+    ("containers[].ports[]", Rule::Walk),
+    ("containers[].ports[].containerPort", Rule::Use),
+    ("containers[].ports[].name", Rule::Use),
+    ("containers[].ports[].protocol", Rule::Use),
+    ("containers[].ports[].hostPort", Rule::Use),
+    ("containers[].resources", Rule::Walk),
+    // Resource names other than cpu and memory are warned about in `convert`.
+    ("containers[].resources.requests", Rule::Use),
+    ("containers[].resources.limits", Rule::Use),
+    ("restartPolicy", Rule::Use),
+    ("terminationGracePeriodSeconds", Rule::Use),
+    ("hostNetwork", Rule::Use),
+];
+
+const ANNOTATIONS: &str = "peer does not read annotations yet, ignored";
+const NOT_IMPLEMENTED: &str = "not implemented by peer yet, ignored";
+const UNKNOWN: &str = "unknown field, ignored (not part of the Kubernetes API peer knows)";
+
+/// Where the pod spec lives in an object of this kind.
+fn pod_spec_prefix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Deployment => "spec.template.spec",
+        Kind::Pod => "spec",
+    }
+}
+
+fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
+    let find = |table: &[(&str, Rule)], pattern: &str| {
+        table.iter().find(|(p, _)| *p == pattern).map(|(_, r)| *r)
+    };
+    if let Some(rule) = find(OBJECT, pattern) {
+        return Some(rule);
+    }
+    let prefix = pod_spec_prefix(kind);
+    if pattern == prefix {
+        return Some(Rule::Walk);
+    }
+    if let Some(rest) = pattern
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+    {
+        return find(POD_SPEC, rest);
+    }
+    match kind {
+        Kind::Deployment => find(DEPLOYMENT, pattern),
+        Kind::Pod => None,
+    }
+}
+
+/// Warnings for every field of `doc` that peer does not implement, in document order.
+///
+/// `known` is the typed Kubernetes object serialized back to JSON.
+pub(crate) fn unimplemented(kind: Kind, doc: &Value, known: &serde_json::Value) -> Vec<Note> {
+    let mut notes = Vec::new();
+    walk(kind, doc, known, "", "", &mut notes);
+    notes
+}
+
+fn walk(
+    kind: Kind,
+    value: &Value,
+    known: &serde_json::Value,
+    path: &str,
+    pattern: &str,
+    notes: &mut Vec<Note>,
+) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                let key = match key {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other)
+                        .map(|s| s.trim_end().to_owned())
+                        .unwrap_or_default(),
+                };
+                let child_path = join(path, &key);
+                let child_pattern = if pattern.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{pattern}.{key}")
+                };
+                field(kind, child, known.get(&key), &child_path, &child_pattern, notes);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let child_path = index(path, i);
+                let child_pattern = format!("{pattern}[]");
+                field(kind, item, known.get(i), &child_path, &child_pattern, notes);
+            }
+        }
+        Value::Tagged(tagged) => walk(kind, &tagged.value, known, path, pattern, notes),
+        _ => {}
+    }
+}
+
+fn field(
+    kind: Kind,
+    value: &Value,
+    known: Option<&serde_json::Value>,
+    path: &str,
+    pattern: &str,
+    notes: &mut Vec<Note>,
+) {
+    // Kubernetes treats an explicit null as "not set".
+    if value.is_null() {
+        return;
+    }
+    let Some(known) = known else {
+        notes.push((path.to_owned(), UNKNOWN.to_owned()));
+        return;
+    };
+    match rule(kind, pattern) {
+        Some(Rule::Use) => {}
+        Some(Rule::Walk) => walk(kind, value, known, path, pattern, notes),
+        Some(Rule::Note(message)) => notes.push((path.to_owned(), message.to_owned())),
+        // An empty list or mapping has no effect in Kubernetes either: nothing is lost.
+        None if is_empty(value) => {}
+        None => notes.push((path.to_owned(), NOT_IMPLEMENTED.to_owned())),
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Mapping(map) => map.is_empty(),
+        Value::Sequence(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_is_reachable_from_a_walked_parent() {
+        for kind in [Kind::Deployment, Kind::Pod] {
+            let prefix = pod_spec_prefix(kind);
+            let mut patterns: Vec<String> = OBJECT.iter().map(|(p, _)| (*p).to_owned()).collect();
+            patterns.extend(POD_SPEC.iter().map(|(p, _)| format!("{prefix}.{p}")));
+            if kind == Kind::Deployment {
+                patterns.extend(DEPLOYMENT.iter().map(|(p, _)| (*p).to_owned()));
+            }
+            for pattern in patterns {
+                let parent = match pattern.rfind(['.', '[']) {
+                    Some(i) => &pattern[..i],
+                    None => continue,
+                };
+                assert_eq!(rule(kind, parent), Some(Rule::Walk), "parent of {pattern} ({kind})");
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Kubernetes manifests, as users write them, to peer's domain types: the only place
+//! where YAML becomes a `protocol::spec::Workload`.
+//!
+//! [`parse_file`] reads a file in three steps:
+//! 1. The whole file is checked as YAML. A syntax error makes the whole file unreadable
+//!    (later document boundaries cannot be trusted), reported with line and column.
+//! 2. Each document is read as a generic YAML value to learn `apiVersion`, `kind` and
+//!    `metadata.name`. Kinds peer does not run (Service, ConfigMap, …) are ignored with a
+//!    warning, not an error, so whole application manifests can be applied.
+//! 3. Deployments and Pods are deserialized into the real Kubernetes types (k8s-openapi),
+//!    with field paths in type errors, then converted and validated in `convert`. The
+//!    field walk in `fields` warns about every field peer does not implement.
+//!
+//! One bad document does not stop the others: each gets its own [`DocResult`].
+
+mod container;
+mod convert;
+mod diagnostic;
+mod fields;
+mod quantity;
+#[cfg(test)]
+mod tests;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use protocol::spec::{Kind, ObjectKey, Workload};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+pub use diagnostic::{ManifestError, Warning};
+use diagnostic::{serde_message, serde_path, yaml_error, FieldError, Note};
+
+/// Everything found in one manifest file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileResult {
+    /// One entry per non-empty YAML document, in file order. Empty when the file has a
+    /// syntax error.
+    pub documents: Vec<DocResult>,
+    /// The file is not valid YAML; nothing in it should be applied.
+    pub syntax_error: Option<ManifestError>,
+}
+
+/// The outcome for one YAML document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocResult {
+    /// A workload peer runs, with warnings about fields it does not implement.
+    Object {
+        workload: Workload,
+        warnings: Vec<Warning>,
+    },
+    /// A kind peer does not run yet (Service, HorizontalPodAutoscaler, ConfigMap, …):
+    /// a warning, not an error.
+    Ignored {
+        kind: String,
+        name: Option<String>,
+        warning: Warning,
+    },
+    /// The document cannot be used. `key` is set when its kind and name could be read,
+    /// so the caller can keep that object's previous state.
+    Invalid {
+        key: Option<ObjectKey>,
+        error: ManifestError,
+    },
+}
+
+impl FileResult {
+    /// The syntax error, then each invalid document's error.
+    pub fn errors(&self) -> impl Iterator<Item = &ManifestError> {
+        let docs = self.documents.iter().filter_map(|d| match d {
+            DocResult::Invalid { error, .. } => Some(error),
+            _ => None,
+        });
+        self.syntax_error.iter().chain(docs)
+    }
+
+    /// Every warning, in document order.
+    pub fn warnings(&self) -> impl Iterator<Item = &Warning> {
+        self.documents.iter().flat_map(|d| match d {
+            DocResult::Object { warnings, .. } => warnings.iter().collect::<Vec<_>>(),
+            DocResult::Ignored { warning, .. } => vec![warning],
+            DocResult::Invalid { .. } => Vec::new(),
+        })
+    }
+
+    /// The workloads that parsed, in document order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.documents.iter().filter_map(|d| match d {
+            DocResult::Object { workload, .. } => Some(workload),
+            _ => None,
+        })
+    }
+}
+
+/// Kinds Kubernetes users commonly put next to their Deployments that peer does not run yet.
+const KNOWN_IGNORED_KINDS: &[&str] = &[
+    "ConfigMap",
+    "CronJob",
+    "DaemonSet",
+    "HorizontalPodAutoscaler",
+    "Ingress",
+    "Job",
+    "Namespace",
+    "NetworkPolicy",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "ReplicaSet",
+    "Secret",
+    "Service",
+    "ServiceAccount",
+    "StatefulSet",
+];
+
+/// Parses a manifest file; `file` is only used in messages.
+pub fn parse_file(file: &str, text: &str) -> FileResult {
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        if let Err(err) = IgnoredAny::deserialize(document) {
+            let (message, at) = yaml_error(&err);
+            let error = ManifestError {
+                file: file.to_owned(),
+                document: None,
+                object: None,
+                line: at.map(|(line, _)| line),
+                column: at.map(|(_, column)| column),
+                path: None,
+                message,
+            };
+            return FileResult {
+                documents: Vec::new(),
+                syntax_error: Some(error),
+            };
+        }
+    }
+    let mut documents = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let doc = Doc {
+            file,
+            text,
+            index,
+            object: None,
+        };
+        match Value::deserialize(document) {
+            Ok(value) if value.is_null() => {}
+            Ok(value) => documents.push(doc.parse(value)),
+            Err(err) => {
+                let (message, at) = yaml_error(&err);
+                let mut error = doc.error(None, message);
+                error.line = at.map(|(line, _)| line);
+                error.column = at.map(|(_, column)| column);
+                documents.push(DocResult::Invalid { key: None, error });
+            }
+        }
+    }
+    FileResult {
+        documents,
+        syntax_error: None,
+    }
+}
+
+/// One document being parsed: where it is, for messages.
+struct Doc<'a> {
+    file: &'a str,
+    text: &'a str,
+    /// 0-based position among the file's YAML documents.
+    index: usize,
+    /// `Kind name`, once known.
+    object: Option<String>,
+}
+
+impl Doc<'_> {
+    fn parse(mut self, mut value: Value) -> DocResult {
+        if let Err(err) = value.apply_merge() {
+            let (message, _) = yaml_error(&err);
+            let error = self.error(None, message);
+            return DocResult::Invalid { key: None, error };
+        }
+        if !value.is_mapping() {
+            let error = self.error(
+                None,
+                "expected a Kubernetes object (a mapping with apiVersion, kind and metadata)",
+            );
+            return DocResult::Invalid { key: None, error };
+        }
+        let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let kind = text_of(value.get("kind"));
+        let api_version = text_of(value.get("apiVersion"));
+        let metadata = value.get("metadata");
+        let name = text_of(metadata.and_then(|m| m.get("name")));
+        let namespace = text_of(metadata.and_then(|m| m.get("namespace")));
+        self.object = match (&kind, &name) {
+            (Some(kind), Some(name)) => Some(format!("{kind} {name}")),
+            (Some(kind), None) => Some(kind.clone()),
+            _ => None,
+        };
+        // The key lets the caller keep the previous version of an invalid object, so it
+        // is only given for names Kubernetes would accept.
+        let namespace = namespace.unwrap_or_else(|| convert::DEFAULT_NAMESPACE.to_owned());
+        let key = |kind: Kind| {
+            name.clone()
+                .filter(|name| convert::is_dns_subdomain(name) && convert::is_dns_label(&namespace))
+                .map(|name| ObjectKey {
+                    kind,
+                    namespace: namespace.clone(),
+                    name,
+                })
+        };
+        match kind.as_deref() {
+            None => DocResult::Invalid {
+                key: None,
+                error: self.error(
+                    Some("kind".to_owned()),
+                    "required field is missing, expected a string such as Deployment or Pod",
+                ),
+            },
+            Some("Deployment") => self.object::<Deployment>(
+                Kind::Deployment,
+                &value,
+                api_version,
+                key(Kind::Deployment),
+                convert::deployment,
+            ),
+            Some("Pod") => self.object::<Pod>(
+                Kind::Pod,
+                &value,
+                api_version,
+                key(Kind::Pod),
+                convert::pod,
+            ),
+            Some(other) => {
+                let message = if KNOWN_IGNORED_KINDS.contains(&other) {
+                    format!("peer does not run {other} objects yet, ignored")
+                } else {
+                    format!("unknown kind {other:?}, ignored: peer runs Deployment and Pod objects")
+                };
+                DocResult::Ignored {
+                    kind: other.to_owned(),
+                    warning: self.warning(("kind".to_owned(), message)),
+                    name,
+                }
+            }
+        }
+    }
+
+    /// Deserializes a kind peer runs into its Kubernetes type and converts it.
+    fn object<T>(
+        &self,
+        kind: Kind,
+        value: &Value,
+        api_version: Option<String>,
+        key: Option<ObjectKey>,
+        convert: impl FnOnce(&T, &mut Vec<Note>) -> Result<Workload, FieldError>,
+    ) -> DocResult
+    where
+        T: k8s_openapi::Resource + DeserializeOwned + Serialize,
+    {
+        let invalid = |error| DocResult::Invalid {
+            key: key.clone(),
+            error,
+        };
+        if api_version.as_deref() != Some(T::API_VERSION) {
+            let got = match &api_version {
+                Some(v) => format!("got {v:?}"),
+                None => "but it is missing".to_owned(),
+            };
+            let message = format!("expected {} for kind {}, {got}", T::API_VERSION, T::KIND);
+            return invalid(self.error(Some("apiVersion".to_owned()), message));
+        }
+        let typed: T = match serde_path_to_error::deserialize(value) {
+            Ok(typed) => typed,
+            Err(err) => return invalid(self.serde_error::<T>(&err)),
+        };
+        let known = match serde_json::to_value(&typed) {
+            Ok(known) => known,
+            Err(err) => return invalid(self.error(None, format!("cannot re-encode the object: {err}"))),
+        };
+        let mut notes = fields::unimplemented(kind, value, &known);
+        match convert(&typed, &mut notes) {
+            Ok(workload) => DocResult::Object {
+                workload,
+                warnings: notes.into_iter().map(|n| self.warning(n)).collect(),
+            },
+            Err(FieldError { path, message }) => invalid(self.error(Some(path), message)),
+        }
+    }
+
+    /// A type error, with the line found by deserializing the document's text again
+    /// (the generic value has no positions; errors are rare, so the cost is fine).
+    fn serde_error<T: DeserializeOwned>(
+        &self,
+        err: &serde_path_to_error::Error<serde_yaml_ng::Error>,
+    ) -> ManifestError {
+        let path = serde_path(err.path());
+        let (field, message) = serde_message(&err.inner().to_string());
+        let mut error = self.error(
+            Some(match field {
+                Some(field) => diagnostic::join(&path, &field),
+                None => path.clone(),
+            }),
+            message,
+        );
+        let again = serde_yaml_ng::Deserializer::from_str(self.text)
+            .nth(self.index)
+            .map(serde_path_to_error::deserialize::<_, T>);
+        if let Some(Err(again)) = again {
+            if serde_path(again.path()) == path {
+                if let Some(at) = again.inner().location() {
+                    error.line = Some(at.line());
+                    error.column = Some(at.column());
+                }
+            }
+        }
+        error
+    }
+
+    fn error(&self, path: Option<String>, message: impl Into<String>) -> ManifestError {
+        ManifestError {
+            file: self.file.to_owned(),
+            document: Some(self.index + 1),
+            object: self.object.clone(),
+            line: None,
+            column: None,
+            path: path.filter(|p| !p.is_empty()),
+            message: message.into(),
+        }
+    }
+
+    fn warning(&self, (path, message): Note) -> Warning {
+        Warning {
+            file: self.file.to_owned(),
+            document: self.index + 1,
+            object: self.object.clone(),
+            path,
+            message,
+        }
+    }
+}

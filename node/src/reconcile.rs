@@ -1,0 +1,234 @@
+//! The reconciler: a pure function from desired pods and observed pods to actions.
+//!
+//! No I/O, no clocks: `now_ms` comes in as an argument and effects go out as
+//! [`Action`]s that the agent's executor carries out. The executor reports back by
+//! changing the observed state (see `agent::pods`), and calls [`reconcile`] again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use protocol::spec::{Kind, ObjectKey, PodTemplate, RestartPolicy, Workload};
+use serde::{Deserialize, Serialize};
+
+/// A container that ran at least this long before exiting has its back-off reset.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// The first back-off after the immediate first restart; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// One replica the desired state asks this node to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPod {
+    pub namespace: String,
+    pub name: String,
+    pub workload: ObjectKey,
+    pub revision: String,
+    pub template: PodTemplate,
+}
+
+/// What the node knows about a pod it runs (or is starting or stopping).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedPod {
+    pub namespace: String,
+    pub name: String,
+    pub workload: ObjectKey,
+    pub revision: String,
+    pub template: PodTemplate,
+    /// Set once a stop was decided; the pod is gone when the executor removes it.
+    pub deleting: bool,
+    pub created_at_ms: u64,
+    pub containers: BTreeMap<String, ObservedContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedContainer {
+    pub state: ContainerState,
+    pub restart_count: u32,
+    /// Consecutive restarts without a run of [`BACKOFF_RESET`]; drives the back-off.
+    pub failures: u32,
+    pub last_termination: Option<Terminated>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// The executor is creating or starting it.
+    Creating,
+    Running { pid: i32, start_time: u64, started_at_ms: u64 },
+    /// Stopping (SIGTERM sent, grace period running).
+    Stopping,
+    Terminated(Terminated),
+    /// Could not be created (bad image, runtime error); retried after `retry_at_ms`.
+    Waiting { reason: String, message: String, retry_at_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terminated {
+    /// `None` when the exit status could not be known (e.g. exited while the agent was down).
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Kubernetes' reason: Completed, Error, OOMKilled, Unknown.
+    pub reason: String,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+}
+
+/// An effect for the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the pod's sandbox and start all its containers.
+    CreatePod(DesiredPod),
+    /// (Re)start one container of an existing pod.
+    StartContainer { pod: String, container: String },
+    /// Stop every container (SIGTERM, grace, SIGKILL), then remove the pod.
+    DeletePod { pod: String, grace: Duration },
+}
+
+/// The reconciler's output: actions now, and when to call it again at the latest.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub wake_at_ms: Option<u64>,
+}
+
+/// Expands workloads into the pods this node should run, in a deterministic order.
+///
+/// Replica `i` of Deployment `api` at template revision `r` is pod `api-r-i`; a bare
+/// Pod keeps its own name. A changed template gives new names, so old replicas are
+/// replaced; scaling down drops the highest indices.
+pub fn desired_pods<'a>(workloads: impl IntoIterator<Item = &'a Workload>) -> Vec<DesiredPod> {
+    let mut pods = Vec::new();
+    for w in workloads {
+        let revision = w.template.revision_hash();
+        match w.key.kind {
+            Kind::Pod => pods.push(DesiredPod {
+                namespace: w.key.namespace.clone(),
+                name: w.key.name.clone(),
+                workload: w.key.clone(),
+                revision,
+                template: w.template.clone(),
+            }),
+            Kind::Deployment => {
+                for i in 0..w.replicas {
+                    pods.push(DesiredPod {
+                        namespace: w.key.namespace.clone(),
+                        name: format!("{}-{}-{}", w.key.name, revision, i),
+                        workload: w.key.clone(),
+                        revision: revision.clone(),
+                        template: w.template.clone(),
+                    });
+                }
+            }
+        }
+    }
+    pods
+}
+
+/// Pod names are unique per namespace; the node keys pods by `namespace/name`.
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Back-off before restart number `failures + 1`: none for the first restart, then
+/// 10 s doubling up to 5 min (Kubernetes' CrashLoopBackOff).
+pub fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let exp = (failures - 1).min(16);
+    (BACKOFF_INITIAL * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+/// Whether a terminated container is restarted under `policy`.
+pub fn should_restart(policy: RestartPolicy, t: &Terminated) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => t.exit_code != Some(0),
+        RestartPolicy::Never => false,
+    }
+}
+
+/// When a terminated container is due to restart, if it is to be restarted at all.
+pub fn restart_due_ms(policy: RestartPolicy, c: &ObservedContainer) -> Option<u64> {
+    match &c.state {
+        ContainerState::Terminated(t) if should_restart(policy, t) => {
+            Some(t.finished_at_ms + backoff(c.failures).as_millis() as u64)
+        }
+        ContainerState::Waiting { retry_at_ms, .. } => Some(*retry_at_ms),
+        _ => None,
+    }
+}
+
+/// Decides what to do. `observed` is keyed by [`pod_key`].
+pub fn reconcile(desired: &[DesiredPod], observed: &BTreeMap<String, ObservedPod>, now_ms: u64) -> Plan {
+    let mut plan = Plan::default();
+    let wanted: BTreeMap<String, &DesiredPod> =
+        desired.iter().map(|d| (pod_key(&d.namespace, &d.name), d)).collect();
+
+    // Stop what is not wanted, or wanted at another revision.
+    for (key, pod) in observed {
+        if pod.deleting {
+            continue;
+        }
+        let keep = wanted.get(key).is_some_and(|d| d.revision == pod.revision);
+        if !keep {
+            plan.actions.push(Action::DeletePod {
+                pod: key.clone(),
+                grace: Duration::from_secs(pod.template.termination_grace_period_seconds),
+            });
+        }
+    }
+
+    for (key, d) in &wanted {
+        match observed.get(key) {
+            None => {
+                // Recreate: a workload's new replicas start once none of another revision is left.
+                let old_left = observed
+                    .values()
+                    .any(|p| p.workload == d.workload && p.revision != d.revision);
+                if !old_left {
+                    plan.actions.push(Action::CreatePod((*d).clone()));
+                }
+            }
+            Some(pod) if pod.deleting || pod.revision != d.revision => {}
+            Some(pod) => {
+                for (name, c) in &pod.containers {
+                    let Some(due) = restart_due_ms(pod.template.restart_policy, c) else {
+                        continue;
+                    };
+                    if due <= now_ms {
+                        plan.actions.push(Action::StartContainer { pod: key.clone(), container: name.clone() });
+                    } else {
+                        plan.wake_at_ms = Some(plan.wake_at_ms.map_or(due, |w| w.min(due)));
+                    }
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Kubernetes' pod phase, derived from the containers.
+pub fn pod_phase(pod: &ObservedPod) -> &'static str {
+    let states: Vec<&ContainerState> = pod.containers.values().map(|c| &c.state).collect();
+    if pod.deleting {
+        return "Terminating";
+    }
+    if states.iter().any(|s| matches!(s, ContainerState::Running { .. })) {
+        return "Running";
+    }
+    let all_done = states.iter().all(|s| matches!(s, ContainerState::Terminated(_)));
+    if all_done && !states.is_empty() {
+        let restarts = pod.containers.values().any(|c| restart_due_ms(pod.template.restart_policy, c).is_some());
+        if !restarts {
+            let failed = states
+                .iter()
+                .any(|s| matches!(s, ContainerState::Terminated(t) if t.exit_code != Some(0)));
+            return if failed { "Failed" } else { "Succeeded" };
+        }
+        return "Running";
+    }
+    "Pending"
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,233 @@
+//! Plain-value tests of the reconciler: desired + observed + now in, plan out.
+
+use std::collections::BTreeMap;
+
+use expect_test::{expect, Expect};
+use protocol::spec::{Container, Resources, Strategy};
+
+use super::*;
+
+fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
+    PodTemplate {
+        labels: BTreeMap::from([("app".into(), "web".into())]),
+        containers: vec![Container {
+            name: "web".into(),
+            image: image.into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+            ports: vec![],
+            resources: Resources::default(),
+        }],
+        restart_policy: policy,
+        termination_grace_period_seconds: 30,
+        host_network: false,
+    }
+}
+
+fn deployment(name: &str, replicas: u32, image: &str) -> Workload {
+    Workload {
+        key: ObjectKey { kind: Kind::Deployment, namespace: "default".into(), name: name.into() },
+        labels: BTreeMap::new(),
+        replicas,
+        selector: BTreeMap::from([("app".into(), "web".into())]),
+        strategy: Strategy::Recreate,
+        template: template(RestartPolicy::Always, image),
+    }
+}
+
+fn running(d: &DesiredPod) -> ObservedPod {
+    ObservedPod {
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+        workload: d.workload.clone(),
+        revision: d.revision.clone(),
+        template: d.template.clone(),
+        deleting: false,
+        created_at_ms: 0,
+        containers: BTreeMap::from([(
+            "web".to_string(),
+            ObservedContainer {
+                state: ContainerState::Running { pid: 100, start_time: 1, started_at_ms: 0 },
+                restart_count: 0,
+                failures: 0,
+                last_termination: None,
+            },
+        )]),
+    }
+}
+
+fn observe(pods: impl IntoIterator<Item = ObservedPod>) -> BTreeMap<String, ObservedPod> {
+    pods.into_iter().map(|p| (pod_key(&p.namespace, &p.name), p)).collect()
+}
+
+fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    for a in &plan.actions {
+        let line = match a {
+            Action::CreatePod(d) => format!("create {}/{}", d.namespace, d.name),
+            Action::StartContainer { pod, container } => format!("start {pod} {container}"),
+            Action::DeletePod { pod, grace } => format!("delete {pod} grace={}s", grace.as_secs()),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!("wake_at={:?}\n", plan.wake_at_ms));
+    out
+}
+
+fn check(desired: &[DesiredPod], observed: &BTreeMap<String, ObservedPod>, now_ms: u64, expect: Expect) {
+    expect.assert_eq(&render(&reconcile(desired, observed, now_ms)));
+}
+
+fn exited(pod: &mut ObservedPod, code: i32, finished_at_ms: u64, failures: u32) {
+    let c = pod.containers.get_mut("web").expect("test pod has a web container");
+    c.failures = failures;
+    c.state = ContainerState::Terminated(Terminated {
+        exit_code: Some(code),
+        signal: None,
+        reason: if code == 0 { "Completed".into() } else { "Error".into() },
+        started_at_ms: 0,
+        finished_at_ms,
+    });
+}
+
+#[test]
+fn creates_missing_replicas() {
+    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")]);
+    check(
+        &desired,
+        &BTreeMap::new(),
+        0,
+        expect![[r#"
+            create default/web-9ea4b0ed07-0
+            create default/web-9ea4b0ed07-1
+            create default/web-9ea4b0ed07-2
+            wake_at=None
+        "#]],
+    );
+}
+
+#[test]
+fn steady_state_does_nothing() {
+    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")]);
+    let observed = observe(desired.iter().map(running));
+    check(&desired, &observed, 5, expect![[r#"
+        wake_at=None
+    "#]]);
+}
+
+#[test]
+fn scale_down_removes_highest_indices() {
+    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")]);
+    let observed = observe(three.iter().map(running));
+    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
+    check(&one, &observed, 0, expect![[r#"
+        delete default/web-9ea4b0ed07-1 grace=30s
+        delete default/web-9ea4b0ed07-2 grace=30s
+        wake_at=None
+    "#]]);
+}
+
+#[test]
+fn template_change_recreates_after_old_replicas_are_gone() {
+    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")]);
+    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")]);
+    let observed = observe(v1.iter().map(running));
+    // Old replicas stop first; no new one starts while an old one is left.
+    check(&v2, &observed, 0, expect![[r#"
+        delete default/web-29c6cc43d6-0 grace=30s
+        delete default/web-29c6cc43d6-1 grace=30s
+        wake_at=None
+    "#]]);
+    check(&v2, &BTreeMap::new(), 0, expect![[r#"
+        create default/web-29c7bcd0f9-0
+        create default/web-29c7bcd0f9-1
+        wake_at=None
+    "#]]);
+}
+
+#[test]
+fn first_restart_is_immediate_then_backs_off() {
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
+    let mut pod = running(&desired[0]);
+    exited(&mut pod, 1, 1_000, 0);
+    check(&desired, &observe([pod.clone()]), 1_000, expect![[r#"
+        start default/web-9ea4b0ed07-0 web
+        wake_at=None
+    "#]]);
+    // Second crash: 10 s back-off, then 20 s, capped at 300 s.
+    exited(&mut pod, 1, 2_000, 1);
+    check(&desired, &observe([pod.clone()]), 2_000, expect![[r#"
+        wake_at=Some(12000)
+    "#]]);
+    check(&desired, &observe([pod.clone()]), 12_000, expect![[r#"
+        start default/web-9ea4b0ed07-0 web
+        wake_at=None
+    "#]]);
+    assert_eq!(backoff(2), Duration::from_secs(20));
+    assert_eq!(backoff(6), Duration::from_secs(300));
+    assert_eq!(backoff(40), Duration::from_secs(300));
+}
+
+#[test]
+fn restart_policies() {
+    let mut never = deployment("job", 1, "peer-demo:latest");
+    never.key.kind = Kind::Pod;
+    never.template.restart_policy = RestartPolicy::Never;
+    let desired = desired_pods([&never]);
+    let mut pod = running(&desired[0]);
+    exited(&mut pod, 1, 0, 0);
+    check(&desired, &observe([pod.clone()]), 0, expect![[r#"
+        wake_at=None
+    "#]]);
+    assert_eq!(pod_phase(&pod), "Failed");
+
+    let mut on_failure = never.clone();
+    on_failure.template.restart_policy = RestartPolicy::OnFailure;
+    let desired = desired_pods([&on_failure]);
+    let mut pod = running(&desired[0]);
+    exited(&mut pod, 0, 0, 0);
+    check(&desired, &observe([pod.clone()]), 0, expect![[r#"
+        wake_at=None
+    "#]]);
+    assert_eq!(pod_phase(&pod), "Succeeded");
+    exited(&mut pod, 2, 0, 0);
+    check(&desired, &observe([pod.clone()]), 0, expect![[r#"
+        start default/job web
+        wake_at=None
+    "#]]);
+}
+
+#[test]
+fn removed_workload_deletes_its_pods_once() {
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
+    let mut pod = running(&desired[0]);
+    check(&[], &observe([pod.clone()]), 0, expect![[r#"
+        delete default/web-9ea4b0ed07-0 grace=30s
+        wake_at=None
+    "#]]);
+    pod.deleting = true;
+    check(&[], &observe([pod]), 0, expect![[r#"
+        wake_at=None
+    "#]]);
+}
+
+#[test]
+fn waiting_container_is_retried_when_due() {
+    let desired = desired_pods([&deployment("web", 1, "missing:v1")]);
+    let mut pod = running(&desired[0]);
+    pod.containers.get_mut("web").expect("web").state = ContainerState::Waiting {
+        reason: "ErrImageNeverPull".into(),
+        message: "image not found".into(),
+        retry_at_ms: 10_000,
+    };
+    check(&desired, &observe([pod.clone()]), 9_000, expect![[r#"
+        wake_at=Some(10000)
+    "#]]);
+    check(&desired, &observe([pod]), 10_000, expect![[r#"
+        start default/web-a2cbcbc29b-0 web
+        wake_at=None
+    "#]]);
+}

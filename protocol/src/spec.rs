@@ -1,0 +1,190 @@
+//! peer's own domain types for desired state: workloads and their pod templates.
+//!
+//! Kubernetes manifests are converted into these types in exactly one place
+//! (`node::manifest`); everything downstream (reconcile, later gossip and placement)
+//! sees only these. They are plain data with deterministic (BTreeMap) ordering so
+//! their serialized form, and so their hash, is stable.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of a desired-state object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Deployment,
+    Pod,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deployment => "Deployment",
+            Kind::Pod => "Pod",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a desired-state object: (kind, namespace, name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A workload: a Deployment (N replicas of a template) or a bare Pod (one replica).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub key: ObjectKey,
+    /// Labels of the object itself (metadata.labels).
+    pub labels: BTreeMap<String, String>,
+    pub replicas: u32,
+    /// Label selector (matchLabels); defaulted from the template labels when absent.
+    pub selector: BTreeMap<String, String>,
+    pub strategy: Strategy,
+    pub template: PodTemplate,
+}
+
+/// How replicas are replaced when the template changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    Recreate,
+    RollingUpdate {
+        max_surge: IntOrPercent,
+        max_unavailable: IntOrPercent,
+    },
+}
+
+/// Kubernetes' IntOrString for counts: an absolute number or a percentage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntOrPercent {
+    Int(u32),
+    Percent(u32),
+}
+
+/// The pod template: what every replica runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodTemplate {
+    pub labels: BTreeMap<String, String>,
+    pub containers: Vec<Container>,
+    pub restart_policy: RestartPolicy,
+    pub termination_grace_period_seconds: u64,
+    pub host_network: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    /// Overrides the image's entrypoint when non-empty (Kubernetes `command`).
+    pub command: Vec<String>,
+    /// Overrides the image's cmd when non-empty (Kubernetes `args`).
+    pub args: Vec<String>,
+    pub env: Vec<EnvVar>,
+    pub working_dir: Option<String>,
+    pub ports: Vec<ContainerPort>,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    pub protocol: Protocol,
+    pub host_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Requests and limits; `None` means "not set".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub requests: ResourceList,
+    pub limits: ResourceList,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceList {
+    /// CPU in millicores (`500m` = 500, `2` = 2000).
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes (`128Mi` = 134217728).
+    pub memory_bytes: Option<u64>,
+}
+
+impl PodTemplate {
+    /// A stable hash of the template, used as the revision of a Deployment:
+    /// FNV-1a over the canonical JSON encoding (field order is declaration
+    /// order and maps are BTreeMaps, so the bytes are deterministic).
+    pub fn revision_hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("a PodTemplate always serializes to JSON");
+        format!("{:010x}", fnv1a64(&bytes) & 0xff_ffff_ffff)
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash for identities that must agree across processes and versions.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn revision_hash_changes_with_the_template() {
+        let mut t = PodTemplate {
+            labels: BTreeMap::new(),
+            containers: vec![],
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_seconds: 30,
+            host_network: false,
+        };
+        let a = t.revision_hash();
+        assert_eq!(a, t.clone().revision_hash());
+        t.termination_grace_period_seconds = 5;
+        assert_ne!(a, t.revision_hash());
+        assert_eq!(a.len(), 10);
+    }
+}

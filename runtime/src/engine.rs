@@ -1,0 +1,420 @@
+//! `Runtime`: the agent-side handle that runs, stops, inspects and removes containers.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libcontainer::container::{Container, ContainerStatus as LcStatus};
+use libcontainer::signal::Signal;
+use nix::sys::signal::Signal as NixSignal;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::AbortHandle;
+
+use crate::bundle::{self, BundlePaths, SpecInput};
+use crate::cgroup::{self, CgroupPlace, CgroupVersion};
+use crate::error::{validate_id, Error};
+use crate::exit::{self, Watch};
+use crate::helper::{CreateReply, CreateRequest};
+use crate::image::ResolvedImage;
+use crate::spec::{ContainerSpec, ContainerStatus, ExitEvent, Started};
+use crate::{netns, overlay, process};
+
+/// How often `stop_container` looks whether the container is gone.
+const STOP_POLL: Duration = Duration::from_millis(20);
+/// How long to wait for the container to vanish after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the runtime keeps its state and how it reaches its helper process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Root of all runtime state, e.g. `/var/lib/peer/runtime`. Holds `state/`
+    /// (libcontainer), `containers/<id>/` (bundles) and `netns/<pod>` (pod namespaces).
+    pub root: PathBuf,
+    /// Executable that runs `helper::main`, normally the peer binary itself.
+    pub helper_exe: PathBuf,
+    /// Arguments put before the helper's own, e.g. `["__runtime-helper"]`.
+    pub helper_args: Vec<String>,
+    /// Parent cgroup of every container, e.g. `peer`: containers get `/<parent>/<id>`.
+    pub cgroup_parent: String,
+}
+
+/// Runs containers through libcontainer, on cgroup v1 or v2.
+///
+/// Call order: `new` once (inside a tokio runtime), take `exits()` once, then any of the
+/// other calls concurrently. `run_container` starts watching the new process itself;
+/// after an agent restart, `list_containers` + `inspect` + `watch` re-adopt survivors.
+/// Dropping the `Runtime` stops the watchers but never the containers.
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    cgroups: CgroupVersion,
+    swap_accounting: bool,
+    exit_tx: UnboundedSender<ExitEvent>,
+    exit_rx: Mutex<Option<UnboundedReceiver<ExitEvent>>>,
+    /// Watcher task per container id, with the pid it watches.
+    watchers: Arc<Mutex<BTreeMap<String, (i32, AbortHandle)>>>,
+}
+
+impl Runtime {
+    /// Makes this process a child subreaper (so container inits are reparented to it and
+    /// can be reaped with their exit status) and creates the state directories.
+    pub fn new(cfg: RuntimeConfig) -> Result<Runtime, Error> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(Error::Subreaper)?;
+        for dir in [cfg.root.join("state"), cfg.root.join("containers"), cfg.root.join("netns")] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("runtime", "create directory", &dir, e))?;
+        }
+        let cgroups = CgroupVersion::detect()
+            .map_err(|e| Error::io("runtime", "detect cgroup version of", "/sys/fs/cgroup", e))?;
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        Ok(Runtime {
+            swap_accounting: cgroup::swap_accounting(cgroups),
+            cgroups,
+            cfg,
+            exit_tx,
+            exit_rx: Mutex::new(Some(exit_rx)),
+            watchers: Arc::default(),
+        })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.cfg.root.join("state")
+    }
+
+    fn bundle_paths(&self, id: &str) -> BundlePaths {
+        BundlePaths::new(&self.cfg.root.join("containers"), id)
+    }
+
+    fn cgroup(&self, id: &str) -> CgroupPlace {
+        CgroupPlace::new(self.cgroups, &self.cfg.cgroup_parent, id)
+    }
+
+    /// Path of the pod's network namespace file (whether it exists or not).
+    pub fn pod_netns_path(&self, pod_id: &str) -> PathBuf {
+        self.cfg.root.join("netns").join(pod_id)
+    }
+
+    /// Creates the pod's persistent network namespace (only `lo`, up) at
+    /// `root/netns/<pod_id>` and returns its path. Idempotent.
+    pub async fn ensure_pod_netns(&self, pod_id: &str) -> Result<PathBuf, Error> {
+        validate_id(pod_id)?;
+        let path = self.pod_netns_path(pod_id);
+        if netns::is_netns(&path) {
+            return Ok(path);
+        }
+        let object = format!("pod {pod_id}");
+        self.run_helper(&object, &["netns".to_owned(), path.to_string_lossy().into_owned()]).await?;
+        if !netns::is_netns(&path) {
+            return Err(Error::Helper {
+                object,
+                message: format!("no namespace at {} after creating it", path.display()),
+            });
+        }
+        Ok(path)
+    }
+
+    /// Unmounts and deletes the pod's network namespace; fine if it does not exist.
+    pub async fn remove_pod_netns(&self, pod_id: &str) -> Result<(), Error> {
+        validate_id(pod_id)?;
+        let path = self.pod_netns_path(pod_id);
+        netns::remove(&path)
+            .map_err(|e| Error::io(format!("pod {pod_id}"), "remove network namespace", &path, e))
+    }
+
+    /// Creates and starts a container through the helper process and starts watching it.
+    ///
+    /// Stale state of an exited container with the same id is deleted first; its upper
+    /// dir (the container's writes) is kept. Fails with `AlreadyRunning` if it still runs.
+    pub async fn run_container(&self, spec: &ContainerSpec, image: &ResolvedImage) -> Result<Started, Error> {
+        let id = spec.id.as_str();
+        validate_id(id)?;
+        self.clear_stale_state(id).await?;
+
+        let paths = self.bundle_paths(id);
+        let plan = process::plan(spec, image)?;
+        let input = SpecInput {
+            process: &plan,
+            hostname: &spec.hostname,
+            bundle: &paths.dir,
+            network: &spec.network,
+            cgroups_path: self.cgroup(id).path,
+            limits: spec.limits,
+            swap_accounting: self.swap_accounting,
+        };
+        let oci = bundle::oci_spec(&input)
+            .map_err(|source| Error::Spec { id: id.to_owned(), source: Box::new(source) })?;
+        bundle::write(&paths, id, &oci, &spec.hostname, &spec.network)?;
+
+        let request = CreateRequest {
+            id: id.to_owned(),
+            state_root: self.state_dir(),
+            bundle: paths.dir.clone(),
+            log_path: spec.log_path.clone(),
+            layers: image.layers.clone(),
+            upper: paths.upper.clone(),
+            work: paths.work.clone(),
+        };
+        let object = format!("container {id}");
+        let json = serde_json::to_string(&request)
+            .map_err(|e| Error::Helper { object: object.clone(), message: format!("encode request: {e}") })?;
+        let out = self.run_helper(&object, &["create".to_owned(), json]).await?;
+        let reply: CreateReply = serde_json::from_str(out.trim())
+            .map_err(|e| Error::Helper { object, message: format!("bad reply {out:?}: {e}") })?;
+        self.watch(id, reply.pid, reply.start_time);
+        Ok(Started { pid: reply.pid, start_time: reply.start_time })
+    }
+
+    /// Deletes libcontainer state left by an earlier run of `id`, unless it still runs.
+    async fn clear_stale_state(&self, id: &str) -> Result<(), Error> {
+        let dir = self.state_dir().join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let owned = id.to_owned();
+        blocking(move || {
+            let mut container = load(&owned, dir)?;
+            if container.status() == LcStatus::Running {
+                let pid = container.pid().map_or(0, |p| p.as_raw());
+                return Err(Error::AlreadyRunning { id: owned, pid });
+            }
+            container.delete(true).map_err(|source| Error::Libcontainer {
+                id: owned,
+                action: "delete",
+                source: Box::new(source),
+            })
+        })
+        .await
+    }
+
+    /// Runs the helper with `args` after the configured helper args; returns its stdout.
+    async fn run_helper(&self, object: &str, args: &[String]) -> Result<String, Error> {
+        let output = tokio::process::Command::new(&self.cfg.helper_exe)
+            .args(&self.cfg.helper_args)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| Error::HelperSpawn {
+                object: object.to_owned(),
+                path: self.cfg.helper_exe.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = match stderr.trim() {
+                "" => format!("helper exited with {}", output.status),
+                text => text.to_owned(),
+            };
+            return Err(Error::Helper { object: object.to_owned(), message });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Sends SIGTERM to every process of the container, waits up to `grace` for it to
+    /// exit, then SIGKILLs and waits until it is gone. Fine if it is not running.
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), Error> {
+        validate_id(id)?;
+        let dir = self.state_dir().join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let Some(pid) = self.signal(id, NixSignal::SIGTERM).await? else {
+            return Ok(());
+        };
+        if self.wait_gone(id, pid, grace).await {
+            return Ok(());
+        }
+        tracing::info!(id, pid, ?grace, "container ignored sigterm; killing it");
+        if self.signal(id, NixSignal::SIGKILL).await?.is_none() || self.wait_gone(id, pid, KILL_WAIT).await {
+            return Ok(());
+        }
+        Err(Error::StopTimeout { id: id.to_owned(), pid })
+    }
+
+    /// Signals all processes of a running container; returns its init pid, or `None`
+    /// if it was not running.
+    async fn signal(&self, id: &str, signal: NixSignal) -> Result<Option<i32>, Error> {
+        let dir = self.state_dir().join(id);
+        let owned = id.to_owned();
+        blocking(move || {
+            let mut container = load(&owned, dir)?;
+            let pid = container.pid().map(|p| p.as_raw());
+            let (LcStatus::Running | LcStatus::Paused | LcStatus::Created, Some(pid)) =
+                (container.status(), pid)
+            else {
+                return Ok(None);
+            };
+            container.kill(Signal::from(signal), true).map_err(|source| Error::Libcontainer {
+                id: owned,
+                action: "kill",
+                source: Box::new(source),
+            })?;
+            Ok(Some(pid))
+        })
+        .await
+    }
+
+    /// Waits until the init process is no longer running or the cgroup holds no process.
+    async fn wait_gone(&self, id: &str, pid: i32, timeout: Duration) -> bool {
+        let cgroup = self.cgroup(id);
+        let gone = || !exit::proc_stat(pid).is_some_and(|s| s.alive) || cgroup.pids().is_empty();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if gone() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
+    /// Deletes the container: kills what is left, removes libcontainer state, unmounts
+    /// the rootfs, and removes the bundle, upper/work dirs and cgroup directories.
+    /// Fine if nothing exists.
+    pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        validate_id(id)?;
+        let dir = self.state_dir().join(id);
+        let paths = self.bundle_paths(id);
+        let cgroup = self.cgroup(id);
+        let owned = id.to_owned();
+        blocking(move || {
+            let object = format!("container {owned}");
+            if dir.exists() {
+                let mut container = load(&owned, dir.clone())?;
+                container.delete(true).map_err(|source| Error::Libcontainer {
+                    id: owned.clone(),
+                    action: "delete",
+                    source: Box::new(source),
+                })?;
+            }
+            overlay::unmount(&paths.rootfs).map_err(|e| Error::io(&object, "unmount", &paths.rootfs, e))?;
+            if overlay::is_mounted(&paths.rootfs).unwrap_or(true) && paths.rootfs.exists() {
+                return Err(Error::StillMounted { id: owned, path: paths.rootfs });
+            }
+            match fs::remove_dir_all(&paths.dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::io(&object, "remove", &paths.dir, e));
+                }
+                _ => {}
+            }
+            cgroup.remove_leftovers().map_err(|e| Error::io(&object, "remove cgroup", &cgroup.path, e))
+        })
+        .await?;
+        if let Ok(mut watchers) = self.watchers.lock() {
+            if let Some((_, handle)) = watchers.remove(id) {
+                handle.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of the containers libcontainer has state for, sorted.
+    pub fn list_containers(&self) -> Result<Vec<String>, Error> {
+        let dir = self.state_dir();
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("runtime", "list", &dir, e))?;
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("state.json").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Whether the container runs (with its pid and start time), stopped, or is unknown.
+    /// A container created but never started counts as stopped.
+    pub fn inspect(&self, id: &str) -> Result<ContainerStatus, Error> {
+        validate_id(id)?;
+        let dir = self.state_dir().join(id);
+        if !dir.join("state.json").exists() {
+            return Ok(ContainerStatus::Missing);
+        }
+        let container = load(id, dir)?;
+        let running = matches!(container.status(), LcStatus::Running | LcStatus::Paused);
+        let stat = container.pid().and_then(|p| exit::proc_stat(p.as_raw()).map(|s| (p.as_raw(), s)));
+        Ok(match stat {
+            Some((pid, s)) if running && s.alive => {
+                ContainerStatus::Running { pid, start_time: s.start_time }
+            }
+            _ => ContainerStatus::Stopped,
+        })
+    }
+
+    /// Watches the container process `pid` (which started at `start_time`); when it
+    /// exits an `ExitEvent` goes to the `exits()` channel. A process that is already
+    /// gone, or whose pid now belongs to another process, is reported at once with an
+    /// unknown exit code. Watching the same id and pid again does nothing.
+    /// Must be called inside a tokio runtime.
+    pub fn watch(&self, id: &str, pid: i32, start_time: u64) {
+        let Ok(mut watchers) = self.watchers.lock() else {
+            tracing::error!(id, "watcher table poisoned; cannot watch");
+            return;
+        };
+        if let Some((watched, handle)) = watchers.get(id) {
+            if *watched == pid && !handle.is_finished() {
+                return;
+            }
+            handle.abort();
+        }
+        let w = Watch { id: id.to_owned(), pid, start_time, cgroup: self.cgroup(id) };
+        let tx = self.exit_tx.clone();
+        let table = Arc::clone(&self.watchers);
+        let task = tokio::spawn(async move {
+            let (id, pid) = (w.id.clone(), w.pid);
+            exit::watch(w, tx).await;
+            if let Ok(mut table) = table.lock() {
+                if table.get(&id).is_some_and(|(p, _)| *p == pid) {
+                    table.remove(&id);
+                }
+            }
+        });
+        watchers.insert(id.to_owned(), (pid, task.abort_handle()));
+    }
+
+    /// The channel of exit events. The first call takes it; later calls get a closed one.
+    pub fn exits(&self) -> UnboundedReceiver<ExitEvent> {
+        match self.exit_rx.lock().ok().and_then(|mut rx| rx.take()) {
+            Some(rx) => rx,
+            None => {
+                tracing::warn!("Runtime::exits called twice; returning a closed channel");
+                mpsc::unbounded_channel().1
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Ok(watchers) = self.watchers.lock() {
+            for (_, handle) in watchers.values() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+fn load(id: &str, dir: PathBuf) -> Result<Container, Error> {
+    Container::load(dir).map_err(|source| Error::Libcontainer {
+        id: id.to_owned(),
+        action: "load state",
+        source: Box::new(source),
+    })
+}
+
+/// Runs blocking libcontainer and filesystem work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => {
+            Err(Error::Helper { object: "runtime".to_owned(), message: format!("blocking task failed: {e}") })
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Watching container processes: pid identity through `/proc/<pid>/stat`, exit
+//! notification through pidfds, and reaping the ones that are our children.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::cgroup::CgroupPlace;
+use crate::spec::ExitEvent;
+
+/// Start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) and whether
+/// the process is still running (not a zombie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub start_time: u64,
+    pub alive: bool,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` when there is no such process.
+pub(crate) fn proc_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses a `stat` line. The command name may hold spaces and parentheses, so fields
+/// are counted from the last `)`: state is field 3, start time field 22.
+pub(crate) fn parse_stat(line: &str) -> Option<ProcStat> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let start_time = fields.nth(22 - 4)?.parse().ok()?;
+    Some(ProcStat { start_time, alive: !matches!(state, "Z" | "X" | "x") })
+}
+
+/// Whether `pid` is the process that started at `start_time` and has not exited.
+pub(crate) fn is_running(pid: i32, start_time: u64) -> bool {
+    proc_stat(pid).is_some_and(|s| s.alive && s.start_time == start_time)
+}
+
+/// Opens a pidfd for `pid`. It also works for processes that are not our children.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd_open returned an out-of-range fd"))?;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// How a process ended, as far as we could see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ended {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// Reaps the exited process behind `pidfd` if it is our child. `Ok(None)` means it
+/// has not exited yet; an `ended` with no code means it is not our child.
+fn try_reap(pidfd: &OwnedFd) -> io::Result<Option<Ended>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value for it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // The fd is a non-negative i32, so it fits id_t (u32).
+    let id = pidfd.as_raw_fd() as libc::id_t;
+    // SAFETY: `info` is a valid, writable siginfo_t that outlives the call.
+    let rc = unsafe { libc::waitid(libc::P_PIDFD, id, &mut info, libc::WEXITED | libc::WNOHANG) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ECHILD) {
+            return Ok(Some(Ended { exit_code: None, signal: None }));
+        }
+        return Err(err);
+    }
+    // SAFETY: waitid succeeded and filled `info`; si_pid and si_status are valid for SIGCHLD info.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => Ended { exit_code: Some(status), signal: None },
+        _ => Ended { exit_code: Some(128 + status), signal: Some(status) },
+    }))
+}
+
+/// What to watch: one container process, known by pid and start time.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    pub id: String,
+    pub pid: i32,
+    pub start_time: u64,
+    pub cgroup: CgroupPlace,
+}
+
+/// Waits for the process to exit, reaps it if it is ours, and sends its `ExitEvent`.
+/// A process that is already gone (or whose pid was reused) is reported with an
+/// unknown exit code at once.
+pub(crate) async fn watch(w: Watch, tx: UnboundedSender<ExitEvent>) {
+    let ended = match pidfd_open(w.pid) {
+        // The pidfd pins the process, so the start time read after opening it is its own.
+        Ok(fd) if proc_stat(w.pid).is_some_and(|s| s.start_time == w.start_time) => wait_pidfd(&w, fd).await,
+        Ok(_) => Ended { exit_code: None, signal: None },
+        Err(e) => {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                tracing::warn!(id = %w.id, pid = w.pid, error = %e, "cannot open pidfd; reporting the exit as unknown");
+            }
+            Ended { exit_code: None, signal: None }
+        }
+    };
+    let oom_kills = w.cgroup.oom_kills().unwrap_or(0);
+    let event = ExitEvent {
+        id: w.id.clone(),
+        pid: w.pid,
+        exit_code: ended.exit_code,
+        signal: ended.signal,
+        // Any OOM kill in the container's cgroup counts, as in Kubernetes; a SIGKILL
+        // with a non-zero counter is the common case.
+        oom_killed: oom_kills > 0,
+    };
+    tracing::debug!(?event, "container exited");
+    // The receiver may be gone during shutdown; then nobody needs the event.
+    let _ = tx.send(event);
+}
+
+async fn wait_pidfd(w: &Watch, fd: OwnedFd) -> Ended {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the fd stays open and the
+    // same until the AsyncFd is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+    let afd = match registered {
+        Ok(afd) => afd,
+        Err(e) => {
+            tracing::warn!(id = %w.id, pid = w.pid, error = %e, "cannot register pidfd; polling instead");
+            return poll_until_gone(w).await;
+        }
+    };
+    loop {
+        match try_reap(afd.get_ref()) {
+            Ok(Some(ended)) => return ended,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(id = %w.id, pid = w.pid, error = %e, "waitid failed; reporting the exit as unknown");
+                return poll_until_gone(w).await;
+            }
+        }
+        match afd.readable().await {
+            // The pidfd stays readable once the process exited; clearing is harmless
+            // because the next try_reap either reaps or learns it is not our child.
+            Ok(mut guard) => guard.clear_ready(),
+            Err(e) => {
+                tracing::warn!(id = %w.id, pid = w.pid, error = %e, "pidfd wait failed; polling instead");
+                return poll_until_gone(w).await;
+            }
+        }
+    }
+}
+
+async fn poll_until_gone(w: &Watch) -> Ended {
+    while is_running(w.pid, w.start_time) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ended { exit_code: None, signal: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse() {
+        let line =
+            "1234 (sh -c (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 2273280 200 \
+                    18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat(line), Some(ProcStat { start_time: 98765, alive: true }));
+        let zombie = line.replace(") S ", ") Z ");
+        assert_eq!(parse_stat(&zombie), Some(ProcStat { start_time: 98765, alive: false }));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_running() {
+        let me = std::process::id() as i32;
+        let stat = proc_stat(me).expect("own stat");
+        assert!(stat.alive);
+        assert!(is_running(me, stat.start_time));
+        assert!(!is_running(me, stat.start_time + 1));
+    }
+}

@@ -1,0 +1,20 @@
+//! Local content-addressed image store: imports OCI layouts and `docker save` archives,
+//! keeps verified blobs and extracted layers, and resolves references to layer stacks.
+
+mod blob;
+mod error;
+mod index;
+mod layout;
+mod reference;
+mod source;
+mod store;
+#[cfg(test)]
+mod tests;
+mod types;
+mod unpack;
+
+pub use blob::Digest;
+pub use error::ImageError;
+pub use reference::{parse_image_id, Reference};
+pub use store::{ImageStore, ImageSummary};
+pub use types::*;

@@ -1,0 +1,25 @@
+//! Runs containers for peer through youki's libcontainer: images, bundles, cgroups, logs.
+//!
+//! Architecture invariant: this crate knows nothing about clusters, specs or gossip; it
+//! runs the containers it is told about and reports what happened to them.
+
+pub mod image;
+pub mod helper;
+pub mod logs;
+
+mod bundle;
+mod cgroup;
+mod engine;
+mod error;
+mod exec;
+mod exit;
+mod netns;
+mod overlay;
+mod process;
+mod spec;
+
+pub use engine::{Runtime, RuntimeConfig};
+pub use error::Error;
+pub use exec::exec;
+pub use image::{ImageConfig, ResolvedImage};
+pub use spec::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Started};

@@ -1,0 +1,276 @@
+//! Helpers for peer's integration tests: build the binaries and the demo image, start
+//! real agents in throw-away folders, and wait on conditions with deadlines.
+//!
+//! Tests that need root (containers, namespaces, cgroups) call [`require_root`]: on a
+//! non-root machine they skip with a message, unless `PEER_REQUIRE_ROOT_TESTS=1` (set
+//! by `.ci/run`), which turns the skip into a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_owned()
+}
+
+/// True when the test may run; false (after printing why) when it must skip.
+pub fn require_root(test: &str) -> bool {
+    let root = nix_euid() == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("PEER_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+        panic!("{test} needs root (containers, namespaces, cgroups) and PEER_REQUIRE_ROOT_TESTS=1 forbids skipping it");
+    }
+    eprintln!("skipping {test}: needs root (containers, namespaces, cgroups); run as root or in CI");
+    false
+}
+
+fn nix_euid() -> u32 {
+    // /proc/self/status is readable without unsafe code: "Uid: real effective ...".
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Builds (once per test process) and returns the `peer` binary.
+pub fn peer_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "node", "--bin", "peer"])
+            .current_dir(workspace())
+            .status()
+            .expect("running cargo build for the peer binary");
+        assert!(status.success(), "building the peer binary failed");
+        workspace().join("target/debug/peer")
+    })
+}
+
+/// Builds (once per test process) the demo image tar with `scripts/demo-image`.
+pub fn demo_image() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        // Each test binary builds its own copy, so parallel test binaries never race on one file.
+        let out = workspace().join(format!("target/test-demo-image-{}", std::process::id()));
+        let output = Command::new(workspace().join("scripts/demo-image"))
+            .arg(&out)
+            .current_dir(workspace())
+            .output()
+            .expect("running scripts/demo-image");
+        assert!(output.status.success(), "scripts/demo-image failed: {}", String::from_utf8_lossy(&output.stderr));
+        let _ = std::fs::remove_dir_all(&out);
+        out.with_extension("tar")
+    })
+}
+
+/// The static demo binary, to run on the host side (e.g. as an HTTP client).
+pub fn demo_bin() -> PathBuf {
+    demo_image();
+    workspace().join("target/demo-static/release/peer-demo")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` at the deadline.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real `peer up` agent in its own data and spec folders and cgroup parent.
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub specs: PathBuf,
+    pub cgroup_parent: String,
+    agent: Option<Child>,
+}
+
+impl Node {
+    /// Creates the folders, imports the demo image and starts the agent.
+    pub fn start(name: &str) -> Node {
+        let dir = std::env::temp_dir().join(format!("peer-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("data");
+        let specs = dir.join("specs");
+        std::fs::create_dir_all(&specs).expect("creating spec folder");
+        let mut node = Node {
+            name: name.to_owned(),
+            cgroup_parent: format!("peer-test-{name}-{}", std::process::id()),
+            dir,
+            data,
+            specs,
+            agent: None,
+        };
+        let out = node.peer(&["image", "import", &demo_image().display().to_string()]);
+        assert!(out.status.success(), "image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        node.start_agent();
+        node
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::File::create(self.dir.join(format!("agent-{}.log", crate::unique())))
+            .expect("creating agent log");
+        let child = Command::new(peer_bin())
+            .args(["up", "--specs"])
+            .arg(&self.specs)
+            .args(["--cgroup-parent", &self.cgroup_parent])
+            .env("PEER_DATA_DIR", &self.data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting peer up");
+        self.agent = Some(child);
+        wait_for("the agent's API socket", Duration::from_secs(20), || {
+            self.peer(&["get", "pods"]).status.success().then_some(())
+        });
+    }
+
+    /// Kills the agent with SIGKILL (containers keep running).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a `peer` CLI command against this node.
+    pub fn peer(&self, args: &[&str]) -> Output {
+        Command::new(peer_bin())
+            .args(args)
+            .env("PEER_DATA_DIR", &self.data)
+            .output()
+            .expect("running the peer CLI")
+    }
+
+    /// Runs a `peer` command that must succeed; returns its stdout.
+    pub fn peer_ok(&self, args: &[&str]) -> String {
+        let out = self.peer(args);
+        assert!(
+            out.status.success(),
+            "peer {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.peer_ok(&all)).expect("peer printed JSON")
+    }
+
+    /// Pods as `peer get pods -o json` rows.
+    pub fn pods(&self) -> Vec<Value> {
+        self.json(&["get", "pods"]).as_array().cloned().unwrap_or_default()
+    }
+
+    /// Names of the pods whose status is Running and all containers ready.
+    pub fn running_pods(&self) -> Vec<String> {
+        self.pods()
+            .into_iter()
+            .filter(|p| p["status"] == "Running" && ready_all(&p["ready"]))
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn describe(&self, pod: &str) -> Value {
+        let out = self.peer_ok(&["describe", "pod", pod]);
+        serde_json::to_value(serde_yaml_like(&out)).expect("describe output")
+    }
+
+    /// Writes a spec file into the drop-in folder (atomically, as editors and tools should).
+    pub fn write_spec(&self, file: &str, yaml: &str) {
+        let tmp = self.specs.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("writing spec");
+        std::fs::rename(&tmp, self.specs.join(file)).expect("renaming spec");
+    }
+
+    pub fn remove_spec(&self, file: &str) {
+        std::fs::remove_file(self.specs.join(file)).expect("removing spec");
+    }
+
+    /// The agent's log so far (for assertions on messages and for debugging).
+    pub fn agent_log(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            logs.sort();
+            for p in logs.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+                out.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    /// Deletes every workload and waits for the containers to go before stopping the
+    /// agent, so no container of a test outlives it.
+    fn drop(&mut self) {
+        if self.agent.is_some() {
+            if let Ok(entries) = std::fs::read_dir(&self.specs) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            for kind in ["deployment", "pod"] {
+                let out = self.peer(&["get", if kind == "pod" { "pods" } else { "deployments" }, "-o", "json"]);
+                let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if kind == "deployment" {
+                    for r in rows {
+                        if let Some(n) = r["name"].as_str() {
+                            let _ = self.peer(&["delete", "deployment", n]);
+                        }
+                    }
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let out = self.peer(&["get", "pods", "-o", "json"]);
+                let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if rows.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            self.kill_agent();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log of node {} ---\n{}", self.name, self.agent_log());
+        }
+    }
+}
+
+fn ready_all(ready: &Value) -> bool {
+    ready.as_str().and_then(|r| r.split_once('/')).is_some_and(|(a, b)| a == b && a != "0")
+}
+
+/// `peer describe` prints YAML; tests read it back through the JSON form instead.
+fn serde_yaml_like(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).expect("describe prints YAML")
+}
+
+/// A number unique within this process, for file names.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}

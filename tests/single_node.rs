@@ -149,7 +149,10 @@ fn limits_are_in_the_cgroup_and_cannot_be_raised_from_inside() {
     }
     let out = node.peer(&["exec", &pod, "--", "/peer-demo", "mount-cgroup"]);
     assert!(!out.status.success(), "mounting a cgroup fs inside the container succeeded");
-    assert_eq!(cgroup_file(&node, &pod, "memory", "memory.limit_in_bytes", "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(
+        cgroup_file(&node, &pod, "memory", "memory.limit_in_bytes", "memory.max"),
+        (64u64 << 20).to_string()
+    );
 }
 
 #[test]

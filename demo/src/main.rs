@@ -57,7 +57,8 @@ fn serve() -> Result<(), String> {
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
-    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind port {port}: {e}"))?;
+    let listener =
+        TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind port {port}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     println!("peer-demo listening on :{port}");
     while !TERMINATING.load(Ordering::SeqCst) {
@@ -67,7 +68,9 @@ fn serve() -> Result<(), String> {
                     let _ = handle(stream);
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => eprintln!("accept: {e}"),
         }
     }
@@ -119,9 +122,13 @@ fn route(target: &str) -> (&'static str, String) {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     match path {
         "/" => ("200 OK", format!("hello from {} (pid {})\n", host.trim(), std::process::id())),
-        "/healthz" if std::path::Path::new("/tmp/unhealthy").exists() => ("500 Internal Server Error", "unhealthy\n".into()),
+        "/healthz" if std::path::Path::new("/tmp/unhealthy").exists() => {
+            ("500 Internal Server Error", "unhealthy\n".into())
+        }
         "/healthz" => ("200 OK", "ok\n".into()),
-        "/ready" if std::path::Path::new("/tmp/notready").exists() => ("503 Service Unavailable", "not ready\n".into()),
+        "/ready" if std::path::Path::new("/tmp/notready").exists() => {
+            ("503 Service Unavailable", "not ready\n".into())
+        }
         "/ready" => ("200 OK", "ready\n".into()),
         "/burn" => {
             let ms = query(target, "ms").unwrap_or(100);
@@ -161,7 +168,8 @@ fn get(args: &[&str]) -> Result<(), String> {
     let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
     let mut s = TcpStream::connect(&hostport).map_err(|e| format!("connect {hostport}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: {hostport}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {hostport}\r\nconnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
@@ -170,7 +178,7 @@ fn get(args: &[&str]) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{}", head.lines().next().unwrap_or("no response")))
+        Err(head.lines().next().unwrap_or("no response").to_string())
     }
 }
 

@@ -19,17 +19,37 @@ pub enum Request {
     GetDeployments,
     GetEvents,
     /// Full detail of one pod.
-    DescribePod { namespace: String, name: String },
+    DescribePod {
+        namespace: String,
+        name: String,
+    },
     /// Log file location of a container (current or previous instance).
-    LogPath { namespace: String, pod: String, container: Option<String>, previous: bool },
+    LogPath {
+        namespace: String,
+        pod: String,
+        container: Option<String>,
+        previous: bool,
+    },
     /// Where a running container lives, for `peer exec` (which runs in the CLI process).
-    ExecTarget { namespace: String, pod: String, container: Option<String> },
+    ExecTarget {
+        namespace: String,
+        pod: String,
+        container: Option<String>,
+    },
     /// Files given to `peer apply -f`: (name for messages, content).
-    Apply { files: Vec<(String, String)> },
+    Apply {
+        files: Vec<(String, String)>,
+    },
     /// Files given to `peer delete -f`: every object they name is deleted.
-    DeleteFiles { files: Vec<(String, String)> },
+    DeleteFiles {
+        files: Vec<(String, String)>,
+    },
     /// `peer delete KIND NAME`.
-    Delete { kind: String, namespace: String, name: String },
+    Delete {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -114,7 +114,9 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
             let rows: Vec<DeploymentRow> = serde_json::from_value(data)?;
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
-                .map(|r| vec![r.name, format!("{}/{}", r.ready, r.desired), r.up_to_date.to_string(), r.source])
+                .map(|r| {
+                    vec![r.name, format!("{}/{}", r.ready, r.desired), r.up_to_date.to_string(), r.source]
+                })
                 .collect();
             print_table(&["NAME", "READY", "UP-TO-DATE", "SOURCE"], &rows);
         }
@@ -123,7 +125,9 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
             let now = crate::agent::now_ms();
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
-                .map(|r| vec![age(now.saturating_sub(r.time_ms) / 1000), r.kind, r.reason, r.object, r.message])
+                .map(|r| {
+                    vec![age(now.saturating_sub(r.time_ms) / 1000), r.kind, r.reason, r.object, r.message]
+                })
                 .collect();
             print_table(&["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows);
         }

@@ -53,12 +53,20 @@ pub struct ObservedContainer {
 pub enum ContainerState {
     /// The executor is creating or starting it.
     Creating,
-    Running { pid: i32, start_time: u64, started_at_ms: u64 },
+    Running {
+        pid: i32,
+        start_time: u64,
+        started_at_ms: u64,
+    },
     /// Stopping (SIGTERM sent, grace period running).
     Stopping,
     Terminated(Terminated),
     /// Could not be created (bad image, runtime error); retried after `retry_at_ms`.
-    Waiting { reason: String, message: String, retry_at_ms: u64 },
+    Waiting {
+        reason: String,
+        message: String,
+        retry_at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,9 +190,8 @@ pub fn reconcile(desired: &[DesiredPod], observed: &BTreeMap<String, ObservedPod
         match observed.get(key) {
             None => {
                 // Recreate: a workload's new replicas start once none of another revision is left.
-                let old_left = observed
-                    .values()
-                    .any(|p| p.workload == d.workload && p.revision != d.revision);
+                let old_left =
+                    observed.values().any(|p| p.workload == d.workload && p.revision != d.revision);
                 if !old_left {
                     plan.actions.push(Action::CreatePod((*d).clone()));
                 }
@@ -196,7 +203,8 @@ pub fn reconcile(desired: &[DesiredPod], observed: &BTreeMap<String, ObservedPod
                         continue;
                     };
                     if due <= now_ms {
-                        plan.actions.push(Action::StartContainer { pod: key.clone(), container: name.clone() });
+                        plan.actions
+                            .push(Action::StartContainer { pod: key.clone(), container: name.clone() });
                     } else {
                         plan.wake_at_ms = Some(plan.wake_at_ms.map_or(due, |w| w.min(due)));
                     }
@@ -218,11 +226,11 @@ pub fn pod_phase(pod: &ObservedPod) -> &'static str {
     }
     let all_done = states.iter().all(|s| matches!(s, ContainerState::Terminated(_)));
     if all_done && !states.is_empty() {
-        let restarts = pod.containers.values().any(|c| restart_due_ms(pod.template.restart_policy, c).is_some());
+        let restarts =
+            pod.containers.values().any(|c| restart_due_ms(pod.template.restart_policy, c).is_some());
         if !restarts {
-            let failed = states
-                .iter()
-                .any(|s| matches!(s, ContainerState::Terminated(t) if t.exit_code != Some(0)));
+            let failed =
+                states.iter().any(|s| matches!(s, ContainerState::Terminated(t) if t.exit_code != Some(0)));
             return if failed { "Failed" } else { "Succeeded" };
         }
         return "Running";

@@ -21,7 +21,8 @@ pub async fn serve(path: &Path, agent: UnboundedSender<Input>) -> anyhow::Result
         anyhow::bail!("another peer agent is already serving {}", path.display());
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding API socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding API socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting API socket {}", path.display()))?;
     Ok(tokio::spawn(async move {

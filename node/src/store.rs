@@ -103,7 +103,8 @@ impl Store {
     fn save(&self) -> anyhow::Result<()> {
         let disk = OnDisk { seq: self.seq, objects: self.objects.values().cloned().collect() };
         let bytes = serde_json::to_vec_pretty(&disk).context("encoding desired state")?;
-        write_atomic(&self.path, &bytes).with_context(|| format!("writing desired state {}", self.path.display()))
+        write_atomic(&self.path, &bytes)
+            .with_context(|| format!("writing desired state {}", self.path.display()))
     }
 }
 

@@ -62,10 +62,7 @@ pub struct Workload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Strategy {
     Recreate,
-    RollingUpdate {
-        max_surge: IntOrPercent,
-        max_unavailable: IntOrPercent,
-    },
+    RollingUpdate { max_surge: IntOrPercent, max_unavailable: IntOrPercent },
 }
 
 /// Kubernetes' IntOrString for counts: an absolute number or a percentage.

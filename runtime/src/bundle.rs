@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use libcontainer::oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use libcontainer::oci_spec::OciSpecError;
 
@@ -102,20 +101,20 @@ pub(crate) fn oci_spec(input: &SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .inheritable(std::collections::HashSet::new())
         .ambient(std::collections::HashSet::new())
         .build()?;
-    let process = ProcessBuilder::default()
+    // No rlimits: the container inherits the agent's, as Docker containers inherit
+    // dockerd's. Raising a hard limit needs CAP_SYS_RESOURCE, which some hosts withhold
+    // even from root (measured: libcontainer then fails with EPERM).
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(plan.uid).gid(plan.gid).build()?)
         .args(plan.args.clone())
         .env(plan.env.clone())
         .cwd(plan.cwd.clone())
         .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(1_048_576u64)
-            .soft(1_048_576u64)
-            .build()?])
         .no_new_privileges(false)
         .build()?;
+    // The builder fills in oci-spec's default rlimits (RLIMIT_NOFILE 1024).
+    process.set_rlimits(None);
 
     let mut namespaces = Vec::new();
     for typ in

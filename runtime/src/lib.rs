@@ -3,8 +3,8 @@
 //! Architecture invariant: this crate knows nothing about clusters, specs or gossip; it
 //! runs the containers it is told about and reports what happened to them.
 
-pub mod image;
 pub mod helper;
+pub mod image;
 pub mod logs;
 
 mod bundle;

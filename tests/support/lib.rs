@@ -67,7 +67,11 @@ pub fn demo_image() -> &'static Path {
             .current_dir(workspace())
             .output()
             .expect("running scripts/demo-image");
-        assert!(output.status.success(), "scripts/demo-image failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "scripts/demo-image failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let _ = std::fs::remove_dir_all(&out);
         out.with_extension("tar")
     })
@@ -232,7 +236,8 @@ impl Drop for Node {
                 }
             }
             for kind in ["deployment", "pod"] {
-                let out = self.peer(&["get", if kind == "pod" { "pods" } else { "deployments" }, "-o", "json"]);
+                let out =
+                    self.peer(&["get", if kind == "pod" { "pods" } else { "deployments" }, "-o", "json"]);
                 let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
                 if kind == "deployment" {
                     for r in rows {

@@ -122,7 +122,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     agent.sync_folder();
     let mut wake = agent.reconcile();
     loop {
-        let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)));
+        let sleep = tokio::time::sleep_until(
+            wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+        );
         let input = tokio::select! {
             Some(i) = input_rx.recv() => i,
             Some(e) = exits.recv() => Input::Exit(e),
@@ -190,7 +192,9 @@ impl Agent {
         for pod in self.pods.values() {
             for (name, c) in &pod.containers {
                 let path = self.log_path(&pod.namespace, &pod.name, name, c.restart_count);
-                if let Err(e) = runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes, self.cfg.log_keep) {
+                if let Err(e) =
+                    runtime::logs::rotate_if_needed(&path, self.cfg.log_max_bytes, self.cfg.log_keep)
+                {
                     tracing::warn!(path = %path.display(), "rotating log: {e}");
                 }
             }

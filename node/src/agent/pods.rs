@@ -11,7 +11,9 @@ use runtime::image::ImageStore;
 use runtime::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Runtime};
 
 use super::{now_ms, Agent, DefaultLimits};
-use crate::reconcile::{self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated};
+use crate::reconcile::{
+    self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated,
+};
 use crate::store::write_atomic;
 
 /// What a finished executor task reports to the agent loop.
@@ -72,7 +74,9 @@ impl StartJob {
                 }
             };
             let msg = match result {
-                Ok((pid, start_time)) => TaskResult::Started { pod: self.pod_key.clone(), container: name, pid, start_time },
+                Ok((pid, start_time)) => {
+                    TaskResult::Started { pod: self.pod_key.clone(), container: name, pid, start_time }
+                }
                 Err((reason, message)) => {
                     TaskResult::StartFailed { pod: self.pod_key.clone(), container: name, reason, message }
                 }
@@ -90,7 +94,9 @@ async fn start_one(
 ) -> Result<(i32, u64), (String, String)> {
     let resolved = match images.resolve(image) {
         Ok(r) => r,
-        Err(e) => return Err(("ImagePullBackOff".to_owned(), format!("{e} (import it with `peer image import`)"))),
+        Err(e) => {
+            return Err(("ImagePullBackOff".to_owned(), format!("{e} (import it with `peer image import`)")))
+        }
     };
     // A leftover container of the same id (previous run, or a crash mid-create) goes first.
     if let Err(e) = runtime.remove_container(&spec.id).await {
@@ -104,7 +110,12 @@ async fn start_one(
 
 impl Agent {
     pub(super) fn log_path(&self, namespace: &str, pod: &str, container: &str, restart: u32) -> PathBuf {
-        self.cfg.data_dir.join("logs").join(sandbox_id(namespace, pod)).join(container).join(format!("{restart}.log"))
+        self.cfg
+            .data_dir
+            .join("logs")
+            .join(sandbox_id(namespace, pod))
+            .join(container)
+            .join(format!("{restart}.log"))
     }
 
     fn record_path(&self, key: &str) -> PathBuf {
@@ -184,7 +195,11 @@ impl Agent {
                 }
                 c.failures += 1;
                 c.state = ContainerState::Creating;
-                self.events.normal(&format!("pod/{}", p.name), "Restarting", &format!("restarting container {container}"));
+                self.events.normal(
+                    &format!("pod/{}", p.name),
+                    "Restarting",
+                    &format!("restarting container {container}"),
+                );
                 self.persist(&pod);
                 self.spawn_start(&pod, Some(&container));
             }
@@ -199,7 +214,12 @@ impl Agent {
             .containers
             .iter()
             .map(|c| {
-                let obs = ObservedContainer { state: ContainerState::Creating, restart_count: 0, failures: 0, last_termination: None };
+                let obs = ObservedContainer {
+                    state: ContainerState::Creating,
+                    restart_count: 0,
+                    failures: 0,
+                    last_termination: None,
+                };
                 (c.name.clone(), obs)
             })
             .collect();
@@ -213,7 +233,11 @@ impl Agent {
             created_at_ms: now_ms(),
             containers,
         };
-        self.events.normal(&format!("pod/{}", pod.name), "Scheduled", &format!("assigned to this node for {}", pod.workload));
+        self.events.normal(
+            &format!("pod/{}", pod.name),
+            "Scheduled",
+            &format!("assigned to this node for {}", pod.workload),
+        );
         self.pods.insert(key.clone(), pod);
         self.persist(&key);
         self.spawn_start(&key, None);
@@ -227,9 +251,14 @@ impl Agent {
                 c.state = ContainerState::Stopping;
             }
         }
-        let ids: Vec<String> = pod.containers.keys().map(|c| container_id(&pod.namespace, &pod.name, c)).collect();
+        let ids: Vec<String> =
+            pod.containers.keys().map(|c| container_id(&pod.namespace, &pod.name, c)).collect();
         let sandbox = sandbox_id(&pod.namespace, &pod.name);
-        self.events.normal(&format!("pod/{}", pod.name), "Killing", &format!("stopping pod (grace {}s)", grace.as_secs()));
+        self.events.normal(
+            &format!("pod/{}", pod.name),
+            "Killing",
+            &format!("stopping pod (grace {}s)", grace.as_secs()),
+        );
         self.persist(key);
         let rt = self.runtime.clone();
         let tx = self.tasks.clone();
@@ -268,7 +297,11 @@ impl Agent {
                 let Some(c) = p.containers.get_mut(&container) else { return };
                 if matches!(c.state, ContainerState::Creating) {
                     c.state = ContainerState::Running { pid, start_time, started_at_ms: now_ms() };
-                    self.events.normal(&format!("pod/{}", p.name), "Started", &format!("started container {container} (pid {pid})"));
+                    self.events.normal(
+                        &format!("pod/{}", p.name),
+                        "Started",
+                        &format!("started container {container} (pid {pid})"),
+                    );
                 }
                 self.persist(&pod);
             }
@@ -280,7 +313,11 @@ impl Agent {
                 }
                 c.failures += 1;
                 let delay = reconcile::backoff(c.failures).max(Duration::from_secs(1));
-                c.state = ContainerState::Waiting { reason: reason.clone(), message: message.clone(), retry_at_ms: now_ms() + delay.as_millis() as u64 };
+                c.state = ContainerState::Waiting {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    retry_at_ms: now_ms() + delay.as_millis() as u64,
+                };
                 tracing::warn!(pod = %pod, container = %container, "{reason}: {message}");
                 self.events.warning(&format!("pod/{}", p.name), &reason, &message);
                 self.persist(&pod);
@@ -299,7 +336,11 @@ impl Agent {
     pub(super) fn handle_exit(&mut self, e: ExitEvent) {
         let found = self.pods.iter_mut().find_map(|(key, p)| {
             let name = p.containers.iter().find_map(|(n, c)| match c.state {
-                ContainerState::Running { pid, .. } if pid == e.pid && container_id(&p.namespace, &p.name, n) == e.id => Some(n.clone()),
+                ContainerState::Running { pid, .. }
+                    if pid == e.pid && container_id(&p.namespace, &p.name, n) == e.id =>
+                {
+                    Some(n.clone())
+                }
                 _ => None,
             })?;
             Some((key.clone(), name))
@@ -359,7 +400,9 @@ impl Agent {
                     Ok(Ok(pod)) => {
                         records.insert(reconcile::pod_key(&pod.namespace, &pod.name), pod);
                     }
-                    Ok(Err(e)) => tracing::warn!(path = %path.display(), "ignoring unreadable pod record: {e}"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(path = %path.display(), "ignoring unreadable pod record: {e}")
+                    }
                     Err(e) => tracing::warn!(path = %path.display(), "reading pod record: {e}"),
                 }
             }
@@ -374,9 +417,10 @@ impl Agent {
                 known.insert(id.clone());
                 let status = self.runtime.inspect(&id);
                 match (&c.state, status) {
-                    (ContainerState::Running { pid, start_time, .. }, Ok(ContainerStatus::Running { pid: p, start_time: s }))
-                        if *pid == p && *start_time == s =>
-                    {
+                    (
+                        ContainerState::Running { pid, start_time, .. },
+                        Ok(ContainerStatus::Running { pid: p, start_time: s }),
+                    ) if *pid == p && *start_time == s => {
                         self.runtime.watch(&id, p, s);
                         tracing::info!(pod = %key, container = %name, pid = p, "adopted running container");
                     }
@@ -393,6 +437,9 @@ impl Agent {
                             started_at_ms,
                             finished_at_ms: now,
                         });
+                        // Gone while the agent was down (often a reboot): start it again
+                        // at once rather than after an old crash loop's back-off.
+                        c.failures = 0;
                         tracing::info!(pod = %key, container = %name, "container is gone since the agent last ran; it will be restarted");
                     }
                 }

@@ -19,10 +19,10 @@ pub fn pod_status(pod: &ObservedPod, now: u64) -> String {
         match &c.state {
             ContainerState::Waiting { reason, .. } => return reason.clone(),
             ContainerState::Creating => return "ContainerCreating".into(),
-            ContainerState::Terminated(_) => {
-                if reconcile::restart_due_ms(pod.template.restart_policy, c).is_some_and(|due| due > now) {
-                    return "CrashLoopBackOff".into();
-                }
+            ContainerState::Terminated(_)
+                if reconcile::restart_due_ms(pod.template.restart_policy, c).is_some_and(|due| due > now) =>
+            {
+                return "CrashLoopBackOff".into();
             }
             _ => {}
         }
@@ -158,7 +158,11 @@ impl Agent {
                 let restart = if previous {
                     match c.restart_count.checked_sub(1) {
                         Some(r) => r,
-                        None => return err(format!("previous terminated container {name} in pod {pod} not found")),
+                        None => {
+                            return err(format!(
+                                "previous terminated container {name} in pod {pod} not found"
+                            ))
+                        }
                     }
                 } else {
                     c.restart_count

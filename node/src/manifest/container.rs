@@ -18,10 +18,7 @@ pub(crate) fn containers(
 ) -> Result<Vec<Container>, FieldError> {
     let list = format!("{prefix}.containers");
     if containers.is_empty() {
-        return Err(FieldError::new(
-            list,
-            "required field is missing, expected at least one container",
-        ));
+        return Err(FieldError::new(list, "required field is missing, expected at least one container"));
     }
     let mut out: Vec<Container> = Vec::with_capacity(containers.len());
     for (i, c) in containers.iter().enumerate() {
@@ -81,10 +78,9 @@ fn env(path: &str, vars: &[core::EnvVar]) -> Result<Vec<EnvVar>, FieldError> {
         }
         match (&var.value, &var.value_from) {
             (None, Some(_)) => {}
-            (value, _) => out.push(EnvVar {
-                name: var.name.clone(),
-                value: value.clone().unwrap_or_default(),
-            }),
+            (value, _) => {
+                out.push(EnvVar { name: var.name.clone(), value: value.clone().unwrap_or_default() })
+            }
         }
     }
     Ok(out)
@@ -92,10 +88,9 @@ fn env(path: &str, vars: &[core::EnvVar]) -> Result<Vec<EnvVar>, FieldError> {
 
 fn ports(path: &str, ports: &[core::ContainerPort]) -> Result<Vec<ContainerPort>, FieldError> {
     let port_number = |n: i32, path: String| {
-        u16::try_from(n)
-            .ok()
-            .filter(|n| *n != 0)
-            .ok_or_else(|| FieldError::new(path, format!("expected a port number between 1 and 65535, got {n}")))
+        u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| {
+            FieldError::new(path, format!("expected a port number between 1 and 65535, got {n}"))
+        })
     };
     let mut out = Vec::with_capacity(ports.len());
     for (i, p) in ports.iter().enumerate() {
@@ -115,12 +110,7 @@ fn ports(path: &str, ports: &[core::ContainerPort]) -> Result<Vec<ContainerPort>
                 ))
             }
         };
-        out.push(ContainerPort {
-            name: p.name.clone(),
-            container_port,
-            protocol,
-            host_port,
-        });
+        out.push(ContainerPort { name: p.name.clone(), container_port, protocol, host_port });
     }
     Ok(out)
 }
@@ -139,7 +129,8 @@ fn resources(
     let mut requests = resource_list(&format!("{path}.requests"), r.requests.as_ref(), notes)?;
     requests.cpu_millis = requests.cpu_millis.or(limits.cpu_millis);
     requests.memory_bytes = requests.memory_bytes.or(limits.memory_bytes);
-    let over = |request: Option<u64>, limit: Option<u64>| matches!((request, limit), (Some(r), Some(l)) if r > l);
+    let over =
+        |request: Option<u64>, limit: Option<u64>| matches!((request, limit), (Some(r), Some(l)) if r > l);
     if over(requests.cpu_millis, limits.cpu_millis) {
         return Err(FieldError::new(
             format!("{path}.requests.cpu"),
@@ -165,16 +156,16 @@ fn resource_list(
         let field = join(path, name);
         match name.as_str() {
             "cpu" => {
-                out.cpu_millis =
-                    Some(quantity::cpu_millis(text).map_err(|m| FieldError::new(field, m))?);
+                out.cpu_millis = Some(quantity::cpu_millis(text).map_err(|m| FieldError::new(field, m))?);
             }
             "memory" => {
-                out.memory_bytes =
-                    Some(quantity::memory_bytes(text).map_err(|m| FieldError::new(field, m))?);
+                out.memory_bytes = Some(quantity::memory_bytes(text).map_err(|m| FieldError::new(field, m))?);
             }
             _ => notes.push((
                 field,
-                format!("resource {name:?} is not implemented by peer yet, ignored (only cpu and memory are)"),
+                format!(
+                    "resource {name:?} is not implemented by peer yet, ignored (only cpu and memory are)"
+                ),
             )),
         }
     }

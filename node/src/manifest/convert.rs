@@ -10,9 +10,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use protocol::spec::{
-    IntOrPercent, Kind, ObjectKey, PodTemplate, RestartPolicy, Strategy, Workload,
-};
+use protocol::spec::{IntOrPercent, Kind, ObjectKey, PodTemplate, RestartPolicy, Strategy, Workload};
 
 use super::container;
 use super::diagnostic::{FieldError, Note};
@@ -43,36 +41,21 @@ pub(crate) fn deployment(d: &Deployment, notes: &mut Vec<Note>) -> Result<Worklo
         })?,
     };
 
-    let mut template_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let mut template_labels =
+        spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
     let match_labels = spec.selector.match_labels.clone().unwrap_or_default();
-    let has_expressions = spec
-        .selector
-        .match_expressions
-        .as_ref()
-        .is_some_and(|e| !e.is_empty());
+    let has_expressions = spec.selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty());
     if match_labels.is_empty() && template_labels.is_empty() && !has_expressions {
         template_labels.insert("app".to_owned(), key.name.clone());
     }
-    let selector = if match_labels.is_empty() {
-        template_labels.clone()
-    } else {
-        match_labels
-    };
+    let selector = if match_labels.is_empty() { template_labels.clone() } else { match_labels };
     if selector.is_empty() {
         return Err(FieldError::new(
             "spec.selector",
             "empty selector: set spec.selector.matchLabels or spec.template.metadata.labels",
         ));
     }
-    if let Some((k, v)) = selector
-        .iter()
-        .find(|(k, v)| template_labels.get(*k) != Some(*v))
-    {
+    if let Some((k, v)) = selector.iter().find(|(k, v)| template_labels.get(*k) != Some(*v)) {
         return Err(FieldError::new(
             "spec.template.metadata.labels",
             format!("selector does not match template labels: the selector needs {k}: {v}"),
@@ -138,11 +121,7 @@ fn object_key(kind: Kind, meta: &ObjectMeta) -> Result<ObjectKey, FieldError> {
             format!("expected lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters, got {namespace:?}"),
         ));
     }
-    Ok(ObjectKey {
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    })
+    Ok(ObjectKey { kind, namespace: namespace.to_owned(), name: name.to_owned() })
 }
 
 fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Strategy, FieldError> {
@@ -183,10 +162,7 @@ fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Str
             if s.is_some() {
                 notes.push(("spec.strategy".to_owned(), ROLLING_UPDATE_NOTE.to_owned()));
             }
-            Ok(Strategy::RollingUpdate {
-                max_surge,
-                max_unavailable,
-            })
+            Ok(Strategy::RollingUpdate { max_surge, max_unavailable })
         }
         other => Err(FieldError::new(
             "spec.strategy.type",
@@ -207,10 +183,7 @@ fn int_or_percent(value: Option<&IntOrString>, path: &str) -> Result<IntOrPercen
             .and_then(|p| p.parse::<u32>().ok())
             .map(IntOrPercent::Percent)
             .ok_or_else(|| {
-                FieldError::new(
-                    path,
-                    format!("expected an integer or a percentage such as 25%, got {s:?}"),
-                )
+                FieldError::new(path, format!("expected an integer or a percentage such as 25%, got {s:?}"))
             }),
     }
 }
@@ -276,9 +249,7 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
 
 fn is_dns_label_part(s: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    s.starts_with(alnum)
-        && s.ends_with(alnum)
-        && s.chars().all(|c| alnum(c) || c == '-')
+    s.starts_with(alnum) && s.ends_with(alnum) && s.chars().all(|c| alnum(c) || c == '-')
 }
 
 #[cfg(test)]

@@ -89,10 +89,7 @@ pub(crate) struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-        }
+        FieldError { path: path.into(), message: message.into() }
     }
 }
 
@@ -101,10 +98,7 @@ pub(crate) type Note = (String, String);
 
 /// Appends a map key to a field path.
 pub(crate) fn join(path: &str, key: &str) -> String {
-    let plain = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     match (path.is_empty(), plain) {
         (true, true) => key.to_owned(),
         (false, true) => format!("{path}.{key}"),
@@ -138,24 +132,15 @@ pub(crate) fn serde_path(path: &serde_path_to_error::Path) -> String {
 pub(crate) fn serde_message(raw: &str) -> (Option<String>, String) {
     if let Some(rest) = raw.strip_prefix("invalid type: ") {
         if let Some((got, expected)) = rest.rsplit_once(", expected ") {
-            return (
-                None,
-                format!("expected {}, got {}", expected_noun(expected), got_noun(got)),
-            );
+            return (None, format!("expected {}, got {}", expected_noun(expected), got_noun(got)));
         }
     }
     if let Some(rest) = raw.strip_prefix("invalid value: ") {
         if let Some((got, expected)) = rest.rsplit_once(", expected ") {
-            return (
-                None,
-                format!("expected {}, got {}", expected_noun(expected), got_noun(got)),
-            );
+            return (None, format!("expected {}, got {}", expected_noun(expected), got_noun(got)));
         }
     }
-    if let Some(field) = raw
-        .strip_prefix("missing field `")
-        .and_then(|s| s.strip_suffix('`'))
-    {
+    if let Some(field) = raw.strip_prefix("missing field `").and_then(|s| s.strip_suffix('`')) {
         return (Some(field.to_owned()), "required field is missing".to_owned());
     }
     (None, lowercase_first(raw))

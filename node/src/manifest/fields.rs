@@ -75,10 +75,7 @@ const POD_SPEC: &[(&str, Rule)] = &[
     ("containers[].env[]", Rule::Walk),
     ("containers[].env[].name", Rule::Use),
     ("containers[].env[].value", Rule::Use),
-    (
-        "containers[].env[].valueFrom",
-        Rule::Note("not implemented by peer yet: the variable is not set"),
-    ),
+    ("containers[].env[].valueFrom", Rule::Note("not implemented by peer yet: the variable is not set")),
     ("containers[].ports", Rule::Walk),
     ("containers[].ports[]", Rule::Walk),
     ("containers[].ports[].containerPort", Rule::Use),
@@ -107,9 +104,8 @@ fn pod_spec_prefix(kind: Kind) -> &'static str {
 }
 
 fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
-    let find = |table: &[(&str, Rule)], pattern: &str| {
-        table.iter().find(|(p, _)| *p == pattern).map(|(_, r)| *r)
-    };
+    let find =
+        |table: &[(&str, Rule)], pattern: &str| table.iter().find(|(p, _)| *p == pattern).map(|(_, r)| *r);
     if let Some(rule) = find(OBJECT, pattern) {
         return Some(rule);
     }
@@ -117,10 +113,7 @@ fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
     if pattern == prefix {
         return Some(Rule::Walk);
     }
-    if let Some(rest) = pattern
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('.'))
-    {
+    if let Some(rest) = pattern.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')) {
         return find(POD_SPEC, rest);
     }
     match kind {
@@ -151,16 +144,12 @@ fn walk(
             for (key, child) in map {
                 let key = match key {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml_ng::to_string(other)
-                        .map(|s| s.trim_end().to_owned())
-                        .unwrap_or_default(),
+                    other => {
+                        serde_yaml_ng::to_string(other).map(|s| s.trim_end().to_owned()).unwrap_or_default()
+                    }
                 };
                 let child_path = join(path, &key);
-                let child_pattern = if pattern.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{pattern}.{key}")
-                };
+                let child_pattern = if pattern.is_empty() { key.clone() } else { format!("{pattern}.{key}") };
                 field(kind, child, known.get(&key), &child_path, &child_pattern, notes);
             }
         }

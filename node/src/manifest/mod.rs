@@ -28,8 +28,8 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-pub use diagnostic::{ManifestError, Warning};
 use diagnostic::{serde_message, serde_path, yaml_error, FieldError, Note};
+pub use diagnostic::{ManifestError, Warning};
 
 /// Everything found in one manifest file.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,23 +45,13 @@ pub struct FileResult {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DocResult {
     /// A workload peer runs, with warnings about fields it does not implement.
-    Object {
-        workload: Workload,
-        warnings: Vec<Warning>,
-    },
+    Object { workload: Workload, warnings: Vec<Warning> },
     /// A kind peer does not run yet (Service, HorizontalPodAutoscaler, ConfigMap, …):
     /// a warning, not an error.
-    Ignored {
-        kind: String,
-        name: Option<String>,
-        warning: Warning,
-    },
+    Ignored { kind: String, name: Option<String>, warning: Warning },
     /// The document cannot be used. `key` is set when its kind and name could be read,
     /// so the caller can keep that object's previous state.
-    Invalid {
-        key: Option<ObjectKey>,
-        error: ManifestError,
-    },
+    Invalid { key: Option<ObjectKey>, error: ManifestError },
 }
 
 impl FileResult {
@@ -125,20 +115,12 @@ pub fn parse_file(file: &str, text: &str) -> FileResult {
                 path: None,
                 message,
             };
-            return FileResult {
-                documents: Vec::new(),
-                syntax_error: Some(error),
-            };
+            return FileResult { documents: Vec::new(), syntax_error: Some(error) };
         }
     }
     let mut documents = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let doc = Doc {
-            file,
-            text,
-            index,
-            object: None,
-        };
+        let doc = Doc { file, text, index, object: None };
         match Value::deserialize(document) {
             Ok(value) if value.is_null() => {}
             Ok(value) => documents.push(doc.parse(value)),
@@ -151,10 +133,7 @@ pub fn parse_file(file: &str, text: &str) -> FileResult {
             }
         }
     }
-    FileResult {
-        documents,
-        syntax_error: None,
-    }
+    FileResult { documents, syntax_error: None }
 }
 
 /// One document being parsed: where it is, for messages.
@@ -175,10 +154,8 @@ impl Doc<'_> {
             return DocResult::Invalid { key: None, error };
         }
         if !value.is_mapping() {
-            let error = self.error(
-                None,
-                "expected a Kubernetes object (a mapping with apiVersion, kind and metadata)",
-            );
+            let error = self
+                .error(None, "expected a Kubernetes object (a mapping with apiVersion, kind and metadata)");
             return DocResult::Invalid { key: None, error };
         }
         let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
@@ -198,20 +175,16 @@ impl Doc<'_> {
         let key = |kind: Kind| {
             name.clone()
                 .filter(|name| convert::is_dns_subdomain(name) && convert::is_dns_label(&namespace))
-                .map(|name| ObjectKey {
-                    kind,
-                    namespace: namespace.clone(),
-                    name,
-                })
+                .map(|name| ObjectKey { kind, namespace: namespace.clone(), name })
         };
         match kind.as_deref() {
-            None => DocResult::Invalid {
-                key: None,
-                error: self.error(
-                    Some("kind".to_owned()),
-                    "required field is missing, expected a string such as Deployment or Pod",
-                ),
-            },
+            None => {
+                let message = match value.get("kind") {
+                    None => "required field is missing, expected a string such as Deployment or Pod",
+                    Some(_) => "expected a string such as Deployment or Pod",
+                };
+                DocResult::Invalid { key: None, error: self.error(Some("kind".to_owned()), message) }
+            }
             Some("Deployment") => self.object::<Deployment>(
                 Kind::Deployment,
                 &value,
@@ -219,13 +192,7 @@ impl Doc<'_> {
                 key(Kind::Deployment),
                 convert::deployment,
             ),
-            Some("Pod") => self.object::<Pod>(
-                Kind::Pod,
-                &value,
-                api_version,
-                key(Kind::Pod),
-                convert::pod,
-            ),
+            Some("Pod") => self.object::<Pod>(Kind::Pod, &value, api_version, key(Kind::Pod), convert::pod),
             Some(other) => {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
                     format!("peer does not run {other} objects yet, ignored")
@@ -253,10 +220,7 @@ impl Doc<'_> {
     where
         T: k8s_openapi::Resource + DeserializeOwned + Serialize,
     {
-        let invalid = |error| DocResult::Invalid {
-            key: key.clone(),
-            error,
-        };
+        let invalid = |error| DocResult::Invalid { key: key.clone(), error };
         if api_version.as_deref() != Some(T::API_VERSION) {
             let got = match &api_version {
                 Some(v) => format!("got {v:?}"),
@@ -275,10 +239,9 @@ impl Doc<'_> {
         };
         let mut notes = fields::unimplemented(kind, value, &known);
         match convert(&typed, &mut notes) {
-            Ok(workload) => DocResult::Object {
-                workload,
-                warnings: notes.into_iter().map(|n| self.warning(n)).collect(),
-            },
+            Ok(workload) => {
+                DocResult::Object { workload, warnings: notes.into_iter().map(|n| self.warning(n)).collect() }
+            }
             Err(FieldError { path, message }) => invalid(self.error(Some(path), message)),
         }
     }

@@ -21,17 +21,14 @@ const MAX_EXPONENT: i32 = 18;
 
 /// Parses `text` and returns ceil(value × `scale`).
 fn parse(text: &str, scale: u128) -> Result<u64, String> {
-    let bad = |why: &str| {
-        format!("expected a quantity such as 500m, 0.5, 128Mi or 1Gi, got {text:?} ({why})")
-    };
+    let bad =
+        |why: &str| format!("expected a quantity such as 500m, 0.5, 128Mi or 1Gi, got {text:?} ({why})");
     let text_trimmed = text.trim();
     let unsigned = text_trimmed.strip_prefix('+').unwrap_or(text_trimmed);
     if unsigned.starts_with('-') {
         return Err(bad("must not be negative"));
     }
-    let number_end = unsigned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(unsigned.len());
+    let number_end = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
     let (number, suffix) = unsigned.split_at(number_end);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
@@ -45,11 +42,8 @@ fn parse(text: &str, scale: u128) -> Result<u64, String> {
     if digits.len() > 30 {
         return Err(bad("too many digits"));
     }
-    let mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().map_err(|_| bad("not a number"))?
-    };
+    let mantissa: u128 =
+        if digits.is_empty() { 0 } else { digits.parse().map_err(|_| bad("not a number"))? };
 
     // value = mantissa × 10^exp10 × 2^exp2
     let (mut exp10, exp2): (i32, u32) = match suffix {
@@ -70,9 +64,7 @@ fn parse(text: &str, scale: u128) -> Result<u64, String> {
         "P" => (15, 0),
         "E" => (18, 0),
         s if s.starts_with(['e', 'E']) => {
-            let exponent: i32 = s[1..]
-                .parse()
-                .map_err(|_| bad("unknown suffix"))?;
+            let exponent: i32 = s[1..].parse().map_err(|_| bad("unknown suffix"))?;
             if exponent.abs() > MAX_EXPONENT {
                 return Err(bad("exponent out of range"));
             }
@@ -84,15 +76,11 @@ fn parse(text: &str, scale: u128) -> Result<u64, String> {
     exp10 -= fraction_digits;
 
     let too_large = || bad("too large");
-    let mut numerator = mantissa
-        .checked_mul(scale)
-        .and_then(|n| n.checked_mul(1u128 << exp2))
-        .ok_or_else(too_large)?;
+    let mut numerator =
+        mantissa.checked_mul(scale).and_then(|n| n.checked_mul(1u128 << exp2)).ok_or_else(too_large)?;
     let mut denominator: u128 = 1;
     if exp10 >= 0 {
-        numerator = numerator
-            .checked_mul(10u128.pow(exp10.unsigned_abs()))
-            .ok_or_else(too_large)?;
+        numerator = numerator.checked_mul(10u128.pow(exp10.unsigned_abs())).ok_or_else(too_large)?;
     } else {
         // At most 30 fraction digits plus 18 for the exponent: 10^48 overflows u128, so
         // cap it; anything that small but non-zero rounds up to 1 anyway.

@@ -21,11 +21,7 @@ fn render(result: &FileResult) -> String {
                     writeln!(out, "warning: {warning}").expect("writing to a String");
                 }
             }
-            DocResult::Ignored {
-                kind,
-                name,
-                warning,
-            } => {
+            DocResult::Ignored { kind, name, warning } => {
                 writeln!(out, "ignored: {kind} {name:?}").expect("writing to a String");
                 writeln!(out, "warning: {warning}").expect("writing to a String");
             }
@@ -59,7 +55,9 @@ fn check_messages(yaml: &str, expect: Expect) {
 
 #[test]
 fn seed_example() {
-    check(include_str!("testdata/seed-api.yaml"), expect![[r#"
+    check(
+        include_str!("testdata/seed-api.yaml"),
+        expect![[r#"
         object: {
           "key": {
             "kind": "Deployment",
@@ -112,7 +110,8 @@ fn seed_example() {
           }
         }
         warning: test.yaml: document 1 (Deployment api): spec.strategy: rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]

@@ -101,9 +101,9 @@ fn creates_missing_replicas() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-            create default/web-9ea4b0ed07-0
-            create default/web-9ea4b0ed07-1
-            create default/web-9ea4b0ed07-2
+            create default/web-820176d4c7-0
+            create default/web-820176d4c7-1
+            create default/web-820176d4c7-2
             wake_at=None
         "#]],
     );
@@ -113,9 +113,14 @@ fn creates_missing_replicas() {
 fn steady_state_does_nothing() {
     let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")]);
     let observed = observe(desired.iter().map(running));
-    check(&desired, &observed, 5, expect![[r#"
+    check(
+        &desired,
+        &observed,
+        5,
+        expect![[r#"
         wake_at=None
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -123,11 +128,16 @@ fn scale_down_removes_highest_indices() {
     let three = desired_pods([&deployment("web", 3, "peer-demo:latest")]);
     let observed = observe(three.iter().map(running));
     let one = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
-    check(&one, &observed, 0, expect![[r#"
-        delete default/web-9ea4b0ed07-1 grace=30s
-        delete default/web-9ea4b0ed07-2 grace=30s
+    check(
+        &one,
+        &observed,
+        0,
+        expect![[r#"
+        delete default/web-820176d4c7-1 grace=30s
+        delete default/web-820176d4c7-2 grace=30s
         wake_at=None
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -136,16 +146,26 @@ fn template_change_recreates_after_old_replicas_are_gone() {
     let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")]);
     let observed = observe(v1.iter().map(running));
     // Old replicas stop first; no new one starts while an old one is left.
-    check(&v2, &observed, 0, expect![[r#"
-        delete default/web-29c6cc43d6-0 grace=30s
-        delete default/web-29c6cc43d6-1 grace=30s
+    check(
+        &v2,
+        &observed,
+        0,
+        expect![[r#"
+        delete default/web-bceeb222a5-0 grace=30s
+        delete default/web-bceeb222a5-1 grace=30s
         wake_at=None
-    "#]]);
-    check(&v2, &BTreeMap::new(), 0, expect![[r#"
-        create default/web-29c7bcd0f9-0
-        create default/web-29c7bcd0f9-1
+    "#]],
+    );
+    check(
+        &v2,
+        &BTreeMap::new(),
+        0,
+        expect![[r#"
+        create default/web-6753587596-0
+        create default/web-6753587596-1
         wake_at=None
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -153,19 +173,34 @@ fn first_restart_is_immediate_then_backs_off() {
     let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 1_000, 0);
-    check(&desired, &observe([pod.clone()]), 1_000, expect![[r#"
-        start default/web-9ea4b0ed07-0 web
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        1_000,
+        expect![[r#"
+        start default/web-820176d4c7-0 web
         wake_at=None
-    "#]]);
+    "#]],
+    );
     // Second crash: 10 s back-off, then 20 s, capped at 300 s.
     exited(&mut pod, 1, 2_000, 1);
-    check(&desired, &observe([pod.clone()]), 2_000, expect![[r#"
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        2_000,
+        expect![[r#"
         wake_at=Some(12000)
-    "#]]);
-    check(&desired, &observe([pod.clone()]), 12_000, expect![[r#"
-        start default/web-9ea4b0ed07-0 web
+    "#]],
+    );
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        12_000,
+        expect![[r#"
+        start default/web-820176d4c7-0 web
         wake_at=None
-    "#]]);
+    "#]],
+    );
     assert_eq!(backoff(2), Duration::from_secs(20));
     assert_eq!(backoff(6), Duration::from_secs(300));
     assert_eq!(backoff(40), Duration::from_secs(300));
@@ -179,9 +214,14 @@ fn restart_policies() {
     let desired = desired_pods([&never]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 0, 0);
-    check(&desired, &observe([pod.clone()]), 0, expect![[r#"
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        0,
+        expect![[r#"
         wake_at=None
-    "#]]);
+    "#]],
+    );
     assert_eq!(pod_phase(&pod), "Failed");
 
     let mut on_failure = never.clone();
@@ -189,29 +229,49 @@ fn restart_policies() {
     let desired = desired_pods([&on_failure]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 0, 0, 0);
-    check(&desired, &observe([pod.clone()]), 0, expect![[r#"
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        0,
+        expect![[r#"
         wake_at=None
-    "#]]);
+    "#]],
+    );
     assert_eq!(pod_phase(&pod), "Succeeded");
     exited(&mut pod, 2, 0, 0);
-    check(&desired, &observe([pod.clone()]), 0, expect![[r#"
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        0,
+        expect![[r#"
         start default/job web
         wake_at=None
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn removed_workload_deletes_its_pods_once() {
     let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
     let mut pod = running(&desired[0]);
-    check(&[], &observe([pod.clone()]), 0, expect![[r#"
-        delete default/web-9ea4b0ed07-0 grace=30s
+    check(
+        &[],
+        &observe([pod.clone()]),
+        0,
+        expect![[r#"
+        delete default/web-820176d4c7-0 grace=30s
         wake_at=None
-    "#]]);
+    "#]],
+    );
     pod.deleting = true;
-    check(&[], &observe([pod]), 0, expect![[r#"
+    check(
+        &[],
+        &observe([pod]),
+        0,
+        expect![[r#"
         wake_at=None
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -223,11 +283,21 @@ fn waiting_container_is_retried_when_due() {
         message: "image not found".into(),
         retry_at_ms: 10_000,
     };
-    check(&desired, &observe([pod.clone()]), 9_000, expect![[r#"
+    check(
+        &desired,
+        &observe([pod.clone()]),
+        9_000,
+        expect![[r#"
         wake_at=Some(10000)
-    "#]]);
-    check(&desired, &observe([pod]), 10_000, expect![[r#"
-        start default/web-a2cbcbc29b-0 web
+    "#]],
+    );
+    check(
+        &desired,
+        &observe([pod]),
+        10_000,
+        expect![[r#"
+        start default/web-2e32be16bd-0 web
         wake_at=None
-    "#]]);
+    "#]],
+    );
 }

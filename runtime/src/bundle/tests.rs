@@ -48,250 +48,246 @@ fn pod_container_with_limits() {
     let plan = plan();
     let network = Network::Namespace("/var/lib/peer/runtime/netns/pod1".into());
     let limits = Limits { cpu_millis: Some(500), memory_bytes: Some(64 << 20), pids: Some(100) };
-    check(&input(&plan, &network, limits), expect![[r#"
-        {
-          "annotations": {},
-          "hostname": "web-0",
-          "linux": {
-            "cgroupsPath": "/peer/c1",
-            "maskedPaths": [
-              "/proc/acpi",
-              "/proc/asound",
-              "/proc/interrupts",
-              "/proc/kcore",
-              "/proc/keys",
-              "/proc/latency_stats",
-              "/proc/sched_debug",
-              "/proc/scsi",
-              "/proc/timer_list",
-              "/proc/timer_stats",
-              "/sys/devices/virtual/powercap",
-              "/sys/firmware"
-            ],
-            "namespaces": [
-              {
-                "type": "pid"
+    check(
+        &input(&plan, &network, limits),
+        expect![[r#"
+            {
+              "annotations": {},
+              "hostname": "web-0",
+              "linux": {
+                "cgroupsPath": "/peer/c1",
+                "maskedPaths": [
+                  "/proc/acpi",
+                  "/proc/asound",
+                  "/proc/interrupts",
+                  "/proc/kcore",
+                  "/proc/keys",
+                  "/proc/latency_stats",
+                  "/proc/sched_debug",
+                  "/proc/scsi",
+                  "/proc/timer_list",
+                  "/proc/timer_stats",
+                  "/sys/devices/virtual/powercap",
+                  "/sys/firmware"
+                ],
+                "namespaces": [
+                  {
+                    "type": "pid"
+                  },
+                  {
+                    "type": "ipc"
+                  },
+                  {
+                    "type": "uts"
+                  },
+                  {
+                    "type": "mount"
+                  },
+                  {
+                    "path": "/var/lib/peer/runtime/netns/pod1",
+                    "type": "network"
+                  }
+                ],
+                "readonlyPaths": [
+                  "/proc/bus",
+                  "/proc/fs",
+                  "/proc/irq",
+                  "/proc/sys",
+                  "/proc/sysrq-trigger"
+                ],
+                "resources": {
+                  "cpu": {
+                    "period": 100000,
+                    "quota": 50000
+                  },
+                  "devices": [
+                    {
+                      "access": "rwm",
+                      "allow": false
+                    }
+                  ],
+                  "memory": {
+                    "limit": 67108864,
+                    "swap": 67108864
+                  },
+                  "pids": {
+                    "limit": 100
+                  }
+                }
               },
-              {
-                "type": "ipc"
-              },
-              {
-                "type": "uts"
-              },
-              {
-                "type": "mount"
-              },
-              {
-                "path": "/var/lib/peer/runtime/netns/pod1",
-                "type": "network"
-              }
-            ],
-            "readonlyPaths": [
-              "/proc/bus",
-              "/proc/fs",
-              "/proc/irq",
-              "/proc/sys",
-              "/proc/sysrq-trigger"
-            ],
-            "resources": {
-              "cpu": {
-                "period": 100000,
-                "quota": 50000
-              },
-              "devices": [
+              "mounts": [
                 {
-                  "access": "rwm",
-                  "allow": false
+                  "destination": "/proc",
+                  "options": [
+                    "nosuid",
+                    "noexec",
+                    "nodev"
+                  ],
+                  "source": "proc",
+                  "type": "proc"
+                },
+                {
+                  "destination": "/dev",
+                  "options": [
+                    "nosuid",
+                    "strictatime",
+                    "mode=755",
+                    "size=65536k"
+                  ],
+                  "source": "tmpfs",
+                  "type": "tmpfs"
+                },
+                {
+                  "destination": "/dev/pts",
+                  "options": [
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                    "gid=5"
+                  ],
+                  "source": "devpts",
+                  "type": "devpts"
+                },
+                {
+                  "destination": "/dev/shm",
+                  "options": [
+                    "nosuid",
+                    "noexec",
+                    "nodev",
+                    "mode=1777",
+                    "size=65536k"
+                  ],
+                  "source": "shm",
+                  "type": "tmpfs"
+                },
+                {
+                  "destination": "/dev/mqueue",
+                  "options": [
+                    "nosuid",
+                    "noexec",
+                    "nodev"
+                  ],
+                  "source": "mqueue",
+                  "type": "mqueue"
+                },
+                {
+                  "destination": "/sys",
+                  "options": [
+                    "nosuid",
+                    "noexec",
+                    "nodev",
+                    "ro"
+                  ],
+                  "source": "sysfs",
+                  "type": "sysfs"
+                },
+                {
+                  "destination": "/etc/hostname",
+                  "options": [
+                    "rbind",
+                    "rprivate"
+                  ],
+                  "source": "/var/lib/peer/runtime/containers/c1/hostname",
+                  "type": "bind"
+                },
+                {
+                  "destination": "/etc/hosts",
+                  "options": [
+                    "rbind",
+                    "rprivate"
+                  ],
+                  "source": "/var/lib/peer/runtime/containers/c1/hosts",
+                  "type": "bind"
+                },
+                {
+                  "destination": "/etc/resolv.conf",
+                  "options": [
+                    "rbind",
+                    "rprivate"
+                  ],
+                  "source": "/var/lib/peer/runtime/containers/c1/resolv.conf",
+                  "type": "bind"
                 }
               ],
-              "memory": {
-                "limit": 67108864,
-                "swap": 67108864
+              "ociVersion": "1.0.2",
+              "process": {
+                "args": [
+                  "/bin/sh",
+                  "-c",
+                  "echo hi"
+                ],
+                "capabilities": {
+                  "ambient": [],
+                  "bounding": [
+                    "CAP_AUDIT_WRITE",
+                    "CAP_CHOWN",
+                    "CAP_DAC_OVERRIDE",
+                    "CAP_FOWNER",
+                    "CAP_FSETID",
+                    "CAP_KILL",
+                    "CAP_MKNOD",
+                    "CAP_NET_BIND_SERVICE",
+                    "CAP_NET_RAW",
+                    "CAP_SETFCAP",
+                    "CAP_SETGID",
+                    "CAP_SETPCAP",
+                    "CAP_SETUID",
+                    "CAP_SYS_CHROOT"
+                  ],
+                  "effective": [
+                    "CAP_AUDIT_WRITE",
+                    "CAP_CHOWN",
+                    "CAP_DAC_OVERRIDE",
+                    "CAP_FOWNER",
+                    "CAP_FSETID",
+                    "CAP_KILL",
+                    "CAP_MKNOD",
+                    "CAP_NET_BIND_SERVICE",
+                    "CAP_NET_RAW",
+                    "CAP_SETFCAP",
+                    "CAP_SETGID",
+                    "CAP_SETPCAP",
+                    "CAP_SETUID",
+                    "CAP_SYS_CHROOT"
+                  ],
+                  "inheritable": [],
+                  "permitted": [
+                    "CAP_AUDIT_WRITE",
+                    "CAP_CHOWN",
+                    "CAP_DAC_OVERRIDE",
+                    "CAP_FOWNER",
+                    "CAP_FSETID",
+                    "CAP_KILL",
+                    "CAP_MKNOD",
+                    "CAP_NET_BIND_SERVICE",
+                    "CAP_NET_RAW",
+                    "CAP_SETFCAP",
+                    "CAP_SETGID",
+                    "CAP_SETPCAP",
+                    "CAP_SETUID",
+                    "CAP_SYS_CHROOT"
+                  ]
+                },
+                "cwd": "/app",
+                "env": [
+                  "PATH=/bin",
+                  "A=1"
+                ],
+                "noNewPrivileges": false,
+                "terminal": false,
+                "user": {
+                  "gid": 1000,
+                  "uid": 1000
+                }
               },
-              "pids": {
-                "limit": 100
+              "root": {
+                "path": "rootfs",
+                "readonly": false
               }
-            }
-          },
-          "mounts": [
-            {
-              "destination": "/proc",
-              "options": [
-                "nosuid",
-                "noexec",
-                "nodev"
-              ],
-              "source": "proc",
-              "type": "proc"
-            },
-            {
-              "destination": "/dev",
-              "options": [
-                "nosuid",
-                "strictatime",
-                "mode=755",
-                "size=65536k"
-              ],
-              "source": "tmpfs",
-              "type": "tmpfs"
-            },
-            {
-              "destination": "/dev/pts",
-              "options": [
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5"
-              ],
-              "source": "devpts",
-              "type": "devpts"
-            },
-            {
-              "destination": "/dev/shm",
-              "options": [
-                "nosuid",
-                "noexec",
-                "nodev",
-                "mode=1777",
-                "size=65536k"
-              ],
-              "source": "shm",
-              "type": "tmpfs"
-            },
-            {
-              "destination": "/dev/mqueue",
-              "options": [
-                "nosuid",
-                "noexec",
-                "nodev"
-              ],
-              "source": "mqueue",
-              "type": "mqueue"
-            },
-            {
-              "destination": "/sys",
-              "options": [
-                "nosuid",
-                "noexec",
-                "nodev",
-                "ro"
-              ],
-              "source": "sysfs",
-              "type": "sysfs"
-            },
-            {
-              "destination": "/etc/hostname",
-              "options": [
-                "rbind",
-                "rprivate"
-              ],
-              "source": "/var/lib/peer/runtime/containers/c1/hostname",
-              "type": "bind"
-            },
-            {
-              "destination": "/etc/hosts",
-              "options": [
-                "rbind",
-                "rprivate"
-              ],
-              "source": "/var/lib/peer/runtime/containers/c1/hosts",
-              "type": "bind"
-            },
-            {
-              "destination": "/etc/resolv.conf",
-              "options": [
-                "rbind",
-                "rprivate"
-              ],
-              "source": "/var/lib/peer/runtime/containers/c1/resolv.conf",
-              "type": "bind"
-            }
-          ],
-          "ociVersion": "1.0.2",
-          "process": {
-            "args": [
-              "/bin/sh",
-              "-c",
-              "echo hi"
-            ],
-            "capabilities": {
-              "ambient": [],
-              "bounding": [
-                "CAP_AUDIT_WRITE",
-                "CAP_CHOWN",
-                "CAP_DAC_OVERRIDE",
-                "CAP_FOWNER",
-                "CAP_FSETID",
-                "CAP_KILL",
-                "CAP_MKNOD",
-                "CAP_NET_BIND_SERVICE",
-                "CAP_NET_RAW",
-                "CAP_SETFCAP",
-                "CAP_SETGID",
-                "CAP_SETPCAP",
-                "CAP_SETUID",
-                "CAP_SYS_CHROOT"
-              ],
-              "effective": [
-                "CAP_AUDIT_WRITE",
-                "CAP_CHOWN",
-                "CAP_DAC_OVERRIDE",
-                "CAP_FOWNER",
-                "CAP_FSETID",
-                "CAP_KILL",
-                "CAP_MKNOD",
-                "CAP_NET_BIND_SERVICE",
-                "CAP_NET_RAW",
-                "CAP_SETFCAP",
-                "CAP_SETGID",
-                "CAP_SETPCAP",
-                "CAP_SETUID",
-                "CAP_SYS_CHROOT"
-              ],
-              "inheritable": [],
-              "permitted": [
-                "CAP_AUDIT_WRITE",
-                "CAP_CHOWN",
-                "CAP_DAC_OVERRIDE",
-                "CAP_FOWNER",
-                "CAP_FSETID",
-                "CAP_KILL",
-                "CAP_MKNOD",
-                "CAP_NET_BIND_SERVICE",
-                "CAP_NET_RAW",
-                "CAP_SETFCAP",
-                "CAP_SETGID",
-                "CAP_SETPCAP",
-                "CAP_SETUID",
-                "CAP_SYS_CHROOT"
-              ]
-            },
-            "cwd": "/app",
-            "env": [
-              "PATH=/bin",
-              "A=1"
-            ],
-            "noNewPrivileges": false,
-            "rlimits": [
-              {
-                "hard": 1048576,
-                "soft": 1048576,
-                "type": "RLIMIT_NOFILE"
-              }
-            ],
-            "terminal": false,
-            "user": {
-              "gid": 1000,
-              "uid": 1000
-            }
-          },
-          "root": {
-            "path": "rootfs",
-            "readonly": false
-          }
-        }"#]]);
+            }"#]],
+    );
 }
 
 #[test]

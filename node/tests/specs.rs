@@ -1,0 +1,28 @@
+//! Every example under `specs/` parses without errors, so what users copy works.
+
+use std::path::Path;
+
+#[test]
+fn every_file_under_specs_parses_without_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the specs folder is readable")
+        .map(|entry| entry.expect("a specs folder entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .yaml or .yml files in {}", dir.display());
+
+    let mut errors = Vec::new();
+    for path in &files {
+        let name = format!("specs/{}", path.file_name().expect("a file name").to_string_lossy());
+        let text = std::fs::read_to_string(path).expect("a spec file is readable UTF-8");
+        let result = node::manifest::parse_file(&name, &text);
+        errors.extend(result.errors().map(ToString::to_string));
+        assert!(result.workloads().next().is_some(), "{name} defines no workload");
+        for warning in result.warnings() {
+            println!("warning: {warning}");
+        }
+    }
+    assert!(errors.is_empty(), "errors in specs/:\n{}", errors.join("\n"));
+}

@@ -1,0 +1,223 @@
+//! Real containers through the helper process: exit codes, logs, OOM kills, stop and
+//! restart, exec, pod network namespaces, and that limits cannot be raised from inside.
+//! Needs root; skipped (with a message) otherwise unless `PEER_REQUIRE_ROOT_TESTS=1`.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use runtime::{
+    ContainerSpec, ContainerStatus, ExitEvent, ImageConfig, Limits, Network, ResolvedImage, Runtime,
+    RuntimeConfig,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_runtime-helper");
+
+/// A runtime with its own root directory, cgroup parent and busybox image.
+struct Fixture {
+    base: PathBuf,
+    cgroup_parent: String,
+    runtime: Runtime,
+    exits: UnboundedReceiver<ExitEvent>,
+    image: ResolvedImage,
+}
+
+/// `None` (after printing why) when not root and root tests are not required.
+fn fixture(name: &str) -> Option<Fixture> {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("PEER_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+            panic!("{name}: needs root, and PEER_REQUIRE_ROOT_TESTS=1 is set");
+        }
+        eprintln!("skipping {name}: needs root (set PEER_REQUIRE_ROOT_TESTS=1 to make this a failure)");
+        return None;
+    }
+    let base = std::env::temp_dir().join(format!("peer-rt-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    let layer = base.join("layer");
+    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "mnt"] {
+        fs::create_dir_all(layer.join(dir)).expect("create layer dir");
+    }
+    fs::copy("/usr/bin/busybox", layer.join("bin/busybox")).expect("copy busybox (install busybox-static)");
+    let list = std::process::Command::new("/usr/bin/busybox").arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
+        symlink("busybox", layer.join("bin").join(applet)).expect("symlink applet");
+    }
+    let cgroup_parent = format!("peer-test-{}-{name}", std::process::id());
+    let runtime = Runtime::new(RuntimeConfig {
+        root: base.join("root"),
+        helper_exe: PathBuf::from(HELPER),
+        helper_args: Vec::new(),
+        cgroup_parent: cgroup_parent.clone(),
+    })
+    .expect("runtime");
+    let exits = runtime.exits();
+    let image = ResolvedImage {
+        reference: "test/busybox:latest".into(),
+        id: "sha256:test".into(),
+        layers: vec![layer],
+        config: ImageConfig {
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into(), "FROM_IMAGE=1".into()],
+            working_dir: None,
+            user: None,
+        },
+    };
+    Some(Fixture { base, cgroup_parent, runtime, exits, image })
+}
+
+impl Fixture {
+    fn spec(&self, id: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            id: id.into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            args: vec![],
+            env: vec![("GREETING".into(), "hi".into())],
+            working_dir: None,
+            hostname: format!("{id}-host"),
+            limits: Limits::default(),
+            network: Network::Host,
+            log_path: self.base.join("logs").join(format!("{id}.log")),
+        }
+    }
+
+    async fn next_exit(&mut self, id: &str) -> ExitEvent {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), self.exits.recv())
+                .await
+                .expect("an exit event within 30 s")
+                .expect("exit channel open");
+            if event.id == id {
+                return event;
+            }
+        }
+    }
+
+    fn log(&self, id: &str) -> String {
+        fs::read_to_string(self.base.join("logs").join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    async fn wait_for_log(&self, id: &str, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.log(id).contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log of {id} never got {needle:?}: {}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn cleanup(self, ids: &[&str]) {
+        for id in ids {
+            self.runtime.remove_container(id).await.expect("remove container");
+            self.runtime.remove_container(id).await.expect("removing again is fine");
+            assert_eq!(self.runtime.inspect(id).expect("inspect"), ContainerStatus::Missing);
+            assert!(!self.base.join("root/containers").join(id).exists(), "bundle of {id} left behind");
+        }
+        assert!(self.runtime.list_containers().expect("list").is_empty());
+        for hierarchy in fs::read_dir("/sys/fs/cgroup").expect("cgroup root").flatten() {
+            let dir = hierarchy.path().join(&self.cgroup_parent);
+            for id in ids {
+                assert!(!dir.join(id).exists(), "cgroup {} left behind", dir.join(id).display());
+            }
+            let _ = fs::remove_dir(dir);
+        }
+        fs::remove_dir_all(&self.base).expect("remove test dir");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_env_and_logs() {
+    let Some(mut f) = fixture("exit") else { return };
+    let spec = f.spec("exit1", "echo $GREETING from $(hostname) image=$FROM_IMAGE; exit 3");
+    let started = f.runtime.run_container(&spec, &f.image).await.expect("run");
+    assert!(started.pid > 0);
+    let event = f.next_exit("exit1").await;
+    assert_eq!(event.pid, started.pid);
+    assert_eq!((event.exit_code, event.signal, event.oom_killed), (Some(3), None, false));
+    assert_eq!(f.log("exit1"), "hi from exit1-host image=1\n");
+    assert_eq!(f.runtime.inspect("exit1").expect("inspect"), ContainerStatus::Stopped);
+    assert_eq!(f.runtime.list_containers().expect("list"), ["exit1"]);
+    f.cleanup(&["exit1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_oom_kill_is_reported() {
+    let Some(mut f) = fixture("oom") else { return };
+    let mut spec = f.spec("oom1", "x=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived");
+    spec.limits.memory_bytes = Some(32 << 20);
+    f.runtime.run_container(&spec, &f.image).await.expect("run");
+    let event = f.next_exit("oom1").await;
+    assert!(event.oom_killed, "not reported as oom killed: {event:?}; log: {}", f.log("oom1"));
+    assert!(!f.log("oom1").contains("survived"));
+    f.cleanup(&["oom1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_in_pod_netns_cannot_raise_its_limits() {
+    let Some(mut f) = fixture("limits") else { return };
+    let netns = f.runtime.ensure_pod_netns("pod1").await.expect("netns");
+    assert_eq!(f.runtime.ensure_pod_netns("pod1").await.expect("netns again"), netns);
+    let script = "echo id=$(id -u) nets=$(ls /sys/class/net | tr '\\n' ,); \
+                  mount -t cgroup -o memory cgroup /mnt 2>/dev/null && echo MOUNTED_V1; \
+                  mount -t cgroup2 none /mnt 2>/dev/null && echo MOUNTED_V2; \
+                  (echo 1073741824 > /sys/fs/cgroup/memory/memory.limit_in_bytes) 2>/dev/null && echo RAISED; \
+                  (echo max > /sys/fs/cgroup/memory.max) 2>/dev/null && echo RAISED; \
+                  ls /sys/fs/cgroup | grep . && echo CGROUPFS_VISIBLE; echo done";
+    let mut spec = f.spec("lim1", script);
+    spec.limits.memory_bytes = Some(64 << 20);
+    spec.network = Network::Namespace(netns.clone());
+    f.runtime.run_container(&spec, &f.image).await.expect("run");
+    let event = f.next_exit("lim1").await;
+    let log = f.log("lim1");
+    assert_eq!(event.exit_code, Some(0), "log: {log}");
+    assert_eq!(log, "id=0 nets=lo,\ndone\n");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(&f.cgroup_parent).join("lim1/memory.limit_in_bytes");
+    let v2 = Path::new("/sys/fs/cgroup").join(&f.cgroup_parent).join("lim1/memory.max");
+    let limit = fs::read_to_string(&v1).or_else(|_| fs::read_to_string(&v2)).expect("container cgroup");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+
+    f.runtime.remove_pod_netns("pod1").await.expect("remove netns");
+    assert!(!netns.exists());
+    f.runtime.remove_pod_netns("pod1").await.expect("removing again is fine");
+    f.cleanup(&["lim1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_escalates_restart_keeps_writes_and_exec_joins() {
+    let Some(mut f) = fixture("stop") else { return };
+    // Pid 1 without a handler ignores SIGTERM, so stop must escalate to SIGKILL.
+    let spec = f.spec("stop1", "echo data > /state; echo ready; exec sleep 1000");
+    let started = f.runtime.run_container(&spec, &f.image).await.expect("run");
+    f.wait_for_log("stop1", "ready").await;
+    assert_eq!(
+        f.runtime.inspect("stop1").expect("inspect"),
+        ContainerStatus::Running { pid: started.pid, start_time: started.start_time }
+    );
+    let err = f.runtime.run_container(&spec, &f.image).await.expect_err("second run while running");
+    assert!(err.to_string().contains("already running"), "{err}");
+
+    let exec = std::process::Command::new(HELPER)
+        .args(["exec", f.base.join("root").to_str().expect("utf-8 path"), "stop1", "sh", "-c"])
+        .arg("cat /state; echo $GREETING; exit 7")
+        .output()
+        .expect("run exec");
+    assert_eq!(exec.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&exec.stderr));
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "data\nhi\n");
+
+    f.runtime.stop_container("stop1", Duration::from_millis(300)).await.expect("stop");
+    let event = f.next_exit("stop1").await;
+    assert_eq!((event.exit_code, event.signal, event.oom_killed), (Some(137), Some(9), false));
+    f.runtime.stop_container("stop1", Duration::from_millis(300)).await.expect("stopping again is fine");
+
+    let again = f.spec("stop1", "cat /state");
+    f.runtime.run_container(&again, &f.image).await.expect("restart");
+    let event = f.next_exit("stop1").await;
+    assert_eq!(event.exit_code, Some(0));
+    assert_eq!(f.log("stop1"), "ready\ndata\n");
+    f.cleanup(&["stop1"]).await;
+}

@@ -1,23 +1,21 @@
 //! `Runtime`: the agent-side handle that runs, stops, inspects and removes containers.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use libcontainer::container::{Container, ContainerStatus as LcStatus};
 use libcontainer::signal::Signal;
 use nix::sys::signal::Signal as NixSignal;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tokio::task::AbortHandle;
 
 use crate::bundle::{self, BundlePaths, SpecInput};
 use crate::cgroup::{self, CgroupPlace, CgroupVersion};
 use crate::error::{validate_id, Error};
-use crate::exit::{self, Watch};
+use crate::exit::{self, Watch, Watchers};
 use crate::helper::{CreateReply, CreateRequest};
 use crate::image::ResolvedImage;
 use crate::spec::{ContainerSpec, ContainerStatus, ExitEvent, Started};
@@ -54,8 +52,7 @@ pub struct Runtime {
     swap_accounting: bool,
     exit_tx: UnboundedSender<ExitEvent>,
     exit_rx: Mutex<Option<UnboundedReceiver<ExitEvent>>>,
-    /// Watcher task per container id, with the pid it watches.
-    watchers: Arc<Mutex<BTreeMap<String, (i32, AbortHandle)>>>,
+    watchers: Watchers,
 }
 
 impl Runtime {
@@ -75,7 +72,7 @@ impl Runtime {
             cfg,
             exit_tx,
             exit_rx: Mutex::new(Some(exit_rx)),
-            watchers: Arc::default(),
+            watchers: Watchers::default(),
         })
     }
 
@@ -124,6 +121,7 @@ impl Runtime {
     }
 
     /// Creates and starts a container through the helper process and starts watching it.
+    /// On error, `remove_container` cleans up what was prepared (bundle, rootfs mount).
     ///
     /// Stale state of an exited container with the same id is deleted first; its upper
     /// dir (the container's writes) is kept. Fails with `AlreadyRunning` if it still runs.
@@ -306,25 +304,27 @@ impl Runtime {
             cgroup.remove_leftovers().map_err(|e| Error::io(&object, "remove cgroup", &cgroup.path, e))
         })
         .await?;
-        if let Ok(mut watchers) = self.watchers.lock() {
-            if let Some((_, handle)) = watchers.remove(id) {
-                handle.abort();
-            }
-        }
+        self.watchers.forget(id);
         Ok(())
     }
 
-    /// Ids of the containers libcontainer has state for, sorted.
+    /// Ids of the containers that have libcontainer state or a bundle under the root,
+    /// sorted: everything `remove_container` would clean up (a failed `run_container`
+    /// leaves a bundle without state).
     pub fn list_containers(&self) -> Result<Vec<String>, Error> {
-        let dir = self.state_dir();
-        let entries = fs::read_dir(&dir).map_err(|e| Error::io("runtime", "list", &dir, e))?;
-        let mut ids: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("state.json").is_file())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        ids.sort();
-        Ok(ids)
+        let mut ids = std::collections::BTreeSet::new();
+        for (dir, marker) in
+            [(self.state_dir(), "state.json"), (self.cfg.root.join("containers"), "config.json")]
+        {
+            let entries = fs::read_dir(&dir).map_err(|e| Error::io("runtime", "list", &dir, e))?;
+            ids.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().join(marker).is_file())
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// Whether the container runs (with its pid and start time), stopped, or is unknown.
@@ -352,29 +352,8 @@ impl Runtime {
     /// unknown exit code. Watching the same id and pid again does nothing.
     /// Must be called inside a tokio runtime.
     pub fn watch(&self, id: &str, pid: i32, start_time: u64) {
-        let Ok(mut watchers) = self.watchers.lock() else {
-            tracing::error!(id, "watcher table poisoned; cannot watch");
-            return;
-        };
-        if let Some((watched, handle)) = watchers.get(id) {
-            if *watched == pid && !handle.is_finished() {
-                return;
-            }
-            handle.abort();
-        }
         let w = Watch { id: id.to_owned(), pid, start_time, cgroup: self.cgroup(id) };
-        let tx = self.exit_tx.clone();
-        let table = Arc::clone(&self.watchers);
-        let task = tokio::spawn(async move {
-            let (id, pid) = (w.id.clone(), w.pid);
-            exit::watch(w, tx).await;
-            if let Ok(mut table) = table.lock() {
-                if table.get(&id).is_some_and(|(p, _)| *p == pid) {
-                    table.remove(&id);
-                }
-            }
-        });
-        watchers.insert(id.to_owned(), (pid, task.abort_handle()));
+        self.watchers.watch(w, self.exit_tx.clone());
     }
 
     /// The channel of exit events. The first call takes it; later calls get a closed one.
@@ -384,16 +363,6 @@ impl Runtime {
             None => {
                 tracing::warn!("Runtime::exits called twice; returning a closed channel");
                 mpsc::unbounded_channel().1
-            }
-        }
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Ok(watchers) = self.watchers.lock() {
-            for (_, handle) in watchers.values() {
-                handle.abort();
             }
         }
     }

@@ -1,13 +1,16 @@
 //! Watching container processes: pid identity through `/proc/<pid>/stat`, exit
 //! notification through pidfds, and reaping the ones that are our children.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
 
 use crate::cgroup::CgroupPlace;
 use crate::spec::ExitEvent;
@@ -125,6 +128,59 @@ pub(crate) async fn watch(w: Watch, tx: UnboundedSender<ExitEvent>) {
     let _ = tx.send(event);
 }
 
+/// The running watcher task per container id, with the pid it watches. Dropping the
+/// table stops every watcher (the containers keep running).
+#[derive(Debug, Default)]
+pub(crate) struct Watchers {
+    table: Arc<Mutex<BTreeMap<String, (i32, AbortHandle)>>>,
+}
+
+impl Watchers {
+    /// Spawns a watcher for `w` unless one already watches the same id and pid; a
+    /// watcher of an older pid of the same id is stopped. Needs a tokio runtime.
+    pub fn watch(&self, w: Watch, tx: UnboundedSender<ExitEvent>) {
+        let Ok(mut table) = self.table.lock() else {
+            tracing::error!(id = %w.id, "watcher table poisoned; cannot watch");
+            return;
+        };
+        if let Some((watched, handle)) = table.get(&w.id) {
+            if *watched == w.pid && !handle.is_finished() {
+                return;
+            }
+            handle.abort();
+        }
+        let (id, pid) = (w.id.clone(), w.pid);
+        let shared = Arc::clone(&self.table);
+        let task = tokio::spawn(async move {
+            let (id, pid) = (w.id.clone(), w.pid);
+            watch(w, tx).await;
+            if let Ok(mut table) = shared.lock() {
+                if table.get(&id).is_some_and(|(p, _)| *p == pid) {
+                    table.remove(&id);
+                }
+            }
+        });
+        table.insert(id, (pid, task.abort_handle()));
+    }
+
+    /// Stops watching `id`, if anything watches it.
+    pub fn forget(&self, id: &str) {
+        if let Some((_, handle)) = self.table.lock().ok().and_then(|mut t| t.remove(id)) {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        if let Ok(table) = self.table.lock() {
+            for (_, handle) in table.values() {
+                handle.abort();
+            }
+        }
+    }
+}
+
 async fn wait_pidfd(w: &Watch, fd: OwnedFd) -> Ended {
     // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the fd stays open and the
     // same until the AsyncFd is dropped.
@@ -137,20 +193,21 @@ async fn wait_pidfd(w: &Watch, fd: OwnedFd) -> Ended {
         }
     };
     loop {
-        match try_reap(afd.get_ref()) {
-            Ok(Some(ended)) => return ended,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(id = %w.id, pid = w.pid, error = %e, "waitid failed; reporting the exit as unknown");
-                return poll_until_gone(w).await;
-            }
-        }
-        match afd.readable().await {
-            // The pidfd stays readable once the process exited; clearing is harmless
-            // because the next try_reap either reaps or learns it is not our child.
-            Ok(mut guard) => guard.clear_ready(),
+        // Wait for readability first: waitid on a process that is not our child fails
+        // with ECHILD at once, so reaping early would end the watch of an adopted
+        // container while it still runs. A pidfd turns readable when the process exits.
+        let mut guard = match afd.readable().await {
+            Ok(guard) => guard,
             Err(e) => {
                 tracing::warn!(id = %w.id, pid = w.pid, error = %e, "pidfd wait failed; polling instead");
+                return poll_until_gone(w).await;
+            }
+        };
+        match try_reap(afd.get_ref()) {
+            Ok(Some(ended)) => return ended,
+            Ok(None) => guard.clear_ready(),
+            Err(e) => {
+                tracing::warn!(id = %w.id, pid = w.pid, error = %e, "waitid failed; reporting the exit as unknown");
                 return poll_until_gone(w).await;
             }
         }
@@ -177,6 +234,60 @@ mod tests {
         let zombie = line.replace(") S ", ") Z ");
         assert_eq!(parse_stat(&zombie), Some(ProcStat { start_time: 98765, alive: false }));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    fn watch_of(pid: i32) -> Watch {
+        let start_time = proc_stat(pid).expect("process exists").start_time;
+        let cgroup = CgroupPlace::new(crate::cgroup::CgroupVersion::V2, "peer-no-such-parent", "none");
+        Watch { id: "c1".into(), pid, start_time, cgroup }
+    }
+
+    async fn watched(w: Watch) -> ExitEvent {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(watch(w, tx));
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("event in time").expect("event")
+    }
+
+    // The watcher under test is what reaps these children.
+    #[allow(clippy::zombie_processes)]
+    #[tokio::test]
+    async fn own_child_is_reaped_with_its_status() {
+        let child =
+            std::process::Command::new("sh").args(["-c", "sleep 0.2; exit 5"]).spawn().expect("spawn");
+        let pid = child.id() as i32;
+        let event = watched(watch_of(pid)).await;
+        assert_eq!((event.exit_code, event.signal, event.oom_killed), (Some(5), None, false));
+        assert!(proc_stat(pid).is_none(), "child {pid} was not reaped");
+
+        let child = std::process::Command::new("sleep").arg("10").spawn().expect("spawn");
+        let pid = child.id() as i32;
+        let w = watch_of(pid);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).expect("kill");
+        let event = watched(w).await;
+        assert_eq!((event.exit_code, event.signal), (Some(137), Some(9)));
+    }
+
+    #[tokio::test]
+    async fn a_stranger_is_watched_until_it_exits() {
+        // `sh` exits at once; the backgrounded sleep is reparented away from us.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.5 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .expect("sh");
+        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+        let started = std::time::Instant::now();
+        let event = watched(watch_of(pid)).await;
+        assert_eq!((event.exit_code, event.signal), (None, None));
+        assert!(started.elapsed() >= Duration::from_millis(300), "event came before the process exited");
+    }
+
+    #[tokio::test]
+    async fn a_reused_pid_is_reported_at_once() {
+        let me = std::process::id() as i32;
+        let mut w = watch_of(me);
+        w.start_time += 1;
+        let event = watched(w).await;
+        assert_eq!((event.pid, event.exit_code), (me, None));
     }
 
     #[test]

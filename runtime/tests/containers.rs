@@ -130,6 +130,38 @@ impl Fixture {
     }
 }
 
+/// Best-effort cleanup when a test fails half-way: kill what runs in the test's
+/// cgroups, unmount what is mounted under the test directory, remove it.
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if !self.base.exists() {
+            return;
+        }
+        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let parent = hierarchy.path().join(&self.cgroup_parent);
+            for container in fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let procs = fs::read_to_string(container.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.parse().ok()) {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+            }
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.base))
+            .collect();
+        // Deepest first.
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounts {
+            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_code_env_and_logs() {
     let Some(mut f) = fixture("exit") else { return };

@@ -3,4 +3,10 @@
 //! Architecture invariant: this crate does no I/O and knows nothing about containers.
 #![forbid(unsafe_code)]
 
+pub mod codec;
+pub mod desired;
 pub mod spec;
+pub mod sync;
+
+#[cfg(test)]
+mod testkit;

@@ -14,7 +14,10 @@ use crate::agent::Input;
 /// Starts watching `dir`; the watcher stops when the returned value is dropped.
 pub fn watch(dir: &Path, tx: UnboundedSender<Input>) -> anyhow::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reading the folder raises access events itself; waking on those would make
+        // every rescan trigger the next one.
+        let wanted = res.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_)));
+        if wanted {
             let _ = tx.send(Input::FolderChanged);
         }
     })

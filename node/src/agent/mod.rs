@@ -28,6 +28,9 @@ use crate::folder::{Folder, Level};
 use crate::reconcile::{self, ObservedPod};
 use crate::store::Store;
 
+/// How long folder events are gathered before one rescan.
+const FOLDER_DEBOUNCE: Duration = Duration::from_millis(30);
+
 /// Node-wide defaults for containers that declare no limits (like a Kubernetes LimitRange).
 #[derive(Debug, Clone, Copy)]
 pub struct DefaultLimits {
@@ -121,16 +124,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     agent.sync_folder();
     let mut wake = agent.reconcile();
+    // A burst of folder events (create, write, close, rename) becomes one rescan.
+    let mut folder_due: Option<tokio::time::Instant> = None;
     loop {
-        let sleep = tokio::time::sleep_until(
-            wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
-        );
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let sleep = tokio::time::sleep_until(wake.unwrap_or(far));
+        let folder_sleep = tokio::time::sleep_until(folder_due.unwrap_or(far));
         let input = tokio::select! {
             Some(i) = input_rx.recv() => i,
             Some(e) = exits.recv() => Input::Exit(e),
             Some(t) = task_rx.recv() => Input::Task(t),
             _ = tick.tick() => Input::Tick,
             _ = sleep => Input::Tick,
+            _ = folder_sleep, if folder_due.is_some() => {
+                folder_due = None;
+                agent.sync_folder();
+                wake = agent.reconcile();
+                continue;
+            }
             _ = sigterm.recv() => Input::Shutdown,
             _ = tokio::signal::ctrl_c() => Input::Shutdown,
         };
@@ -139,7 +150,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 let resp = agent.handle_api(req);
                 let _ = reply.send(resp);
             }
-            Input::FolderChanged => agent.sync_folder(),
+            Input::FolderChanged => {
+                folder_due.get_or_insert(tokio::time::Instant::now() + FOLDER_DEBOUNCE);
+                continue;
+            }
             Input::Exit(e) => agent.handle_exit(e),
             Input::Task(t) => agent.handle_task(t),
             Input::Tick => {

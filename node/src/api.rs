@@ -94,6 +94,8 @@ pub struct DeploymentRow {
     pub desired: u32,
     pub up_to_date: u32,
     pub source: String,
+    /// Set when this node's last write of the object lost to a concurrent write elsewhere.
+    pub overwritten_by: Option<String>,
 }
 
 /// One entry of the node's event log.

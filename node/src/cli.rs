@@ -94,6 +94,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// This node's name in the cluster [default: the host name, fixed at first start].
+    #[arg(long, env = "PEER_NODE_NAME")]
+    pub name: Option<String>,
     /// The drop-in folder of Kubernetes YAML specs.
     #[arg(long, env = "PEER_SPECS", default_value = "/etc/peer/specs")]
     pub specs: PathBuf,

@@ -141,8 +141,8 @@ fn apply_text(
                 keys.insert(workload.key.clone());
                 let key = workload.key.clone();
                 match store.put(workload, Source::File(name.to_owned())) {
-                    Ok(true) => out.messages.push((Level::Info, format!("{name}: applied {key}"))),
-                    Ok(false) => {}
+                    Ok(Some(_)) => out.messages.push((Level::Info, format!("{name}: applied {key}"))),
+                    Ok(None) => {}
                     Err(e) => out.messages.push((Level::Error, format!("{name}: storing {key}: {e:#}"))),
                 }
             }
@@ -163,7 +163,7 @@ fn apply_text(
 
 /// Deletes `key` only if its stored version still comes from file `name`.
 fn remove_if_from(store: &mut Store, key: &ObjectKey, name: &str, out: &mut Outcome) {
-    let from_this_file = store.get(key).is_some_and(|s| s.source == Source::File(name.to_owned()));
+    let from_this_file = store.get(key).is_some_and(|s| s.source == Some(&Source::File(name.to_owned())));
     if !from_this_file {
         return;
     }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod folder;
+pub mod identity;
 pub mod manifest;
 pub mod reconcile;
 pub mod server;

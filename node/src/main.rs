@@ -41,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 specs_dir: up.specs,
                 socket: cli.global.socket(),
                 cgroup_parent: up.cgroup_parent,
+                node_name: up.name,
                 default_limits: DefaultLimits {
                     cpu_millis: up.default_cpu_millis,
                     memory_bytes: up.default_memory_mib << 20,

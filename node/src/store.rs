@@ -1,18 +1,21 @@
-//! The node's desired state on disk: every workload it should run, where it came from.
+//! The node's copy of the cluster's desired state, persisted crash-safe.
 //!
-//! One JSON file, replaced atomically (write to a temp file, fsync, rename, fsync the
-//! directory), so `kill -9` at any moment leaves either the old or the new state and a
-//! write reported as done is never lost. Issue 3 replaces this single-node store with
-//! the cluster-wide CRDT; the agent only sees `put`/`remove`/`workloads`.
+//! The replicated part is `protocol::desired::DesiredState` (an LWW map with tombstones,
+//! ordered by Lamport stamps). Next to it the store keeps local-only bookkeeping: where
+//! this node's own writes came from (a spec file or `peer apply`). Everything is one
+//! file replaced atomically (write a temp file, fsync, rename, fsync the directory), so
+//! `kill -9` at any moment leaves the old or the new state, and a write reported as done
+//! is on disk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use protocol::desired::{Clock, DesiredState, Entry, NodeId, Stamp};
 use protocol::spec::{ObjectKey, Workload};
 use serde::{Deserialize, Serialize};
 
-/// Where a stored object came from.
+/// Where this node's write of an object came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
     /// A file in the drop-in spec folder (its path).
@@ -21,90 +24,131 @@ pub enum Source {
     Api(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stored {
-    pub workload: Workload,
-    pub source: Source,
-    /// Increases with every write to the store; the newest write of an object wins.
-    pub seq: u64,
+/// A live object as the rest of the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored<'a> {
+    pub workload: &'a Workload,
+    pub stamp: &'a Stamp,
+    /// Set when the current version was written on this node.
+    pub source: Option<&'a Source>,
+    /// This node's write that a concurrent write from another node replaced.
+    pub overwritten: Option<&'a Stamp>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct OnDisk {
-    seq: u64,
-    objects: Vec<Stored>,
+    state: DesiredState,
+    clock: Clock,
+    sources: BTreeMap<ObjectKey, (Stamp, Source)>,
 }
 
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
-    seq: u64,
-    objects: BTreeMap<ObjectKey, Stored>,
+    state: DesiredState,
+    clock: Clock,
+    /// Source of this node's writes, valid while the entry still has that stamp.
+    sources: BTreeMap<ObjectKey, (Stamp, Source)>,
 }
 
 impl Store {
-    /// Opens (or starts empty) the store at `path`.
-    pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let disk: OnDisk = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading desired state {}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnDisk::default(),
+    /// Opens the store at `path`, or starts an empty one for `node` with `incarnation`.
+    pub fn open(path: &Path, node: &NodeId, incarnation: u64) -> anyhow::Result<Store> {
+        let disk: Option<OnDisk> = match std::fs::read(path) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading desired state {}", path.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("reading desired state {}", path.display())),
         };
-        let objects = disk.objects.into_iter().map(|s| (s.workload.key.clone(), s)).collect();
-        Ok(Store { path: path.to_owned(), seq: disk.seq, objects })
+        let store = match disk {
+            Some(d) if d.clock.node == *node && d.clock.incarnation == incarnation => {
+                Store { path: path.to_owned(), state: d.state, clock: d.clock, sources: d.sources }
+            }
+            Some(d) => {
+                // The same disk under a new identity keeps the state but stamps anew.
+                let mut clock = Clock::new(node.clone(), incarnation);
+                clock.observe(d.state.max_lamport());
+                Store { path: path.to_owned(), state: d.state, clock, sources: BTreeMap::new() }
+            }
+            None => Store {
+                path: path.to_owned(),
+                state: DesiredState::new(),
+                clock: Clock::new(node.clone(), incarnation),
+                sources: BTreeMap::new(),
+            },
+        };
+        Ok(store)
     }
 
-    pub fn get(&self, key: &ObjectKey) -> Option<&Stored> {
-        self.objects.get(key)
+    pub fn state(&self) -> &DesiredState {
+        &self.state
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Stored> {
-        self.objects.values()
+    pub fn get(&self, key: &ObjectKey) -> Option<Stored<'_>> {
+        let entry = self.state.entry(key)?;
+        let workload = entry.value.as_ref()?;
+        Some(self.view(key, entry, workload))
+    }
+
+    fn view<'a>(&'a self, key: &ObjectKey, entry: &'a Entry, workload: &'a Workload) -> Stored<'a> {
+        let source = self.sources.get(key).filter(|(s, _)| *s == entry.stamp).map(|(_, src)| src);
+        Stored { workload, stamp: &entry.stamp, source, overwritten: self.state.overwritten(key) }
+    }
+
+    /// Live objects in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Stored<'_>> {
+        self.state.entries().filter_map(|(k, e)| e.value.as_ref().map(|w| self.view(k, e, w)))
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
-        self.objects.values().map(|s| &s.workload)
+        self.state.live()
     }
 
-    /// Stores `workload`; returns whether anything changed (an identical object from
-    /// the same source is not rewritten).
-    pub fn put(&mut self, workload: Workload, source: Source) -> anyhow::Result<bool> {
-        if let Some(old) = self.objects.get(&workload.key) {
-            if old.workload == workload && old.source == source {
-                return Ok(false);
+    /// Writes `workload` as this node; returns the new entry, or `None` when the live
+    /// version is identical (same object, same source), so nothing is rewritten.
+    pub fn put(&mut self, workload: Workload, source: Source) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
+        let key = workload.key.clone();
+        if let Some(cur) = self.get(&key) {
+            if *cur.workload == workload && cur.source == Some(&source) {
+                return Ok(None);
             }
         }
-        self.seq += 1;
-        let stored = Stored { workload, source, seq: self.seq };
-        let previous = self.objects.insert(stored.workload.key.clone(), stored.clone());
-        if let Err(e) = self.save() {
-            // Keep memory and disk in agreement: undo the write that could not be persisted.
-            match previous {
-                Some(p) => self.objects.insert(p.workload.key.clone(), p),
-                None => self.objects.remove(&stored.workload.key),
-            };
-            return Err(e);
-        }
-        Ok(true)
+        let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
+        let entry = self.state.put(workload, &mut self.clock).with_context(|| format!("writing {key}"))?;
+        self.sources.insert(key.clone(), (entry.stamp.clone(), source));
+        self.save_or_restore(before)?;
+        Ok(Some((key, entry)))
     }
 
-    /// Removes `key`; returns whether it was there.
-    pub fn remove(&mut self, key: &ObjectKey) -> anyhow::Result<bool> {
-        let Some(previous) = self.objects.remove(key) else { return Ok(false) };
-        self.seq += 1;
-        if let Err(e) = self.save() {
-            self.objects.insert(key.clone(), previous);
-            return Err(e);
-        }
-        Ok(true)
+    /// Deletes `key` as this node (a tombstone); `None` when it was not there.
+    pub fn remove(&mut self, key: &ObjectKey) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
+        let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
+        let Some(entry) = self.state.delete(key, &mut self.clock) else { return Ok(None) };
+        self.sources.remove(key);
+        self.save_or_restore(before)?;
+        Ok(Some((key.clone(), entry)))
     }
 
-    fn save(&self) -> anyhow::Result<()> {
-        let disk = OnDisk { seq: self.seq, objects: self.objects.values().cloned().collect() };
-        let bytes = serde_json::to_vec_pretty(&disk).context("encoding desired state")?;
-        write_atomic(&self.path, &bytes)
-            .with_context(|| format!("writing desired state {}", self.path.display()))
+    /// Replaces the whole replicated state (after a merge done by the caller) and persists it.
+    pub fn replace_state(&mut self, state: DesiredState) -> anyhow::Result<()> {
+        let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
+        self.clock.observe(state.max_lamport());
+        self.state = state;
+        self.save_or_restore(before)
+    }
+
+    fn save_or_restore(&mut self, before: (DesiredState, Clock, BTreeMap<ObjectKey, (Stamp, Source)>)) -> anyhow::Result<()> {
+        let disk = OnDisk { state: self.state.clone(), clock: self.clock.clone(), sources: self.sources.clone() };
+        let saved = serde_json::to_vec(&disk)
+            .context("encoding desired state")
+            .and_then(|b| write_atomic(&self.path, &b).with_context(|| format!("writing desired state {}", self.path.display())));
+        if saved.is_err() {
+            // Keep memory and disk in agreement: undo what could not be persisted.
+            (self.state, self.clock, self.sources) = before;
+        }
+        saved
     }
 }
 
@@ -152,15 +196,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("peer-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("desired.json");
-        let mut store = Store::open(&path).expect("open empty");
-        assert!(store.put(workload("a", 1), Source::Api("a.yaml".into())).expect("put"));
-        assert!(!store.put(workload("a", 1), Source::Api("a.yaml".into())).expect("put again"));
-        assert!(store.put(workload("b", 2), Source::File("specs/b.yaml".into())).expect("put b"));
-        assert!(store.remove(&workload("a", 1).key).expect("remove"));
-        let reopened = Store::open(&path).expect("reopen");
+        let node = NodeId("n1".into());
+        let mut store = Store::open(&path, &node, 7).expect("open empty");
+        assert!(store.put(workload("a", 1), Source::Api("a.yaml".into())).expect("put").is_some());
+        assert!(store.put(workload("a", 1), Source::Api("a.yaml".into())).expect("put again").is_none());
+        let file = Source::File("specs/b.yaml".into());
+        assert!(store.put(workload("b", 2), file.clone()).expect("put b").is_some());
+        assert!(store.remove(&workload("a", 1).key).expect("remove").is_some());
+        assert!(store.remove(&workload("a", 1).key).expect("remove twice").is_none());
+
+        let reopened = Store::open(&path, &node, 7).expect("reopen");
         let names: Vec<_> = reopened.workloads().map(|w| w.key.name.clone()).collect();
         assert_eq!(names, vec!["b"]);
-        assert_eq!(reopened.seq, 3);
+        let b = reopened.get(&workload("b", 2).key).expect("b is live");
+        assert_eq!(b.source, Some(&file));
+        assert_eq!(b.stamp.lamport, 2);
+        // The clock continues after a restart: the next write is newer than all before.
+        let mut reopened = reopened;
+        let (_, e) = reopened.put(workload("c", 1), Source::Api("c.yaml".into())).expect("put c").expect("new");
+        assert_eq!(e.stamp.lamport, 4);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

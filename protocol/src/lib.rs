@@ -1,12 +1,17 @@
 //! Wire types and the desired-state model of peer: what the cluster wants, never how it runs.
 //!
-//! Architecture invariant: this crate does no I/O and knows nothing about containers.
+//! Architecture invariant: this crate knows nothing about containers. Its decisions
+//! (`desired`, `sync`, `replicate`, `codec`) are pure; only `transport` and `membership`
+//! do I/O.
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod desired;
+pub mod replicate;
 pub mod spec;
 pub mod sync;
+pub mod tls;
+pub mod transport;
 
 #[cfg(test)]
 mod testkit;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use protocol::desired::NodeId;
 use runtime::image::ImageStore;
 use runtime::{ExitEvent, Runtime, RuntimeConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     pub specs_dir: PathBuf,
     pub socket: PathBuf,
     pub cgroup_parent: String,
+    /// The node's name; the host name when not given (fixed at the first start).
+    pub node_name: Option<String>,
     pub default_limits: DefaultLimits,
     /// Container log files are rotated past this size, keeping `log_keep` old ones.
     pub log_max_bytes: u64,
@@ -98,7 +101,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images")).context("opening the image store")?);
     let mut exits = runtime.exits();
 
-    let store = Store::open(&cfg.data_dir.join("desired.json"))?;
+    let identity = crate::identity::load_and_bump(&cfg.data_dir, cfg.node_name.as_deref())?;
+    let node = NodeId(identity.node_id.clone());
+    let store = Store::open(&cfg.data_dir.join("desired.json"), &node, identity.incarnation)?;
     let folder = Folder::open(&cfg.specs_dir, &cfg.data_dir.join("folder.json"))?;
     let (task_tx, mut task_rx) = mpsc::unbounded_channel();
     let (input_tx, mut input_rx) = mpsc::unbounded_channel::<Input>();
@@ -118,7 +123,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let _watcher = crate::watch::watch(&cfg.specs_dir, input_tx.clone())?;
     let server = crate::server::serve(&cfg.socket, input_tx.clone()).await?;
-    tracing::info!(data = %cfg.data_dir.display(), specs = %cfg.specs_dir.display(), socket = %cfg.socket.display(), "peer agent up");
+    tracing::info!(node = %identity.node_id, generation = identity.generation, data = %cfg.data_dir.display(), specs = %cfg.specs_dir.display(), socket = %cfg.socket.display(), "peer agent up");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(2));

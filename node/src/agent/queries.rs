@@ -92,9 +92,10 @@ impl Agent {
                                 }
                             }
                         }
-                        let source = match &s.source {
-                            Source::File(f) => f.clone(),
-                            Source::Api(f) => format!("apply {f}"),
+                        let source = match s.source {
+                            Some(Source::File(f)) => f.clone(),
+                            Some(Source::Api(f)) => format!("apply {f}"),
+                            None => format!("node {}", s.stamp.node),
                         };
                         DeploymentRow {
                             namespace: w.key.namespace.clone(),
@@ -103,6 +104,7 @@ impl Agent {
                             desired: w.replicas,
                             up_to_date: current,
                             source,
+                            overwritten_by: s.overwritten.map(|_| format!("node {}", s.stamp.node)),
                         }
                     })
                     .collect();
@@ -228,8 +230,8 @@ impl Agent {
                         warnings.extend(w.iter().map(|w| w.to_string()));
                         let key = workload.key.to_string();
                         match self.store.put(workload, Source::Api(name.clone())) {
-                            Ok(true) => applied.push(key),
-                            Ok(false) => unchanged.push(key),
+                            Ok(Some(_)) => applied.push(key),
+                            Ok(None) => unchanged.push(key),
                             Err(e) => errors.push(format!("{name}: storing {key}: {e:#}")),
                         }
                     }
@@ -248,8 +250,8 @@ impl Agent {
         let mut deleted = vec![];
         for key in keys {
             match self.store.remove(&key) {
-                Ok(true) => deleted.push(key.to_string()),
-                Ok(false) => errors.push(format!("{key} not found")),
+                Ok(Some(_)) => deleted.push(key.to_string()),
+                Ok(None) => errors.push(format!("{key} not found")),
                 Err(e) => errors.push(format!("deleting {key}: {e:#}")),
             }
         }

@@ -52,6 +52,13 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request changes desired state (and so needs a reconcile).
+    pub fn writes(&self) -> bool {
+        matches!(self, Request::Apply { .. } | Request::DeleteFiles { .. } | Request::Delete { .. })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Response {

@@ -39,6 +39,7 @@ pub struct Stored<'a> {
 struct OnDisk {
     state: DesiredState,
     clock: Clock,
+    #[serde(with = "protocol::desired::pairs")]
     sources: BTreeMap<ObjectKey, (Stamp, Source)>,
 }
 

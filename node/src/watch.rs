@@ -1,7 +1,9 @@
 //! Watches the spec folder with inotify (through `notify`) and wakes the agent.
 //!
 //! Events are only a hint: the agent rescans the whole folder on each one, and also
-//! every 2 s, so a missed or coalesced event delays a change but never loses it.
+//! every 2 s, so a missed or coalesced event delays a change but never loses it. Write
+//! spec files atomically (write a temporary file, rename it into the folder) or in one
+//! go: a rescan that happens to meet a file mid-write applies what it reads.
 
 use std::path::Path;
 
@@ -14,9 +16,20 @@ use crate::agent::Input;
 /// Starts watching `dir`; the watcher stops when the returned value is dropped.
 pub fn watch(dir: &Path, tx: UnboundedSender<Input>) -> anyhow::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Reading the folder raises access events itself; waking on those would make
-        // every rescan trigger the next one.
-        let wanted = res.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_)));
+        // Act when a writer is done (close after write, rename, remove), not on every
+        // write: a file caught half-written would be applied half. Reading the folder
+        // raises open and read events itself; waking on those would make every rescan
+        // trigger the next one.
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        use notify::EventKind;
+        let wanted = res.is_ok_and(|ev| {
+            matches!(
+                ev.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(_))
+                    | EventKind::Remove(_)
+            )
+        });
         if wanted {
             let _ = tx.send(Input::FolderChanged);
         }

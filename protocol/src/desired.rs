@@ -136,6 +136,8 @@ impl Slot {
 /// The desired state of the cluster as held by one node. Plain data: persist it with serde.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
+    /// Serialized as a list of pairs so that self-describing formats (JSON on disk) work.
+    #[serde(with = "pairs")]
     slots: BTreeMap<ObjectKey, Slot>,
     /// The greatest stamp of any tombstone collected here or by a peer we merged with.
     gc_floor: Option<Stamp>,
@@ -366,6 +368,29 @@ fn push_stamp(buf: &mut Vec<u8>, stamp: Option<&Stamp>) {
             push_str(buf, &s.node.0);
             buf.extend_from_slice(&s.incarnation.to_le_bytes());
         }
+    }
+}
+
+/// Serde adaptor: a map with non-string keys as a sequence of `(key, value)` pairs.
+pub mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 

@@ -102,7 +102,24 @@ impl Runtime {
             return Ok(path);
         }
         let object = format!("pod {pod_id}");
-        self.run_helper(&object, &["netns".to_owned(), path.to_string_lossy().into_owned()]).await?;
+        // unshare(CLONE_NEWNET) moves only the calling thread, so a short-lived thread of
+        // our own does it (never a pooled tokio thread, which would stay in the namespace).
+        // This saves a helper process per pod; nothing here clones or changes directory.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let target = path.clone();
+        std::thread::Builder::new()
+            .name("peer-netns".into())
+            .spawn(move || {
+                let _ = tx.send(netns::create(&target));
+            })
+            .map_err(|e| Error::io(object.clone(), "spawn netns thread", &path, e))?;
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::io(object, "create network namespace", &path, e)),
+            Err(_) => {
+                return Err(Error::Helper { object, message: "netns thread ended without an answer".into() })
+            }
+        }
         if !netns::is_netns(&path) {
             return Err(Error::Helper {
                 object,

@@ -1,4 +1,4 @@
-//! Persistent pod network namespaces: created in the helper process, kept alive by a
+//! Persistent pod network namespaces: created on a throw-away thread, kept alive by a
 //! bind mount of the namespace file, joined by every container of the pod.
 
 use std::fs;
@@ -22,8 +22,8 @@ pub(crate) fn is_netns(path: &Path) -> bool {
 /// Creates a network namespace with `lo` up and bind-mounts it on `path`; does nothing
 /// if `path` already is one.
 ///
-/// This moves the calling process into the new namespace: only the helper process,
-/// which exits right after, may call it.
+/// This moves the calling thread into the new namespace: call it on a thread that exits
+/// right after (the agent uses a dedicated short-lived thread, the helper its only thread).
 pub(crate) fn create(path: &Path) -> io::Result<()> {
     if is_netns(path) {
         return Ok(());

@@ -30,7 +30,7 @@ use crate::reconcile::{self, ObservedPod};
 use crate::store::Store;
 
 /// How long folder events are gathered before one rescan.
-const FOLDER_DEBOUNCE: Duration = Duration::from_millis(30);
+const FOLDER_DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Node-wide defaults for containers that declare no limits (like a Kubernetes LimitRange).
 #[derive(Debug, Clone, Copy)]
@@ -152,8 +152,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         match input {
             Input::Api(req, reply) => {
+                let writes = req.writes();
                 let resp = agent.handle_api(req);
                 let _ = reply.send(resp);
+                if !writes {
+                    // Reads change nothing the reconciler looks at.
+                    continue;
+                }
             }
             Input::FolderChanged => {
                 folder_due.get_or_insert(tokio::time::Instant::now() + FOLDER_DEBOUNCE);

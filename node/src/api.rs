@@ -50,6 +50,32 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    /// Cluster members as `peer get nodes` shows them.
+    GetNodes,
+    /// The current join token.
+    Token,
+    /// Replace the join token everywhere.
+    TokenRotate,
+    /// Remove a node for good: its certificate is refused from then on.
+    NodeRemove {
+        name: String,
+    },
+    /// Set (`value: Some`) or remove a label of this node.
+    Label {
+        key: String,
+        value: Option<String>,
+    },
+    /// Add or remove a taint of this node.
+    Taint {
+        taint: String,
+        remove: bool,
+    },
+    /// Leave the cluster gracefully and stop the agent.
+    Leave,
+    /// Test hook (only with `PEER_TEST_HOOKS=1`): drop all traffic with these addresses.
+    Block {
+        addrs: Vec<std::net::SocketAddr>,
+    },
 }
 
 impl Request {
@@ -114,4 +140,19 @@ pub struct EventRow {
     pub object: String,
     pub reason: String,
     pub message: String,
+}
+
+/// A row of `peer get nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub address: String,
+    /// live, dead or left.
+    pub state: String,
+    pub age_secs: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub taints: Vec<String>,
+    pub pods: Option<u32>,
 }

@@ -90,6 +90,41 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Create a new cluster with this node as its first member (before `peer up`).
+    Init {
+        /// This node's name [default: the host name].
+        #[arg(long, env = "PEER_NODE_NAME")]
+        name: Option<String>,
+    },
+    /// Join the cluster of the node at ADDR (host:port of its `--listen`), before `peer up`.
+    Join {
+        addr: String,
+        #[arg(long, env = "PEER_JOIN_TOKEN")]
+        token: String,
+        /// This node's name [default: the host name].
+        #[arg(long, env = "PEER_NODE_NAME")]
+        name: Option<String>,
+    },
+    /// Show the join token, or replace it everywhere (`peer token rotate`).
+    Token {
+        #[arg(value_parser = ["rotate"])]
+        action: Option<String>,
+    },
+    /// Manage cluster members: `peer node remove NAME` refuses its certificate for good.
+    Node {
+        #[arg(value_parser = ["remove"])]
+        action: String,
+        name: String,
+    },
+    /// Set (`key=value`) or remove (`key-`) a label of this node.
+    Label { label: String },
+    /// Add (`key=value:Effect`) or remove (`key=value:Effect-`) a taint of this node.
+    Taint { taint: String },
+    /// Leave the cluster gracefully and stop this node's agent.
+    Leave,
+    /// Test hook: drop all traffic with these peers (agent needs PEER_TEST_HOOKS=1).
+    #[command(hide = true)]
+    Block { addrs: Vec<std::net::SocketAddr> },
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +144,15 @@ pub struct UpArgs {
     /// Parent cgroup of this node's containers (under each hierarchy's root).
     #[arg(long, env = "PEER_CGROUP_PARENT", default_value = "peer")]
     pub cgroup_parent: String,
+    /// Listen address for node-to-node QUIC traffic (gossip, state sync, joins).
+    #[arg(long, env = "PEER_LISTEN", default_value = "0.0.0.0:7946")]
+    pub listen: std::net::SocketAddr,
+    /// A label of this node, `key=value` (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// A taint of this node, `key=value:Effect` (repeatable).
+    #[arg(long = "taint")]
+    pub taints: Vec<String>,
     /// Rotate a container's log file past this size (MiB).
     #[arg(long, default_value_t = 10)]
     pub log_max_mib: u64,

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{DeploymentRow, EventRow, ExecTarget, LogTarget, PodRow, Request, Response};
+use crate::api::{DeploymentRow, EventRow, ExecTarget, LogTarget, NodeRow, PodRow, Request, Response};
 use crate::cli::Output;
 
 pub struct Client {
@@ -95,7 +95,8 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
         "pods" | "pod" | "po" => Request::GetPods,
         "deployments" | "deployment" | "deploy" => Request::GetDeployments,
         "events" | "event" | "ev" => Request::GetEvents,
-        other => bail!("unknown resource type {other:?}; expected pods, deployments or events"),
+        "nodes" | "node" | "no" => Request::GetNodes,
+        other => bail!("unknown resource type {other:?}; expected pods, deployments, nodes or events"),
     };
     let data = client.call(&req)?;
     if let Some(output) = output {
@@ -119,6 +120,26 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
                 })
                 .collect();
             print_table(&["NAME", "READY", "UP-TO-DATE", "SOURCE"], &rows);
+        }
+        Request::GetNodes => {
+            let rows: Vec<NodeRow> = serde_json::from_value(data)?;
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|r| {
+                    let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        r.name,
+                        r.state,
+                        r.address,
+                        r.age_secs.map_or("-".into(), age),
+                        r.cpu_millis.map_or("-".into(), |c| format!("{}m", c)),
+                        r.memory_bytes.map_or("-".into(), |m| format!("{}Mi", m >> 20)),
+                        r.pods.map_or("-".into(), |p| p.to_string()),
+                        if labels.is_empty() { "<none>".into() } else { labels.join(",") },
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "STATE", "ADDRESS", "AGE", "CPU", "MEMORY", "PODS", "LABELS"], &rows);
         }
         _ => {
             let rows: Vec<EventRow> = serde_json::from_value(data)?;

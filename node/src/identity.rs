@@ -25,7 +25,8 @@ pub struct Identity {
 pub fn load_and_bump(data_dir: &Path, name: Option<&str>) -> anyhow::Result<Identity> {
     let path = data_dir.join("node.json");
     let mut id = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice::<Identity>(&bytes).with_context(|| format!("reading {}", path.display()))?,
+        Ok(bytes) => serde_json::from_slice::<Identity>(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity {
             node_id: match name {
                 Some(n) => n.to_owned(),
@@ -68,7 +69,8 @@ fn default_name() -> anyhow::Result<String> {
 
 fn random_u64() -> anyhow::Result<u64> {
     let mut buf = [0u8; 8];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf).context("reading /dev/urandom")?;
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)
+        .context("reading /dev/urandom")?;
     Ok(u64::from_le_bytes(buf))
 }
 

@@ -1,11 +1,12 @@
 //! `peer`: runs the node agent (`peer up`) or talks to it (every other command).
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Parser;
 use node::agent::{AgentConfig, DefaultLimits};
 use node::api::Request;
 use node::cli::{Cli, Command, ImageCommand};
 use node::client::{self, Client};
+use node::cluster::files::ClusterFiles;
 use runtime::image::ImageStore;
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +49,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 log_max_bytes: up.log_max_mib << 20,
                 log_keep: 2,
+                listen: up.listen,
+                labels: up
+                    .labels
+                    .iter()
+                    .map(|l| node::nodecfg::parse_label(l))
+                    .collect::<anyhow::Result<_>>()?,
+                taints: up.taints,
+                test_hooks: std::env::var("PEER_TEST_HOOKS").as_deref() == Ok("1"),
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(node::agent::run(cfg))?;
@@ -82,6 +91,64 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let code = client::exec(&client, Request::ExecTarget { namespace, pod, container }, &command)?;
             return Ok(u8::try_from(code).unwrap_or(1));
         }
+        Command::Init { name } => {
+            std::fs::create_dir_all(&cli.global.data_dir)?;
+            let id = node::identity::load_and_bump(&cli.global.data_dir, name.as_deref())?;
+            let files = ClusterFiles::init(&cli.global.data_dir, &id.node_id)?;
+            println!("created cluster {} with node {}", files.cluster_id, id.node_id);
+            println!("join token: {}", files.settings.token);
+            println!("start the node with `peer up`; other machines join with `peer join <this node's address>:7946 --token <token>`");
+        }
+        Command::Join { addr, token, name } => {
+            std::fs::create_dir_all(&cli.global.data_dir)?;
+            if ClusterFiles::exists(&cli.global.data_dir) {
+                bail!("{} already belongs to a cluster", cli.global.data_dir.display());
+            }
+            let id = node::identity::load_and_bump(&cli.global.data_dir, name.as_deref())?;
+            let parsed = protocol::tls::JoinToken::parse(&token).context("reading --token")?;
+            let server = resolve(&addr)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let resp = rt
+                .block_on(protocol::transport::join(server, &parsed, &id.node_id))
+                .with_context(|| format!("joining through {addr}"))?;
+            let files = ClusterFiles::from_join(&cli.global.data_dir, resp, &token)?;
+            println!("node {} joined cluster {}; start it with `peer up`", id.node_id, files.cluster_id);
+        }
+        Command::Token { action } => {
+            let req = if action.is_some() { Request::TokenRotate } else { Request::Token };
+            match client.call(&req) {
+                Ok(data) => println!("{}", data["token"].as_str().unwrap_or_default()),
+                Err(e) if action.is_none() && ClusterFiles::exists(&cli.global.data_dir) => {
+                    tracing::debug!("agent not reachable ({e}); reading the token from disk");
+                    println!("{}", ClusterFiles::load(&cli.global.data_dir)?.settings.token);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Command::Node { action: _, name } => {
+            client.call(&Request::NodeRemove { name: name.clone() })?;
+            println!("node {name} removed; its certificate is refused from now on");
+        }
+        Command::Label { label } => {
+            let (key, value) = node::agent::parse_label_arg(&label)?;
+            let data = client.call(&Request::Label { key, value })?;
+            println!("{}", serde_json::to_string(&data["labels"])?);
+        }
+        Command::Taint { taint } => {
+            let (taint, remove) = match taint.strip_suffix('-') {
+                Some(t) => (t.to_owned(), true),
+                None => (taint, false),
+            };
+            let data = client.call(&Request::Taint { taint, remove })?;
+            println!("{}", serde_json::to_string(&data["taints"])?);
+        }
+        Command::Leave => {
+            client.call(&Request::Leave)?;
+            println!("left the cluster; the agent stops (containers keep running)");
+        }
+        Command::Block { addrs } => {
+            client.call(&Request::Block { addrs })?;
+        }
         Command::Image { command } => {
             let store = ImageStore::open(&cli.global.data_dir.join("images"))?;
             match command {
@@ -110,4 +177,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `host:port` to one socket address.
+fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolving {addr:?} (expected host:port)"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))
 }

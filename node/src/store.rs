@@ -50,6 +50,8 @@ pub struct Store {
     clock: Clock,
     /// Source of this node's writes, valid while the entry still has that stamp.
     sources: BTreeMap<ObjectKey, (Stamp, Source)>,
+    /// This node's writes not yet handed to replication.
+    local_writes: Vec<(ObjectKey, Entry)>,
 }
 
 impl Store {
@@ -64,20 +66,31 @@ impl Store {
             Err(e) => return Err(e).with_context(|| format!("reading desired state {}", path.display())),
         };
         let store = match disk {
-            Some(d) if d.clock.node == *node && d.clock.incarnation == incarnation => {
-                Store { path: path.to_owned(), state: d.state, clock: d.clock, sources: d.sources }
-            }
+            Some(d) if d.clock.node == *node && d.clock.incarnation == incarnation => Store {
+                path: path.to_owned(),
+                state: d.state,
+                clock: d.clock,
+                sources: d.sources,
+                local_writes: vec![],
+            },
             Some(d) => {
                 // The same disk under a new identity keeps the state but stamps anew.
                 let mut clock = Clock::new(node.clone(), incarnation);
                 clock.observe(d.state.max_lamport());
-                Store { path: path.to_owned(), state: d.state, clock, sources: BTreeMap::new() }
+                Store {
+                    path: path.to_owned(),
+                    state: d.state,
+                    clock,
+                    sources: BTreeMap::new(),
+                    local_writes: vec![],
+                }
             }
             None => Store {
                 path: path.to_owned(),
                 state: DesiredState::new(),
                 clock: Clock::new(node.clone(), incarnation),
                 sources: BTreeMap::new(),
+                local_writes: vec![],
             },
         };
         Ok(store)
@@ -120,6 +133,7 @@ impl Store {
         let entry = self.state.put(workload, &mut self.clock).with_context(|| format!("writing {key}"))?;
         self.sources.insert(key.clone(), (entry.stamp.clone(), source));
         self.save_or_restore(before)?;
+        self.local_writes.push((key.clone(), entry.clone()));
         Ok(Some((key, entry)))
     }
 
@@ -129,22 +143,39 @@ impl Store {
         let Some(entry) = self.state.delete(key, &mut self.clock) else { return Ok(None) };
         self.sources.remove(key);
         self.save_or_restore(before)?;
+        self.local_writes.push((key.clone(), entry.clone()));
         Ok(Some((key.clone(), entry)))
     }
 
-    /// Replaces the whole replicated state (after a merge done by the caller) and persists it.
-    pub fn replace_state(&mut self, state: DesiredState) -> anyhow::Result<()> {
+    /// Runs `f` on the replicated state (a merge from a peer) and persists the result if
+    /// it changed anything. A failed save restores the state as it was before.
+    pub fn update<R>(&mut self, f: impl FnOnce(&mut DesiredState) -> R) -> anyhow::Result<R> {
         let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
-        self.clock.observe(state.max_lamport());
-        self.state = state;
-        self.save_or_restore(before)
+        let digest = self.state.digest();
+        let floor = self.state.gc_floor().cloned();
+        let r = f(&mut self.state);
+        self.clock.observe(self.state.max_lamport());
+        if self.state.digest() != digest || self.state.gc_floor().cloned() != floor {
+            self.save_or_restore(before)?;
+        }
+        Ok(r)
     }
 
-    fn save_or_restore(&mut self, before: (DesiredState, Clock, BTreeMap<ObjectKey, (Stamp, Source)>)) -> anyhow::Result<()> {
-        let disk = OnDisk { state: self.state.clone(), clock: self.clock.clone(), sources: self.sources.clone() };
-        let saved = serde_json::to_vec(&disk)
-            .context("encoding desired state")
-            .and_then(|b| write_atomic(&self.path, &b).with_context(|| format!("writing desired state {}", self.path.display())));
+    /// This node's writes since the last call, for pushing to peers.
+    pub fn drain_local_writes(&mut self) -> Vec<(ObjectKey, Entry)> {
+        std::mem::take(&mut self.local_writes)
+    }
+
+    fn save_or_restore(
+        &mut self,
+        before: (DesiredState, Clock, BTreeMap<ObjectKey, (Stamp, Source)>),
+    ) -> anyhow::Result<()> {
+        let disk =
+            OnDisk { state: self.state.clone(), clock: self.clock.clone(), sources: self.sources.clone() };
+        let saved = serde_json::to_vec(&disk).context("encoding desired state").and_then(|b| {
+            write_atomic(&self.path, &b)
+                .with_context(|| format!("writing desired state {}", self.path.display()))
+        });
         if saved.is_err() {
             // Keep memory and disk in agreement: undo what could not be persisted.
             (self.state, self.clock, self.sources) = before;
@@ -214,7 +245,8 @@ mod tests {
         assert_eq!(b.stamp.lamport, 2);
         // The clock continues after a restart: the next write is newer than all before.
         let mut reopened = reopened;
-        let (_, e) = reopened.put(workload("c", 1), Source::Api("c.yaml".into())).expect("put c").expect("new");
+        let (_, e) =
+            reopened.put(workload("c", 1), Source::Api("c.yaml".into())).expect("put c").expect("new");
         assert_eq!(e.stamp.lamport, 4);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -7,6 +7,8 @@
 
 pub mod codec;
 pub mod desired;
+pub mod members;
+pub mod membership;
 pub mod replicate;
 pub mod spec;
 pub mod sync;

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+};
 use tokio::sync::watch;
 
 use crate::transport::TransportHandle;
@@ -92,7 +94,11 @@ pub struct Member {
 
 impl From<&ChitchatId> for Member {
     fn from(id: &ChitchatId) -> Self {
-        Self { node_id: id.node_id.to_string(), gossip_addr: id.gossip_advertise_addr, generation: id.generation_id }
+        Self {
+            node_id: id.node_id.to_string(),
+            gossip_addr: id.gossip_advertise_addr,
+            generation: id.generation_id,
+        }
     }
 }
 
@@ -116,7 +122,11 @@ fn check_size(key: &str, value: &str) -> Result<(), MembershipError> {
         return Err(MembershipError::TooLarge { key: key.to_owned(), len: key.len(), max: MAX_KEY_BYTES });
     }
     if value.len() > MAX_VALUE_BYTES {
-        return Err(MembershipError::TooLarge { key: key.to_owned(), len: value.len(), max: MAX_VALUE_BYTES });
+        return Err(MembershipError::TooLarge {
+            key: key.to_owned(),
+            len: value.len(),
+            max: MAX_VALUE_BYTES,
+        });
     }
     Ok(())
 }
@@ -164,7 +174,8 @@ impl Membership {
     /// The live members (from the watcher) and the dead ones (from the failure detector).
     pub async fn members(&self) -> Members {
         let mut live: Vec<Member> = self.live.borrow().keys().map(Member::from).collect();
-        let mut dead: Vec<Member> = self.handle.with_chitchat(|c| c.dead_nodes().map(Member::from).collect()).await;
+        let mut dead: Vec<Member> =
+            self.handle.with_chitchat(|c| c.dead_nodes().map(Member::from).collect()).await;
         live.sort();
         dead.sort();
         Members { live, dead }
@@ -209,11 +220,21 @@ impl Membership {
 
     /// Stops gossip without telling anyone (peers see this node die).
     pub async fn shutdown(self) -> Result<(), MembershipError> {
-        self.handle.shutdown().await.map_err(|e| MembershipError::Stopped(e.to_string()))
+        let stopped = |e: anyhow::Error| MembershipError::Stopped(e.to_string());
+        self.handle.initiate_shutdown().map_err(stopped)?;
+        self.handle.termination_watcher().await.map_err(stopped)
+    }
+}
+
+impl Drop for Membership {
+    /// Chitchat's task outlives its handle unless stopped: dropping stops it like a crash.
+    fn drop(&mut self) {
+        self.handle.abort();
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
     use std::collections::BTreeSet;
     use std::time::Instant;
@@ -245,9 +266,11 @@ mod tests {
         let (c, mc) = member(&ca, "c", &[a.addr]).await;
         let start = Instant::now();
         let all = ids(&["a", "b", "c"]);
-        wait_until(Duration::from_secs(2), || live_ids(&ma) == all && live_ids(&mb) == all && live_ids(&mc) == all)
-            .await
-            .expect("all three live everywhere within 2 s");
+        wait_until(Duration::from_secs(2), || {
+            live_ids(&ma) == all && live_ids(&mb) == all && live_ids(&mc) == all
+        })
+        .await
+        .expect("all three live everywhere within 2 s");
         eprintln!("three nodes live everywhere after {:?}", start.elapsed());
 
         mc.set_self_key("role", "edge").await.unwrap();
@@ -263,6 +286,8 @@ mod tests {
         }
         assert_eq!(seen.as_deref(), Some("edge"));
 
+        // Let the failure detector learn the heartbeat rate (its 500 ms prior fades with samples).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         // Kill c: no leave, endpoint gone.
         let killed = Instant::now();
         drop(mc);
@@ -286,7 +311,8 @@ mod tests {
 
         a.handle.set_blocked([b.addr].into());
         b.handle.set_blocked([a.addr].into());
-        wait_until(Duration::from_secs(3), || live_ids(&ma) == ids(&["a"]) && live_ids(&mb) == ids(&["b"]))
+        // Freshly started nodes detect slower: the 500 ms prior still weighs on the mean.
+        wait_until(Duration::from_secs(5), || live_ids(&ma) == ids(&["a"]) && live_ids(&mb) == ids(&["b"]))
             .await
             .expect("partitioned nodes see each other dead");
 
@@ -297,6 +323,8 @@ mod tests {
             .expect("healed nodes see each other again");
 
         mb.leave().await.unwrap();
-        wait_until(Duration::from_secs(1), || live_ids(&ma) == ids(&["a"])).await.expect("a left node is not live");
+        wait_until(Duration::from_secs(1), || live_ids(&ma) == ids(&["a"]))
+            .await
+            .expect("a left node is not live");
     }
 }

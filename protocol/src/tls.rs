@@ -93,7 +93,8 @@ impl ClusterCa {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, format!("peer cluster {cluster_id}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut params);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
@@ -128,7 +129,8 @@ pub fn issue_node_cert(ca: &ClusterCa, node_id: &str) -> Result<NodeCert, TlsErr
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.subject_alt_names = vec![SanType::DnsName(format!("{node_id}{NODE_DNS_SUFFIX}").try_into()?)];
     params.distinguished_name.push(DnType::CommonName, node_id);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params);
@@ -243,17 +245,24 @@ pub struct NodeIdentity {
 
 impl Clone for NodeIdentity {
     fn clone(&self) -> Self {
-        Self { node_id: self.node_id.clone(), cert: self.cert.clone(), key: self.key.clone_key(), ca: self.ca.clone() }
+        Self {
+            node_id: self.node_id.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
     }
 }
 
 impl NodeIdentity {
     /// Loads an identity; the node id is read from the certificate.
     pub fn from_pem(ca_cert_pem: &str, node: &NodeCert) -> Result<Self, TlsError> {
-        let ca = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes()).map_err(|e| malformed("ca certificate", e))?;
-        let cert =
-            CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).map_err(|e| malformed("node certificate", e))?;
-        let key = PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).map_err(|e| malformed("node key", e))?;
+        let ca = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
+            .map_err(|e| malformed("ca certificate", e))?;
+        let cert = CertificateDer::from_pem_slice(node.cert_pem.as_bytes())
+            .map_err(|e| malformed("node certificate", e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).map_err(|e| malformed("node key", e))?;
         Ok(Self { node_id: node_id_of(&cert)?, cert, key, ca })
     }
 
@@ -302,7 +311,8 @@ pub fn server_config(id: &NodeIdentity, revoked: &RevocationList) -> Result<rust
 /// certificate chains to the CA, is not revoked, and names the node dialed (see
 /// [`server_name_for`]) when that is known.
 pub fn client_config(id: &NodeIdentity, revoked: &RevocationList) -> Result<rustls::ClientConfig, TlsError> {
-    let inner = WebPkiServerVerifier::builder_with_provider(id.roots()?, provider()).build().map_err(config_err)?;
+    let inner =
+        WebPkiServerVerifier::builder_with_provider(id.roots()?, provider()).build().map_err(config_err)?;
     let verifier = Arc::new(NodeServerVerifier { inner, revoked: revoked.clone() });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -510,6 +520,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
     use super::*;
 

@@ -7,8 +7,8 @@
 //! seed. `PEER_SIM_SEEDS=N` runs more seeds; `PEER_SIM_REPORT=1` prints convergence times
 //! (used by BENCHMARKS.md).
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use protocol::desired::{Clock, DesiredState, NodeId};
 use protocol::replicate::{ReplicateConfig, Replicator};
@@ -32,8 +32,15 @@ struct Params {
 enum Event {
     /// A node pulls a random peer's digest.
     GossipTick(usize),
-    Deliver { from: usize, to: usize, msg: Wire },
-    Write { node: usize, workload: Workload },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Wire,
+    },
+    Write {
+        node: usize,
+        workload: Workload,
+    },
 }
 
 enum Wire {
@@ -71,7 +78,11 @@ impl Sim {
                 let id = NodeId(format!("n{i:05}"));
                 Node {
                     clock: Clock::new(id.clone(), i as u64 + 1),
-                    repl: Replicator::new(id.clone(), ReplicateConfig::default(), p.seed ^ (i as u64 + 1) * 0x9e37),
+                    repl: Replicator::new(
+                        id.clone(),
+                        ReplicateConfig::default(),
+                        p.seed ^ (i as u64 + 1) * 0x9e37,
+                    ),
                     id,
                     state: DesiredState::new(),
                     sessions: BTreeMap::new(),
@@ -289,7 +300,8 @@ fn spread_time(p: Params) -> (u64, Sim) {
     sim.at(1000, Event::Write { node: writer, workload: workload("api", 3) });
     sim.at(1000, Event::Write { node: other, workload: workload("api", 5) });
     sim.at(1000, Event::Write { node: other, workload: workload("web", 2) });
-    let done = sim.run_until_converged(60_000).unwrap_or_else(|| panic!("seed {seed}: no convergence in 60 s"));
+    let done =
+        sim.run_until_converged(60_000).unwrap_or_else(|| panic!("seed {seed}: no convergence in 60 s"));
     sim.check_invariants();
     (done - 1000, sim)
 }

@@ -102,28 +102,40 @@ pub struct Node {
     pub data: PathBuf,
     pub specs: PathBuf,
     pub cgroup_parent: String,
+    /// The node's QUIC address on loopback (fixed across agent restarts).
+    pub listen: std::net::SocketAddr,
+    /// Extra environment for the agent (e.g. `PEER_TEST_HOOKS`).
+    pub agent_env: Vec<(String, String)>,
     agent: Option<Child>,
 }
 
 impl Node {
     /// Creates the folders, imports the demo image and starts the agent.
     pub fn start(name: &str) -> Node {
+        let mut node = Node::prepare(name);
+        node.start_agent();
+        node
+    }
+
+    /// Creates the folders and imports the demo image; the agent is not started.
+    pub fn prepare(name: &str) -> Node {
         let dir = std::env::temp_dir().join(format!("peer-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.join("data");
         let specs = dir.join("specs");
         std::fs::create_dir_all(&specs).expect("creating spec folder");
-        let mut node = Node {
+        let node = Node {
             name: name.to_owned(),
             cgroup_parent: format!("peer-test-{name}-{}", std::process::id()),
             dir,
             data,
             specs,
+            listen: free_udp_port(),
+            agent_env: vec![],
             agent: None,
         };
         let out = node.peer(&["image", "import", &demo_image().display().to_string()]);
         assert!(out.status.success(), "image import failed: {}", String::from_utf8_lossy(&out.stderr));
-        node.start_agent();
         node
     }
 
@@ -134,6 +146,8 @@ impl Node {
             .args(["up", "--specs"])
             .arg(&self.specs)
             .args(["--cgroup-parent", &self.cgroup_parent])
+            .args(["--name", &self.name, "--listen", &self.listen.to_string()])
+            .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PEER_DATA_DIR", &self.data)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -144,6 +158,14 @@ impl Node {
         wait_for("the agent's API socket", Duration::from_secs(20), || {
             self.peer(&["get", "pods"]).status.success().then_some(())
         });
+    }
+
+    /// Stops the agent with SIGTERM (a graceful leave) and waits for it.
+    pub fn stop_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
     }
 
     /// Kills the agent with SIGKILL (containers keep running).
@@ -278,4 +300,10 @@ pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// A loopback address with a UDP port that was free a moment ago.
+pub fn free_udp_port() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a probe socket");
+    s.local_addr().expect("probe socket address")
 }

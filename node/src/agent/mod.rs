@@ -6,6 +6,7 @@
 //! (`pods.rs`), whose slow work (creating, stopping containers) runs in tasks that
 //! report back as inputs. Only this loop mutates state.
 
+mod cluster_api;
 mod events;
 mod pods;
 mod queries;
@@ -22,10 +23,14 @@ use runtime::{ExitEvent, Runtime, RuntimeConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+pub use self::cluster_api::parse_label_arg;
 pub use self::events::EventLog;
 use self::pods::TaskResult;
 use crate::api::{Request, Response};
+use crate::cluster::files::ClusterFiles;
+use crate::cluster::{Cluster, ClusterInput, ClusterOptions};
 use crate::folder::{Folder, Level};
+use crate::nodecfg::NodeConfig;
 use crate::reconcile::{self, ObservedPod};
 use crate::store::Store;
 
@@ -51,6 +56,13 @@ pub struct AgentConfig {
     /// Container log files are rotated past this size, keeping `log_keep` old ones.
     pub log_max_bytes: u64,
     pub log_keep: usize,
+    /// QUIC listen address for node-to-node traffic (gossip, sync, joins).
+    pub listen: std::net::SocketAddr,
+    /// Labels and taints given on the command line (merged over `peer label`/`peer taint`).
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+    /// Enables test-only API requests (partition hook).
+    pub test_hooks: bool,
 }
 
 /// Everything that can wake the agent.
@@ -59,6 +71,9 @@ pub enum Input {
     FolderChanged,
     Exit(ExitEvent),
     Task(TaskResult),
+    /// A new snapshot of the live members and their gossip keys.
+    Members(Vec<protocol::members::MemberView>),
+    Cluster(ClusterInput),
     Tick,
     Shutdown,
 }
@@ -74,6 +89,9 @@ pub struct Agent {
     tasks: mpsc::UnboundedSender<TaskResult>,
     /// Executor tasks in flight; owned here so none is detached.
     jobs: JoinSet<()>,
+    cluster: Cluster,
+    node: NodeConfig,
+    started_at_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch: for display, ages and back-off deadlines only,
@@ -108,6 +126,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (task_tx, mut task_rx) = mpsc::unbounded_channel();
     let (input_tx, mut input_rx) = mpsc::unbounded_channel::<Input>();
 
+    // A node that never joined a cluster starts one of its own: a cluster of one.
+    let files = if ClusterFiles::exists(&cfg.data_dir) {
+        ClusterFiles::load(&cfg.data_dir)?
+    } else {
+        let files = ClusterFiles::init(&cfg.data_dir, &identity.node_id)?;
+        tracing::info!(cluster = %files.cluster_id, "created a new cluster; `peer token` shows the join token");
+        files
+    };
+    let node_cfg = NodeConfig::load(&cfg.data_dir, &cfg.labels, &cfg.taints)?;
+    let started_at_ms = now_ms();
+    let info = node_cfg.info(started_at_ms, 0);
+    let opts = ClusterOptions { listen: cfg.listen, generation: identity.generation };
+    let cluster = Cluster::start(files, &opts, input_tx.clone(), &info).await?;
+
     let mut agent = Agent {
         cfg: cfg.clone(),
         store,
@@ -118,6 +150,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         events: EventLog::new(1000),
         tasks: task_tx,
         jobs: JoinSet::new(),
+        cluster,
+        node: node_cfg,
+        started_at_ms,
     };
     agent.adopt().await;
 
@@ -153,10 +188,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         match input {
             Input::Api(req, reply) => {
                 let writes = req.writes();
-                let resp = agent.handle_api(req);
+                let resp = match req {
+                    Request::Leave => {
+                        let _ = reply.send(Response::Ok { data: serde_json::json!({"left": true}) });
+                        agent.cluster.leave().await;
+                        break;
+                    }
+                    req if cluster_api::is_cluster(&req) => agent.handle_cluster_api(req).await,
+                    req => agent.handle_api(req),
+                };
                 let _ = reply.send(resp);
                 if !writes {
                     // Reads change nothing the reconciler looks at.
+                    continue;
+                }
+            }
+            Input::Members(views) => {
+                agent.cluster.handle_members(views, &agent.store, now_ms());
+                continue;
+            }
+            Input::Cluster(c) => {
+                let changed = agent.cluster.handle_input(c, &mut agent.store, now_ms());
+                if !changed {
+                    agent.cluster.publish(&agent.store, None).await;
                     continue;
                 }
             }
@@ -170,9 +224,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 while agent.jobs.try_join_next().is_some() {}
                 agent.sync_folder();
                 agent.rotate_logs();
+                agent.cluster.tick(&mut agent.store, now_ms());
+                let info = agent.node.info(agent.started_at_ms, agent.pods.len() as u32);
+                agent.cluster.publish(&agent.store, Some(&info)).await;
             }
-            Input::Shutdown => break,
+            Input::Shutdown => {
+                // SIGTERM and Ctrl-C announce a graceful leave, so peers need not wait
+                // for failure detection; the containers keep running.
+                agent.cluster.leave().await;
+                break;
+            }
         }
+        let writes = agent.store.drain_local_writes();
+        agent.cluster.local_writes(&agent.store, writes);
+        agent.cluster.publish(&agent.store, None).await;
         wake = agent.reconcile();
     }
     // Containers keep running when the agent stops: a restarted agent adopts them.

@@ -213,6 +213,7 @@ impl Agent {
                 };
                 self.delete_keys(vec![ObjectKey { kind, namespace, name }], vec![])
             }
+            other => err(format!("request {other:?} is handled by the agent loop")),
         }
     }
 

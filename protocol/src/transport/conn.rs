@@ -24,7 +24,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_REFUSED: u32 = 1;
 
 enum Event {
-    Accepted(Option<quinn::Incoming>),
+    Accepted(Option<Box<quinn::Incoming>>),
     Serve(Option<(quinn::Connection, String)>),
     TaskDone,
 }
@@ -38,13 +38,13 @@ pub(super) async fn supervise(
     let mut tasks = JoinSet::new();
     loop {
         let event = tokio::select! {
-            incoming = endpoint.accept() => Event::Accepted(incoming),
+            incoming = endpoint.accept() => Event::Accepted(incoming.map(Box::new)),
             conn = serve_rx.recv() => Event::Serve(conn),
             Some(_) = tasks.join_next(), if !tasks.is_empty() => Event::TaskDone,
         };
         match event {
             Event::Accepted(Some(incoming)) => {
-                tasks.spawn(accept(shared.clone(), incoming));
+                tasks.spawn(accept(shared.clone(), *incoming));
             }
             Event::Serve(Some((conn, node))) => {
                 tasks.spawn(serve_peer(shared.clone(), conn, node));

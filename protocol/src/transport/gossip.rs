@@ -13,7 +13,7 @@
 //! chitchat's loop and caused false deaths (NOTES.md). Each peer has a task with a bounded
 //! queue (`try_send`, drop when full), a connect timeout and a reconnect backoff.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,7 +125,8 @@ impl Socket for QuicSocket {
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             let mut outcome = self.decoder.recv().await?;
-            let origin = self.origins.lock().unwrap_or_else(|e| e.into_inner()).get(&outcome.from_addr).copied();
+            let origin =
+                self.origins.lock().unwrap_or_else(|e| e.into_inner()).get(&outcome.from_addr).copied();
             // A datagram from any other loopback socket is not from a peer: skip it.
             if let Some(peer) = origin {
                 outcome.from_addr = peer;
@@ -197,11 +198,11 @@ async fn send_one(handle: &TransportHandle, to: SocketAddr, bytes: &[u8]) -> any
 async fn inject(mut rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>, decoder: SocketAddr, origins: Origins) {
     let mut injectors: BTreeMap<SocketAddr, tokio::net::UdpSocket> = BTreeMap::new();
     while let Some((peer, bytes)) = rx.recv().await {
-        if !injectors.contains_key(&peer) {
+        if let btree_map::Entry::Vacant(slot) = injectors.entry(peer) {
             let Ok(socket) = tokio::net::UdpSocket::bind(LOOPBACK).await else { continue };
             let Ok(addr) = socket.local_addr() else { continue };
             origins.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, peer);
-            injectors.insert(peer, socket);
+            slot.insert(socket);
         }
         if let Some(socket) = injectors.get(&peer) {
             // Loopback UDP can drop under pressure; gossip tolerates loss.

@@ -45,7 +45,10 @@ pub struct JoinResponse {
 impl std::fmt::Debug for JoinResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys stay out of logs.
-        f.debug_struct("JoinResponse").field("cluster_id", &self.cluster_id).field("seeds", &self.seeds).finish()
+        f.debug_struct("JoinResponse")
+            .field("cluster_id", &self.cluster_id)
+            .field("seeds", &self.seeds)
+            .finish()
     }
 }
 
@@ -149,7 +152,8 @@ pub async fn join(server: SocketAddr, token: &JoinToken, node_id: &str) -> Resul
             None => Err(stream(StreamError::Truncated)),
         }
     };
-    let result = tokio::time::timeout(JOIN_TIMEOUT, exchange).await.map_err(|_| JoinError::Timeout(server))?;
+    let result =
+        tokio::time::timeout(JOIN_TIMEOUT, exchange).await.map_err(|_| JoinError::Timeout(server))?;
     endpoint.wait_idle().await;
     result
 }

@@ -16,7 +16,8 @@ mod gossip;
 mod join;
 mod registry;
 #[cfg(test)]
-mod tests;
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+pub(crate) mod tests;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -141,6 +142,9 @@ impl TransportConfig {
 
 /// State shared by the handle and the connection tasks. It holds no endpoint, so the tasks
 /// never keep the endpoint alive.
+/// Gossip payloads from peers, with the peer's address.
+type GossipRx = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
+
 struct Shared {
     node_id: String,
     revoked: RevocationList,
@@ -150,7 +154,7 @@ struct Shared {
     incoming: mpsc::Sender<IncomingStream>,
     /// Gossip payloads received, for the chitchat socket; taken by [`QuicTransport`].
     gossip_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    gossip_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Vec<u8>)>>>,
+    gossip_rx: Mutex<Option<GossipRx>>,
     join_handler: Option<Arc<dyn JoinHandler>>,
 }
 
@@ -283,13 +287,17 @@ impl TransportHandle {
         }
         let name = tls::server_name_for(expected_node);
         let failed = |detail: String| TransportError::Connection { addr, detail };
-        let connecting =
-            self.inner.endpoint.connect_with(self.inner.client.clone(), addr, &name).map_err(|e| failed(e.to_string()))?;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.client.clone(), addr, &name)
+            .map_err(|e| failed(e.to_string()))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| TransportError::ConnectTimeout(addr))?
             .map_err(|e| failed(e.to_string()))?;
-        let node = conn::peer_node_id(&conn).ok_or_else(|| failed("peer presented no node certificate".into()))?;
+        let node =
+            conn::peer_node_id(&conn).ok_or_else(|| failed("peer presented no node certificate".into()))?;
         Ok(shared.registry.insert(addr, conn, node))
     }
 

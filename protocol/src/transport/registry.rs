@@ -39,7 +39,12 @@ impl Registry {
     }
 
     /// Registers a new connection, has it served, and returns the one to use for `addr`.
-    pub(super) fn insert(&self, addr: SocketAddr, conn: quinn::Connection, node: String) -> quinn::Connection {
+    pub(super) fn insert(
+        &self,
+        addr: SocketAddr,
+        conn: quinn::Connection,
+        node: String,
+    ) -> quinn::Connection {
         // The supervisor is gone only when the endpoint shuts down; then nothing is served.
         let _ = self.serve.send((conn.clone(), node.clone()));
         let mut conns = self.lock();

@@ -1,0 +1,436 @@
+//! This node's part in its cluster: the QUIC endpoint, gossip membership, and spreading
+//! the desired state (pushes of new writes, anti-entropy rounds when digests differ).
+//!
+//! The agent loop owns [`Cluster`] and the store; stream I/O runs in tasks (`streams.rs`)
+//! that report back through [`ClusterInput`]. Decisions come from the pure
+//! `protocol::replicate::Replicator` and `protocol::sync::SyncSession`.
+
+pub mod files;
+mod streams;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use protocol::desired::{NodeId, DEFAULT_GC_HORIZON_MS};
+use protocol::members::{self, MemberView};
+use protocol::membership::{self, Member, Membership, MembershipConfig};
+use protocol::replicate::{ReplicateConfig, Replicator};
+use protocol::sync::{SyncMessage, SyncSession};
+use protocol::tls::RevocationList;
+use protocol::transport::{CaJoinHandler, IncomingStream, TransportConfig, TransportHandle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::task::JoinSet;
+
+use self::files::{ClusterFiles, Settings};
+use crate::agent::Input;
+use crate::store::Store;
+
+/// Stream kinds (the first byte of a stream).
+pub const STREAM_PUSH: u8 = 1;
+pub const STREAM_SYNC: u8 = 2;
+
+/// Gossip keys this node publishes.
+pub const KEY_DIGEST: &str = "digest";
+pub const KEY_NODE: &str = "node";
+pub const KEY_SETTINGS: &str = "settings";
+
+/// What this node tells the cluster about itself (gossip key `node`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub started_at_ms: u64,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+    pub pods: u32,
+    pub cordoned: bool,
+}
+
+/// Inputs from the cluster's tasks to the agent loop.
+pub enum ClusterInput {
+    Stream(IncomingStream),
+    Push { from: NodeId, msg: SyncMessage },
+    SyncMsg { sid: u64, msg: SyncMessage },
+    SyncEnded { sid: u64 },
+}
+
+struct Session {
+    peer: NodeId,
+    session: SyncSession,
+    out: mpsc::UnboundedSender<SyncMessage>,
+    started_ms: u64,
+}
+
+/// A peer as the last membership snapshot showed it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub member: Member,
+    pub digest: Option<u64>,
+    pub info: Option<NodeInfo>,
+}
+
+pub struct Cluster {
+    pub files: ClusterFiles,
+    pub transport: TransportHandle,
+    membership: Option<Membership>,
+    join: Arc<CaJoinHandler>,
+    revoked: RevocationList,
+    me: NodeId,
+    repl: Replicator,
+    /// Live peers (this node excluded), by node id.
+    live: BTreeMap<NodeId, Peer>,
+    sessions: BTreeMap<u64, Session>,
+    next_sid: u64,
+    inputs: UnboundedSender<Input>,
+    tasks: JoinSet<()>,
+    published_digest: Option<u64>,
+}
+
+/// Options of `peer up` that concern the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub listen: SocketAddr,
+    pub generation: u64,
+}
+
+impl Cluster {
+    /// Binds the endpoint, starts gossip with the known peers as seeds, and returns the
+    /// cluster plus the receiver of incoming streams (fed to the agent loop).
+    pub async fn start(
+        files: ClusterFiles,
+        opts: &ClusterOptions,
+        inputs: UnboundedSender<Input>,
+        info: &NodeInfo,
+    ) -> anyhow::Result<Cluster> {
+        let identity = files.identity()?;
+        let me = NodeId(identity.node_id.clone());
+        let revoked = RevocationList::default();
+        for r in &files.settings.revoked {
+            revoked.insert(r);
+        }
+        let join = Arc::new(CaJoinHandler::new(
+            files.cluster_id.clone(),
+            files.ca.clone(),
+            files.token()?,
+            Vec::new(),
+        ));
+        let mut tc = TransportConfig::new(opts.listen, identity);
+        tc.revoked = revoked.clone();
+        tc.join_handler = Some(join.clone());
+        let (transport, mut incoming) =
+            TransportHandle::bind(tc).with_context(|| format!("listening on {}", opts.listen))?;
+        let addr = transport.local_addr().context("reading the bound address")?;
+        join.set_seeds(vec![addr]);
+
+        let mut mc = MembershipConfig::new(&files.cluster_id, &me.0, opts.generation);
+        mc.seeds = files.peers.iter().copied().filter(|p| *p != addr).collect();
+        let initial = vec![
+            (KEY_NODE.to_owned(), serde_json::to_string(info)?),
+            (KEY_SETTINGS.to_owned(), serde_json::to_string(&files.settings)?),
+        ];
+        let membership = Membership::spawn(mc, &transport, initial).await.context("starting gossip")?;
+
+        let mut tasks = JoinSet::new();
+        let tx = inputs.clone();
+        tasks.spawn(async move {
+            while let Some(s) = incoming.recv().await {
+                if tx.send(Input::Cluster(ClusterInput::Stream(s))).is_err() {
+                    break;
+                }
+            }
+        });
+        let tx = inputs.clone();
+        let mut watcher = membership.live_watcher();
+        tasks.spawn(async move {
+            while watcher.changed().await.is_ok() {
+                let views = members::views(&watcher.borrow_and_update());
+                if tx.send(Input::Members(views)).is_err() {
+                    break;
+                }
+            }
+        });
+        tracing::info!(node = %me, %addr, cluster = %files.cluster_id, seeds = ?files.peers, "cluster endpoint up");
+        let seed = protocol::spec::fnv1a64(format!("{}/{}", me, opts.generation).as_bytes());
+        Ok(Cluster {
+            files,
+            transport,
+            membership: Some(membership),
+            join,
+            revoked,
+            repl: Replicator::new(me.clone(), ReplicateConfig::default(), seed),
+            me,
+            live: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_sid: 0,
+            inputs,
+            tasks,
+            published_digest: None,
+        })
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn live_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.live.values()
+    }
+
+    fn live_ids(&self) -> Vec<NodeId> {
+        self.live.keys().cloned().collect()
+    }
+
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
+    /// Takes a new membership snapshot: merges settings, remembers peers as seeds, and
+    /// starts anti-entropy rounds with peers whose digest differs from ours.
+    pub fn handle_members(&mut self, views: Vec<MemberView>, store: &Store, now_ms: u64) {
+        let mut live = BTreeMap::new();
+        let mut settings_changed = false;
+        for v in views {
+            let id = NodeId(v.member.node_id.clone());
+            if id == self.me {
+                continue;
+            }
+            if let Some(s) = v.keys.get(KEY_SETTINGS).and_then(|s| serde_json::from_str::<Settings>(s).ok()) {
+                settings_changed |= self.files.settings.merge(&s);
+            }
+            let digest = v.keys.get(KEY_DIGEST).and_then(|d| u64::from_str_radix(d, 16).ok());
+            let info = v.keys.get(KEY_NODE).and_then(|i| serde_json::from_str(i).ok());
+            live.insert(id, Peer { member: v.member, digest, info });
+        }
+        let addrs: BTreeSet<SocketAddr> = live.values().map(|p| p.member.gossip_addr).collect();
+        let new_peers = !addrs.is_subset(&self.files.peers);
+        if new_peers {
+            self.files.peers.extend(addrs);
+        }
+        if settings_changed {
+            self.apply_settings();
+        }
+        if settings_changed || new_peers {
+            if let Err(e) = self.files.save() {
+                tracing::warn!("saving cluster settings: {e:#}");
+            }
+        }
+        self.live = live;
+        self.maybe_sync(store, now_ms);
+    }
+
+    /// Applies merged settings: the current token admits joiners, revoked nodes are refused.
+    fn apply_settings(&mut self) {
+        match self.files.token() {
+            Ok(t) => self.join.rotate(t),
+            Err(e) => tracing::warn!("bad join token in cluster settings: {e:#}"),
+        }
+        for r in &self.files.settings.revoked {
+            if !self.revoked.contains(r) {
+                tracing::warn!(node = %r, "node removed from the cluster; its certificate is refused from now on");
+                self.transport.revoke(r);
+            }
+        }
+    }
+
+    /// Starts rounds with peers whose published digest differs from ours.
+    pub fn maybe_sync(&mut self, store: &Store, now_ms: u64) {
+        let mine = store.state().digest();
+        let wanted: Vec<(NodeId, SocketAddr)> = self
+            .live
+            .iter()
+            .filter_map(|(id, p)| Some((id, p, p.digest?)))
+            .filter(|(id, _, d)| self.repl.want_round(mine, id, *d, now_ms))
+            .map(|(id, p, _)| (id.clone(), p.member.gossip_addr))
+            .collect();
+        for (peer, addr) in wanted {
+            self.repl.round_started(&peer, now_ms);
+            let (sid, out) = self.new_session(peer.clone(), store, now_ms);
+            let tx = self.inputs.clone();
+            let transport = self.transport.clone();
+            self.tasks.spawn(streams::initiate(transport, addr, peer, sid, out, tx));
+        }
+    }
+
+    fn new_session(
+        &mut self,
+        peer: NodeId,
+        store: &Store,
+        now_ms: u64,
+    ) -> (u64, mpsc::UnboundedReceiver<SyncMessage>) {
+        self.next_sid += 1;
+        let sid = self.next_sid;
+        let (out, rx) = mpsc::unbounded_channel();
+        let mut session =
+            Session { peer, session: SyncSession::start(store.state()), out, started_ms: now_ms };
+        while let Some(m) = session.session.poll_transmit() {
+            let _ = session.out.send(m);
+        }
+        self.sessions.insert(sid, session);
+        (sid, rx)
+    }
+
+    /// Handles input from the cluster's tasks. Returns whether the desired state changed.
+    pub fn handle_input(&mut self, input: ClusterInput, store: &mut Store, now_ms: u64) -> bool {
+        match input {
+            ClusterInput::Stream(s) => {
+                let peer = NodeId(s.node_id.clone());
+                match s.kind {
+                    STREAM_PUSH => {
+                        self.tasks.spawn(streams::read_push(peer, s.recv, self.inputs.clone()));
+                    }
+                    STREAM_SYNC => {
+                        self.repl.round_started(&peer, now_ms);
+                        let (sid, out) = self.new_session(peer, store, now_ms);
+                        self.tasks.spawn(streams::run(sid, s.send, s.recv, out, self.inputs.clone()));
+                    }
+                    other => {
+                        tracing::debug!(peer = %s.node_id, kind = other, "ignoring a stream of unknown kind")
+                    }
+                }
+                false
+            }
+            ClusterInput::Push { from, msg } => {
+                let live = self.live_ids();
+                let repl = &mut self.repl;
+                let result = store.update(|state| repl.on_push(state, &from, msg, &live));
+                match result {
+                    Ok((stats, forwards)) => {
+                        if stats.rejected > 0 {
+                            tracing::warn!(peer = %from, rejected = stats.rejected, "dropped malformed entries from a push");
+                        }
+                        self.send_pushes(forwards);
+                        stats.changed > 0
+                    }
+                    Err(e) => {
+                        tracing::error!("merging a push from {from}: {e:#}");
+                        false
+                    }
+                }
+            }
+            ClusterInput::SyncMsg { sid, msg } => {
+                let Some(s) = self.sessions.get_mut(&sid) else { return false };
+                let before = store.state().digest();
+                let result = store.update(|state| s.session.handle_message(state, msg));
+                let failed = match result {
+                    Ok(Ok(())) => false,
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer = %s.peer, "sync round failed: {e}");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(peer = %s.peer, "persisting a sync round: {e:#}");
+                        true
+                    }
+                };
+                while let Some(m) = s.session.poll_transmit() {
+                    let _ = s.out.send(m);
+                }
+                if failed || s.session.is_done() {
+                    self.end_session(sid, now_ms);
+                }
+                store.state().digest() != before
+            }
+            ClusterInput::SyncEnded { sid } => {
+                self.end_session(sid, now_ms);
+                false
+            }
+        }
+    }
+
+    fn end_session(&mut self, sid: u64, now_ms: u64) {
+        if let Some(s) = self.sessions.remove(&sid) {
+            self.repl.round_ended(&s.peer, now_ms);
+        }
+    }
+
+    /// Pushes this node's new writes to live peers.
+    pub fn local_writes(
+        &mut self,
+        store: &Store,
+        writes: Vec<(protocol::spec::ObjectKey, protocol::desired::Entry)>,
+    ) {
+        if writes.is_empty() {
+            return;
+        }
+        let live = self.live_ids();
+        let pushes = self.repl.on_local_write(store.state(), writes, &live);
+        self.send_pushes(pushes);
+    }
+
+    fn send_pushes(&mut self, pushes: Vec<(NodeId, SyncMessage)>) {
+        for (peer, msg) in pushes {
+            let Some(p) = self.live.get(&peer) else { continue };
+            let addr = p.member.gossip_addr;
+            self.tasks.spawn(streams::push(self.transport.clone(), addr, peer, msg));
+        }
+    }
+
+    /// Periodic upkeep: drops stalled rounds, collects old tombstones, reaps tasks.
+    pub fn tick(&mut self, store: &mut Store, now_ms: u64) {
+        let stalled: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now_ms.saturating_sub(s.started_ms) > 30_000)
+            .map(|(k, _)| *k)
+            .collect();
+        for sid in stalled {
+            self.end_session(sid, now_ms);
+        }
+        if let Err(e) = store.update(|state| state.gc(now_ms, DEFAULT_GC_HORIZON_MS)) {
+            tracing::warn!("collecting tombstones: {e:#}");
+        }
+        while self.tasks.try_join_next().is_some() {}
+        self.maybe_sync(store, now_ms);
+    }
+
+    /// Publishes the digest of the desired state (if it changed) and this node's info.
+    pub async fn publish(&mut self, store: &Store, info: Option<&NodeInfo>) {
+        let Some(m) = self.membership.as_ref() else { return };
+        let digest = store.state().digest();
+        if self.published_digest != Some(digest) {
+            if let Err(e) = m.set_self_key(KEY_DIGEST, &format!("{digest:016x}")).await {
+                tracing::warn!("publishing the desired-state digest: {e}");
+            }
+            self.published_digest = Some(digest);
+        }
+        if let Some(info) = info {
+            match serde_json::to_string(info) {
+                Ok(v) => {
+                    if let Err(e) = m.set_self_key(KEY_NODE, &v).await {
+                        tracing::warn!("publishing node info: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("encoding node info: {e}"),
+            }
+        }
+    }
+
+    /// Publishes the cluster settings after a local change (token rotation, node removal).
+    pub async fn publish_settings(&mut self) -> anyhow::Result<()> {
+        self.apply_settings();
+        self.files.save()?;
+        if let Some(m) = self.membership.as_ref() {
+            m.set_self_key(KEY_SETTINGS, &serde_json::to_string(&self.files.settings)?).await?;
+        }
+        Ok(())
+    }
+
+    /// Members as `peer get nodes` shows them.
+    pub async fn members(&self) -> Option<membership::Members> {
+        Some(self.membership.as_ref()?.members().await)
+    }
+
+    /// Announces a graceful leave (peers need not wait for failure detection), then stops.
+    pub async fn leave(&mut self) {
+        if let Some(m) = self.membership.take() {
+            if let Err(e) = m.leave().await {
+                tracing::warn!("leaving the cluster: {e}");
+            }
+        }
+        self.transport.close();
+        self.tasks.abort_all();
+    }
+}

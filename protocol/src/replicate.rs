@@ -24,7 +24,7 @@ pub struct ReplicateConfig {
 
 impl Default for ReplicateConfig {
     fn default() -> Self {
-        ReplicateConfig { push_fanout: 16, forward_fanout: 4, resync_interval_ms: 1000 }
+        ReplicateConfig { push_fanout: 16, forward_fanout: 6, resync_interval_ms: 1000 }
     }
 }
 
@@ -102,9 +102,10 @@ impl Replicator {
 
     /// Whether to start a round with `peer`, whose published digest is `peer_digest`.
     ///
-    /// Of two nodes that see each other differ, the one with the smaller id starts, so they
-    /// do not run two rounds; the other starts too once the difference has lasted three
-    /// intervals without a round (the smaller one may be slow or see a stale digest).
+    /// Of two nodes that see each other differ, the one with the smaller id starts at once,
+    /// so they rarely run two rounds; the other starts too once the difference has lasted
+    /// half an interval (the smaller one may not have seen our digest yet). Two rounds at
+    /// once are harmless, only wasteful: every merge is idempotent.
     pub fn want_round(&mut self, my_digest: u64, peer: &NodeId, peer_digest: u64, now_ms: u64) -> bool {
         if peer == &self.me || my_digest == peer_digest {
             self.noticed_ms.remove(peer);
@@ -117,7 +118,7 @@ impl Replicator {
         let interval = self.cfg.resync_interval_ms;
         let since_round = self.last_round_ms.get(peer).map_or(u64::MAX, |t| now_ms.saturating_sub(*t));
         let waiting = now_ms.saturating_sub(noticed);
-        since_round >= interval && (self.me < *peer || waiting >= 3 * interval)
+        since_round >= interval && (self.me < *peer || waiting >= interval / 2)
     }
 
     pub fn round_started(&mut self, peer: &NodeId, now_ms: u64) {
@@ -192,7 +193,7 @@ mod tests {
         let mut state = DesiredState::new();
         let (stats, out) = r.on_push(&mut state, &live[1], push.clone(), &live);
         assert_eq!(stats.changed, 1);
-        assert_eq!(out.len(), 4);
+        assert_eq!(out.len(), 6);
         assert!(out.iter().all(|(t, _)| t != &live[0] && t != &live[1]));
         let (stats, out) = r.on_push(&mut state, &live[2], push, &live);
         assert_eq!((stats.changed, out.len()), (0, 0));
@@ -206,8 +207,8 @@ mod tests {
         let mut rb = Replicator::new(b.clone(), ReplicateConfig::default(), 1);
         assert!(ra.want_round(1, &b, 2, 10_000));
         assert!(!rb.want_round(2, &a, 1, 10_000), "the larger id waits for the smaller");
-        assert!(!rb.want_round(2, &a, 1, 12_000));
-        assert!(rb.want_round(2, &a, 1, 13_000), "but not forever");
+        assert!(!rb.want_round(2, &a, 1, 10_400));
+        assert!(rb.want_round(2, &a, 1, 10_500), "but not for long");
         assert!(!ra.want_round(1, &b, 1, 10_000), "equal digests need no round");
         ra.round_started(&b, 10_000);
         assert!(!ra.want_round(1, &b, 2, 10_500), "one round per peer at a time");

@@ -81,7 +81,7 @@ impl Sim {
                     repl: Replicator::new(
                         id.clone(),
                         ReplicateConfig::default(),
-                        p.seed ^ (i as u64 + 1) * 0x9e37,
+                        p.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((i as u64 + 1) * 0x9e37),
                     ),
                     id,
                     state: DesiredState::new(),
@@ -92,7 +92,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
-            rng: p.seed | 1,
+            // splitmix-style spread so that nearby seeds give unrelated runs
+            rng: p.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             p,
             now: 0,
             seq: 0,
@@ -241,13 +242,20 @@ impl Sim {
     }
 
     /// Runs until all live nodes hold equal state or `limit_ms` passes; returns the time.
-    fn run_until_converged(&mut self, limit_ms: u64) -> Option<u64> {
+    /// Once every live node has the same digest, messages still in flight carry nothing
+    /// new (merges are idempotent), so that moment is the convergence time. Checked every
+    /// 5 ms of virtual time, after `from_ms` (when the writes happen).
+    fn run_until_converged(&mut self, from_ms: u64, limit_ms: u64) -> Option<u64> {
+        let mut next_check = from_ms;
         while self.now <= limit_ms {
             if !self.step() {
                 break;
             }
-            if self.converged() && self.events.values().all(|e| matches!(e, Event::GossipTick(_))) {
-                return Some(self.now);
+            if self.now >= next_check {
+                if self.converged() {
+                    return Some(self.now);
+                }
+                next_check = self.now + 5;
             }
         }
         self.converged().then_some(self.now)
@@ -300,8 +308,9 @@ fn spread_time(p: Params) -> (u64, Sim) {
     sim.at(1000, Event::Write { node: writer, workload: workload("api", 3) });
     sim.at(1000, Event::Write { node: other, workload: workload("api", 5) });
     sim.at(1000, Event::Write { node: other, workload: workload("web", 2) });
-    let done =
-        sim.run_until_converged(60_000).unwrap_or_else(|| panic!("seed {seed}: no convergence in 60 s"));
+    let done = sim
+        .run_until_converged(1001, 60_000)
+        .unwrap_or_else(|| panic!("seed {seed}: no convergence in 60 s"));
     sim.check_invariants();
     (done - 1000, sim)
 }
@@ -343,7 +352,7 @@ fn thousand_nodes_converge() {
     for seed in seeds().into_iter().take(2) {
         let (ms, sim) = spread_time(base(1000, seed));
         report(&format!("1000 nodes, 1% loss, seed {seed}"), ms, &sim);
-        assert!(ms < 20_000, "seed {seed}: 1000 nodes took {ms} ms");
+        assert!(ms < 10_000, "seed {seed}: 1000 nodes took {ms} ms");
     }
 }
 
@@ -358,7 +367,8 @@ fn a_partition_heals_into_one_state() {
         while sim.now < 2000 && sim.step() {}
         assert!(!sim.converged(), "seed {seed}: nothing can cross a full partition");
         sim.p.loss = 0.0;
-        let done = sim.run_until_converged(60_000).unwrap_or_else(|| panic!("seed {seed}: no convergence"));
+        let done =
+            sim.run_until_converged(2000, 60_000).unwrap_or_else(|| panic!("seed {seed}: no convergence"));
         sim.check_invariants();
         report(&format!("20 nodes healing a partition, seed {seed}"), done - 2000, &sim);
     }

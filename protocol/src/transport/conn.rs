@@ -108,10 +108,20 @@ async fn serve_peer(shared: Arc<Shared>, conn: quinn::Connection, node: String) 
     loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
+                // A node revoked while connected (e.g. over a second, unregistered connection
+                // from a simultaneous dial) is cut off at its next stream.
+                Ok(_) if shared.revoked.contains(&node) => {
+                    refuse(&shared, &conn, b"revoked");
+                    break;
+                }
                 Ok(recv) => { streams.spawn(read_gossip(shared.clone(), conn.clone(), recv)); }
                 Err(_) => break,
             },
             bi = conn.accept_bi() => match bi {
+                Ok(_) if shared.revoked.contains(&node) => {
+                    refuse(&shared, &conn, b"revoked");
+                    break;
+                }
                 Ok((send, recv)) => {
                     streams.spawn(route_stream(shared.clone(), addr, node.clone(), send, recv));
                 }

@@ -217,6 +217,12 @@ impl Cluster {
                 tracing::warn!("saving cluster settings: {e:#}");
             }
         }
+        for gone in self.live.keys().filter(|id| !live.contains_key(*id)) {
+            tracing::warn!(node = %gone, "node is no longer live");
+        }
+        for new in live.keys().filter(|id| !self.live.contains_key(*id)) {
+            tracing::info!(node = %new, "node is live");
+        }
         self.live = live;
         self.maybe_sync(store, now_ms);
     }

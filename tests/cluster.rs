@@ -221,3 +221,25 @@ fn kill_9_during_apply_loses_no_acknowledged_write() {
     }
     assert!(acknowledged.len() >= 3, "the test applied something before each kill");
 }
+
+#[test]
+fn sigterm_leaves_gracefully_and_a_restart_rejoins() {
+    if !require_root("sigterm_leaves_gracefully_and_a_restart_rejoins") {
+        return;
+    }
+    let mut nodes = cluster(&["la", "lb"]);
+    let stopped = Instant::now();
+    nodes[1].stop_agent();
+    let state = wait_for("lb shown as left", Duration::from_secs(5), || {
+        let rows = nodes_json(&nodes[0]);
+        let lb = rows.iter().find(|n| n["name"] == "lb")?;
+        (lb["state"] != "live").then(|| lb["state"].as_str().unwrap_or_default().to_owned())
+    });
+    eprintln!("graceful leave seen after {:?}", stopped.elapsed());
+    assert_eq!(state, "left");
+    // Restarting uses the persisted peers as seeds and a new generation.
+    nodes[1].start_agent();
+    wait_for("lb live again", Duration::from_secs(10), || {
+        (live_nodes(&nodes[0]).len() == 2 && live_nodes(&nodes[1]).len() == 2).then_some(())
+    });
+}

@@ -147,6 +147,10 @@ pub struct UpArgs {
     /// Listen address for node-to-node QUIC traffic (gossip, state sync, joins).
     #[arg(long, env = "PEER_LISTEN", default_value = "0.0.0.0:7946")]
     pub listen: std::net::SocketAddr,
+    /// The address other nodes reach this node at [default: the listen address, or the
+    /// first non-loopback interface address when listening on 0.0.0.0].
+    #[arg(long, env = "PEER_ADVERTISE")]
+    pub advertise: Option<std::net::SocketAddr>,
     /// A label of this node, `key=value` (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,

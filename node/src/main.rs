@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 log_max_bytes: up.log_max_mib << 20,
                 log_keep: 2,
                 listen: up.listen,
+                advertise: up.advertise,
                 labels: up
                     .labels
                     .iter()

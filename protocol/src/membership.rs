@@ -50,6 +50,9 @@ pub struct MembershipConfig {
     /// the same generation leaves peers with stale state (NOTES.md).
     pub generation: u64,
     pub seeds: Vec<SocketAddr>,
+    /// The address peers reach this node at, when it differs from the bound one (a
+    /// wildcard listen address such as 0.0.0.0 is not reachable).
+    pub advertise: Option<SocketAddr>,
     pub gossip_interval: Duration,
     pub failure_detector: FailureDetectorConfig,
     /// How long deleted keys are kept as tombstones.
@@ -64,6 +67,7 @@ impl MembershipConfig {
             node_id: node_id.to_owned(),
             generation,
             seeds: Vec::new(),
+            advertise: None,
             gossip_interval: Duration::from_millis(200),
             failure_detector: tuned_failure_detector(),
             marked_for_deletion_grace_period: Duration::from_secs(60 * 60),
@@ -142,8 +146,9 @@ impl Membership {
             check_size(k, v)?;
         }
         let addr = transport.local_addr().map_err(|e| MembershipError::Start(e.to_string()))?;
+        let advertise = config.advertise.unwrap_or(addr);
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.node_id.as_str(), config.generation, addr),
+            chitchat_id: ChitchatId::new(config.node_id.as_str(), config.generation, advertise),
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.gossip_interval,
             listen_addr: addr,

@@ -58,6 +58,8 @@ pub struct AgentConfig {
     pub log_keep: usize,
     /// QUIC listen address for node-to-node traffic (gossip, sync, joins).
     pub listen: std::net::SocketAddr,
+    /// The address other nodes reach this one at [default: derived from `listen`].
+    pub advertise: Option<std::net::SocketAddr>,
     /// Labels and taints given on the command line (merged over `peer label`/`peer taint`).
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<String>,
@@ -137,7 +139,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let node_cfg = NodeConfig::load(&cfg.data_dir, &cfg.labels, &cfg.taints)?;
     let started_at_ms = now_ms();
     let info = node_cfg.info(started_at_ms, 0);
-    let opts = ClusterOptions { listen: cfg.listen, generation: identity.generation };
+    let opts =
+        ClusterOptions { listen: cfg.listen, advertise: cfg.advertise, generation: identity.generation };
     let cluster = Cluster::start(files, &opts, input_tx.clone(), &info).await?;
 
     let mut agent = Agent {

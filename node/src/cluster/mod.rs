@@ -93,6 +93,8 @@ pub struct Cluster {
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub listen: SocketAddr,
+    /// What peers dial; derived from the listen address when not given.
+    pub advertise: Option<SocketAddr>,
     pub generation: u64,
 }
 
@@ -122,10 +124,12 @@ impl Cluster {
         tc.join_handler = Some(join.clone());
         let (transport, mut incoming) =
             TransportHandle::bind(tc).with_context(|| format!("listening on {}", opts.listen))?;
-        let addr = transport.local_addr().context("reading the bound address")?;
+        let bound = transport.local_addr().context("reading the bound address")?;
+        let addr = opts.advertise.unwrap_or_else(|| advertise_for(bound));
         join.set_seeds(vec![addr]);
 
         let mut mc = MembershipConfig::new(&files.cluster_id, &me.0, opts.generation);
+        mc.advertise = Some(addr);
         mc.seeds = files.peers.iter().copied().filter(|p| *p != addr).collect();
         let initial = vec![
             (KEY_NODE.to_owned(), serde_json::to_string(info)?),
@@ -439,4 +443,20 @@ impl Cluster {
         self.transport.close();
         self.tasks.abort_all();
     }
+}
+
+/// The address to advertise for a bound one: itself, unless it is a wildcard (0.0.0.0 or
+/// ::), then the first non-loopback address of an interface that is up (read from the
+/// interfaces, no traffic sent), or loopback on a machine without one.
+pub fn advertise_for(bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let found = nix::ifaddrs::getifaddrs().ok().and_then(|addrs| {
+        addrs
+            .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+            .filter_map(|a| a.address?.as_sockaddr_in().map(|s| std::net::IpAddr::V4(s.ip())))
+            .find(|ip| !ip.is_loopback())
+    });
+    SocketAddr::new(found.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)), bound.port())
 }

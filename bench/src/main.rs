@@ -2,6 +2,8 @@
 //! measures the agent's memory. `scripts/bench` sets up an agent and runs it as root.
 
 mod bundle;
+mod cluster;
+mod gossip;
 mod machine;
 mod peer;
 mod procfs;
@@ -30,6 +32,16 @@ enum Cmd {
     Batch(refs::BatchArgs),
     /// Prints the markdown tables again from a `--json-out` file.
     Report { json: PathBuf },
+    /// Real agents on loopback: failure detection, spec spread, soak (false deaths).
+    Cluster {
+        #[command(flatten)]
+        args: cluster::ClusterArgs,
+        /// Also writes the raw samples here as JSON.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
+    /// In-process nodes with the real transport and membership: idle gossip bytes per node.
+    Gossip(gossip::GossipArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +56,16 @@ fn main() -> anyhow::Result<()> {
             print!("{}", report::markdown(&report));
             Ok(())
         }
+        Cmd::Cluster { args, json_out } => {
+            let report = cluster::run(&args)?;
+            if let Some(path) = &json_out {
+                let json = serde_json::to_vec_pretty(&report).context("encoding the results")?;
+                std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+            }
+            print!("{}", cluster::markdown(&report));
+            Ok(())
+        }
+        Cmd::Gossip(args) => gossip::main(&args),
         Cmd::Report { json } => {
             let text =
                 std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod desired;
 pub mod members;
 pub mod membership;
+pub mod placement;
 pub mod replicate;
 pub mod spec;
 pub mod sync;

@@ -53,7 +53,13 @@ pub struct Runtime {
     exit_tx: UnboundedSender<ExitEvent>,
     exit_rx: Mutex<Option<UnboundedReceiver<ExitEvent>>>,
     watchers: Watchers,
+    /// Helper processes started ahead of time, waiting for a create request on stdin,
+    /// so the exec and start-up of a helper is not on a create's critical path.
+    spare_helpers: Mutex<Vec<tokio::process::Child>>,
 }
+
+/// How many helpers wait ready; more creates than this at once start helpers on demand.
+const SPARE_HELPERS: usize = 4;
 
 impl Runtime {
     /// Makes this process a child subreaper (so container inits are reparented to it and
@@ -73,6 +79,7 @@ impl Runtime {
             exit_tx,
             exit_rx: Mutex::new(Some(exit_rx)),
             watchers: Watchers::default(),
+            spare_helpers: Mutex::new(Vec::new()),
         })
     }
 
@@ -174,7 +181,7 @@ impl Runtime {
         let object = format!("container {id}");
         let json = serde_json::to_string(&request)
             .map_err(|e| Error::Helper { object: object.clone(), message: format!("encode request: {e}") })?;
-        let out = self.run_helper(&object, &["create".to_owned(), json]).await?;
+        let out = self.run_create(&object, json).await?;
         let reply: CreateReply = serde_json::from_str(out.trim())
             .map_err(|e| Error::Helper { object, message: format!("bad reply {out:?}: {e}") })?;
         self.watch(id, reply.pid, reply.start_time);
@@ -203,28 +210,59 @@ impl Runtime {
         .await
     }
 
-    /// Runs the helper with `args` after the configured helper args; returns its stdout.
-    async fn run_helper(&self, object: &str, args: &[String]) -> Result<String, Error> {
-        let output = tokio::process::Command::new(&self.cfg.helper_exe)
+    /// Starts a helper that waits for one create request on stdin.
+    fn spawn_spare(&self) -> std::io::Result<tokio::process::Child> {
+        tokio::process::Command::new(&self.cfg.helper_exe)
             .args(&self.cfg.helper_args)
-            .args(args)
-            .stdin(Stdio::null())
+            .arg("create-stdin")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|source| Error::HelperSpawn {
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// Tops the pool of waiting helpers up to [`SPARE_HELPERS`]; call it once the agent
+    /// is up so the first creates find helpers ready. Needs a tokio runtime.
+    pub fn refill_spares(&self) {
+        let mut spares = self.spare_helpers.lock().unwrap_or_else(|e| e.into_inner());
+        while spares.len() < SPARE_HELPERS {
+            match self.spawn_spare() {
+                Ok(child) => spares.push(child),
+                Err(e) => {
+                    tracing::warn!("starting a spare runtime helper: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Runs one create in a waiting helper (or a new one); returns its stdout.
+    async fn run_create(&self, object: &str, request: String) -> Result<String, Error> {
+        use tokio::io::AsyncWriteExt;
+        let spare = self.spare_helpers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut child = match spare {
+            Some(c) => c,
+            None => self.spawn_spare().map_err(|source| Error::HelperSpawn {
                 object: object.to_owned(),
                 path: self.cfg.helper_exe.clone(),
                 source,
-            })?;
+            })?,
+        };
+        self.refill_spares();
+        let failed = |message: String| Error::Helper { object: object.to_owned(), message };
+        let mut stdin = child.stdin.take().ok_or_else(|| failed("helper has no stdin".into()))?;
+        stdin.write_all(request.as_bytes()).await.map_err(|e| failed(format!("sending the request: {e}")))?;
+        drop(stdin);
+        let output =
+            child.wait_with_output().await.map_err(|e| failed(format!("waiting for the helper: {e}")))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let message = match stderr.trim() {
                 "" => format!("helper exited with {}", output.status),
                 text => text.to_owned(),
             };
-            return Err(Error::Helper { object: object.to_owned(), message });
+            return Err(failed(message));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }

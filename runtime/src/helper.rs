@@ -46,10 +46,19 @@ pub(crate) struct CreateReply {
 pub fn main(args: &[String]) -> i32 {
     let result = match args {
         [cmd, request] if cmd == "create" => create(request),
+        // A spare helper started ahead of time: the request arrives on stdin.
+        [cmd] if cmd == "create-stdin" => {
+            let mut request = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut request) {
+                Ok(_) if request.trim().is_empty() => return 0, // released unused
+                Ok(_) => create(&request),
+                Err(e) => Err(format!("reading the create request: {e}")),
+            }
+        }
         [cmd, path] if cmd == "netns" => {
             netns::create(Path::new(path)).map(|()| String::new()).map_err(|e| format!("netns {path}: {e}"))
         }
-        _ => Err(format!("usage: create <request-json> | netns <path>; got {args:?}")),
+        _ => Err(format!("usage: create <request-json> | create-stdin | netns <path>; got {args:?}")),
     };
     match result {
         Ok(out) => {

@@ -56,6 +56,11 @@ struct StartJob {
     sandbox: String,
     host_network: bool,
     specs: Vec<(String, String, ContainerSpec)>, // (container name, image, spec)
+    /// A new pod has no old container to clear away; a restart does.
+    fresh: bool,
+    /// Bounds concurrent creates: each one is a process doing clone-heavy work, and
+    /// running more than the cores can take only makes every one of them slower.
+    creates: Arc<tokio::sync::Semaphore>,
 }
 
 impl StartJob {
@@ -70,7 +75,8 @@ impl StartJob {
                 Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network namespace: {e}"))),
                 Ok(ns) => {
                     spec.network = ns.clone().map_or(Network::Host, Network::Namespace);
-                    start_one(&self.runtime, &self.images, &image, &spec).await
+                    let _permit = self.creates.acquire().await;
+                    start_one(&self.runtime, &self.images, &image, &spec, self.fresh).await
                 }
             };
             let msg = match result {
@@ -91,6 +97,7 @@ async fn start_one(
     images: &ImageStore,
     image: &str,
     spec: &ContainerSpec,
+    fresh: bool,
 ) -> Result<(i32, u64), (String, String)> {
     let resolved = match images.resolve(image) {
         Ok(r) => r,
@@ -98,9 +105,15 @@ async fn start_one(
             return Err(("ImagePullBackOff".to_owned(), format!("{e} (import it with `peer image import`)")))
         }
     };
-    // A leftover container of the same id (previous run, or a crash mid-create) goes first.
-    if let Err(e) = runtime.remove_container(&spec.id).await {
-        return Err(("CreateContainerError".to_owned(), format!("removing old container {}: {e}", spec.id)));
+    // A restart's previous container (or one left by a crash mid-create) goes first, so
+    // the new one starts from a fresh writable layer, as in Kubernetes.
+    if !fresh {
+        if let Err(e) = runtime.remove_container(&spec.id).await {
+            return Err((
+                "CreateContainerError".to_owned(),
+                format!("removing old container {}: {e}", spec.id),
+            ));
+        }
     }
     match runtime.run_container(spec, &resolved).await {
         Ok(started) => Ok((started.pid, started.start_time)),
@@ -178,6 +191,8 @@ impl Agent {
             sandbox: sandbox_id(&pod.namespace, &pod.name),
             host_network: pod.template.host_network,
             specs,
+            fresh: only.is_none(),
+            creates: self.creates.clone(),
         };
         let tx = self.tasks.clone();
         self.jobs.spawn(job.run(tx));

@@ -14,7 +14,16 @@ use super::{now_ms, Agent, DefaultLimits};
 use crate::reconcile::{
     self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated,
 };
-use crate::store::write_atomic;
+
+/// Replaces `path` with `bytes` atomically (temp file + rename), without fsync.
+fn write_replace(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
 
 /// What a finished executor task reports to the agent loop.
 #[derive(Debug)]
@@ -136,12 +145,19 @@ impl Agent {
     }
 
     /// Writes a pod's record so a restarted agent can adopt its containers.
+    ///
+    /// Records are replaced atomically (temp file + rename) but not fsynced: they are a
+    /// cache of what the runtime holds, written on the hot path of every start and exit.
+    /// After a power loss a record may be older than the truth; adoption then checks each
+    /// container's pid and start time, restarts what is gone and removes what no record
+    /// names, so no duplicate can run. (Desired state, which users are told is saved, is
+    /// fsynced: see `store.rs`.)
     fn persist(&self, key: &str) {
         let path = self.record_path(key);
         let result = match self.pods.get(key) {
-            Some(pod) => serde_json::to_vec_pretty(pod)
-                .map_err(std::io::Error::other)
-                .and_then(|b| write_atomic(&path, &b)),
+            Some(pod) => {
+                serde_json::to_vec(pod).map_err(std::io::Error::other).and_then(|b| write_replace(&path, &b))
+            }
             None => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 other => other,

@@ -20,40 +20,8 @@ pub struct Limits {
     pub memory_mib: u64,
 }
 
-/// Docker's default capability set, as in `runtime/src/bundle.rs`.
-const CAPS: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
-
-const MASKED_PATHS: [&str; 12] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/interrupts",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",
-    "/sys/firmware",
-];
-
-const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+// The same security defaults as peer's own bundles, so the reference runs what peer runs.
+use runtime::{DEFAULT_CAPS as CAPS, MASKED_PATHS, READONLY_PATHS};
 
 /// Files written into each bundle and bind-mounted over `/etc/<name>`, as peer does.
 const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];

@@ -24,7 +24,7 @@ const CPU_PERIOD_US: u64 = 100_000;
 const MIN_CPU_QUOTA_US: i64 = 1_000;
 
 /// Docker's default capability set; notably without `CAP_SYS_ADMIN`.
-const DEFAULT_CAPS: [Capability; 14] = [
+pub const DEFAULT_CAPS: [Capability; 14] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
@@ -42,7 +42,7 @@ const DEFAULT_CAPS: [Capability; 14] = [
 ];
 
 /// Paths hidden from the container (Docker's default list).
-const MASKED_PATHS: [&str; 12] = [
+pub const MASKED_PATHS: [&str; 12] = [
     "/proc/acpi",
     "/proc/asound",
     "/proc/interrupts",
@@ -58,7 +58,8 @@ const MASKED_PATHS: [&str; 12] = [
 ];
 
 /// Paths the container may read but not write (runc's default list).
-const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// Where the pieces of one container live: `<root>/containers/<id>/`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ mod overlay;
 mod process;
 mod spec;
 
+pub use bundle::{DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::Error;
 pub use exec::exec;

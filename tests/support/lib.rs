@@ -280,8 +280,17 @@ impl Drop for Node {
             }
             self.kill_agent();
         }
+        // libcontainer leaves the parent cgroup directories behind; remove this node's.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(&self.cgroup_parent));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.cgroup_parent));
         if std::thread::panicking() {
             eprintln!("--- agent log of node {} ---\n{}", self.name, self.agent_log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

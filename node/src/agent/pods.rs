@@ -321,6 +321,26 @@ impl Agent {
     pub(super) fn handle_task(&mut self, t: TaskResult) {
         match t {
             TaskResult::Started { pod, container, pid, start_time } => {
+                let grace = self.pods.get(&pod).map_or(Duration::from_secs(1), |p| {
+                    Duration::from_secs(p.template.termination_grace_period_seconds)
+                });
+                if self.pods.get(&pod).is_none_or(|p| p.deleting) {
+                    // The pod was deleted while this container was being created, so the
+                    // delete found nothing to stop: stop it now instead of leaving it
+                    // running with no pod (stop and remove are idempotent).
+                    let id = format!("{}_{container}", pod.replace('/', "_"));
+                    tracing::info!(container = %id, "stopping a container whose pod was deleted during its start");
+                    let rt = self.runtime.clone();
+                    self.jobs.spawn(async move {
+                        if let Err(e) = rt.stop_container(&id, grace).await {
+                            tracing::warn!(container = %id, "stopping: {e}");
+                        }
+                        if let Err(e) = rt.remove_container(&id).await {
+                            tracing::warn!(container = %id, "removing: {e}");
+                        }
+                    });
+                    return;
+                }
                 let Some(p) = self.pods.get_mut(&pod) else { return };
                 let id = container_id(&p.namespace, &p.name, &container);
                 // Watch even when the pod is being deleted, so the exit is reaped.

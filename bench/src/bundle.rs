@@ -10,7 +10,7 @@ use anyhow::Context;
 use libcontainer::oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// What every reference container gets; the numbers match the benchmark's pod spec.
@@ -22,9 +22,6 @@ pub struct Limits {
 
 // The same security defaults as peer's own bundles, so the reference runs what peer runs.
 use runtime::{DEFAULT_CAPS as CAPS, MASKED_PATHS, READONLY_PATHS};
-
-/// Files written into each bundle and bind-mounted over `/etc/<name>`, as peer does.
-const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
 
 /// Writes the bundle of container `id` under `dir` (created) and returns it.
 pub fn write(
@@ -107,44 +104,9 @@ fn spec(bundle: &Path, id: &str, rootfs: &Path, cgroups_path: &str, limits: &Lim
         .root(RootBuilder::default().path(rootfs).readonly(false).build()?)
         .hostname(id)
         .process(process)
-        .mounts(mounts(bundle)?)
+        .mounts(runtime::container_mounts(bundle)?)
         .linux(linux)
         .build()?)
-}
-
-fn mounts(bundle: &Path) -> anyhow::Result<Vec<Mount>> {
-    let m = |dest: &str, typ: &str, source: &str, options: &[&str]| {
-        MountBuilder::default()
-            .destination(dest)
-            .typ(typ)
-            .source(source)
-            .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
-            .build()
-    };
-    let mut mounts = vec![
-        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        m("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        m(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        )?,
-        m("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
-        m("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
-    ];
-    for file in ETC_FILES {
-        mounts.push(
-            MountBuilder::default()
-                .destination(format!("/etc/{file}"))
-                .typ("bind")
-                .source(bundle.join(file))
-                .options(vec!["rbind".to_owned(), "rprivate".to_owned()])
-                .build()?,
-        );
-    }
-    Ok(mounts)
 }
 
 /// Whether the kernel accounts swap (then swap is forbidden on top of the limit, as peer does).

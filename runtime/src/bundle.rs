@@ -175,7 +175,7 @@ fn resources(
 /// runc's default mounts without `/sys/fs/cgroup` (libcontainer would mount cgroup v1
 /// read-write there, letting a root container raise its own limits), plus the
 /// generated `/etc` files.
-fn mounts(bundle: &Path) -> Result<Vec<Mount>, OciSpecError> {
+pub fn mounts(bundle: &Path) -> Result<Vec<Mount>, OciSpecError> {
     let m = |dest: &str, typ: &str, source: &str, options: &[&str]| {
         MountBuilder::default()
             .destination(dest)

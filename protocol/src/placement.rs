@@ -16,6 +16,13 @@
 //!    `PreferNoSchedule` taints, highest preferred-affinity weight, then the weighted
 //!    rendezvous (HRW) rank of (replica identity, node id) (`hrw`).
 //!
+//! Claims come first (`place_with_claims`): a replica a live node already runs stays there
+//! while that node still may keep it (no untolerated `NoExecute` taint, room for its
+//! requests in claim order). When several live nodes claim one replica, the claimant with
+//! the smallest HRW race time keeps it and the others stop their copies: every node
+//! applies the same rule to the same claims, so duplicates end once claims have spread.
+//! Only unclaimed replicas are placed by the steps above, on the room claims left.
+//!
 //! Cascade limits (what we accept): when every replica's best node has room, a node's
 //! death moves only that node's replicas and its return restores the plan exactly. When
 //! nodes are full, a moved replica can take room a later replica (in hash order) had, and
@@ -33,7 +40,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::place;
+pub use engine::{place, place_with_claims};
 
 /// CPU and memory, as a node's capacity or a replica's requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -147,6 +154,16 @@ pub struct ReplicaReq {
     /// Spread replicas of the workload one per node when possible (soft).
     pub anti_affinity_by_hostname: bool,
     pub topology_spread: Option<TopologySpread>,
+    /// Only this node may run the replica (a DaemonSet's pod for that node). Cordon does
+    /// not keep it away, as Kubernetes' DaemonSet controller ignores `unschedulable`.
+    pub node_name: Option<String>,
+}
+
+/// A node's statement that it runs (or is starting) a replica, from its gossip state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Claim {
+    pub node: String,
+    pub replica: String,
 }
 
 /// The outcome of `place`: every distinct replica identity is in exactly one map.

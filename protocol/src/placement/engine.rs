@@ -4,15 +4,20 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use super::filter::{prefer_no_schedule, preferred_weight, static_fit, Reason};
+use super::filter::{may_keep, prefer_no_schedule, preferred_weight, static_fit, Reason};
 use super::hrw::{key_hash, race, weight};
-use super::{NodeSelectorTerm, NodeView, Plan, PreferredTerm, ReplicaReq, Resources, Toleration};
+use super::{Claim, NodeSelectorTerm, NodeView, Plan, PreferredTerm, ReplicaReq, Resources, Toleration};
 
 /// The per-node constraints of a replica; replicas of one workload share them, so their
 /// per-node results are computed once per distinct value (the 1,000-node recompute is
 /// dominated by this otherwise).
-type Constraints<'a> =
-    (&'a BTreeMap<String, String>, &'a [Toleration], &'a [NodeSelectorTerm], &'a [PreferredTerm]);
+type Constraints<'a> = (
+    &'a BTreeMap<String, String>,
+    &'a [Toleration],
+    &'a [NodeSelectorTerm],
+    &'a [PreferredTerm],
+    Option<&'a str>,
+);
 
 /// A node's static result for a set of constraints: a reason it is out, or its scores.
 type Static = Result<(u32, Reverse<u64>), Reason>;
@@ -21,6 +26,15 @@ type Static = Result<(u32, Reverse<u64>), Reason>;
 /// nodes and replicas give the same plan, in any input order. Nodes with the same id, or
 /// replicas with the same identity, are placed once (the smallest by `Ord` wins).
 pub fn place(nodes: &[NodeView], replicas: &[ReplicaReq]) -> Plan {
+    place_with_claims(nodes, replicas, &[])
+}
+
+/// Like [`place`], with what live nodes say they run. Claims by nodes not in `nodes`, or
+/// of replicas not in `replicas`, are ignored. Claimed replicas are kept first, in hash
+/// order: on the claimant with the smallest race time among those that may keep it and
+/// have room. The rest are placed on the room left. Pure: the same sets of nodes,
+/// replicas and claims give the same plan.
+pub fn place_with_claims(nodes: &[NodeView], replicas: &[ReplicaReq], claims: &[Claim]) -> Plan {
     let nodes = canonical_nodes(nodes);
     let node_hashes: Vec<u64> = nodes.iter().map(|n| key_hash(&n.id)).collect();
     let weights: Vec<u64> = nodes.iter().map(|n| weight(n.capacity.cpu_millis)).collect();
@@ -29,11 +43,43 @@ pub fn place(nodes: &[NodeView], replicas: &[ReplicaReq]) -> Plan {
     let mut placed: BTreeMap<&str, BTreeMap<usize, u32>> = BTreeMap::new();
     let mut plan = Plan::default();
     let mut cache: BTreeMap<Constraints<'_>, Vec<Static>> = BTreeMap::new();
+    let ordered = ordered_replicas(replicas);
 
-    for (rh, r) in ordered_replicas(replicas) {
+    // Claimed replicas stay where they run.
+    let index: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let mut claimants: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for c in claims {
+        if let Some(&i) = index.get(c.node.as_str()) {
+            claimants.entry(c.replica.as_str()).or_default().push(i);
+        }
+    }
+    let mut rest = Vec::with_capacity(ordered.len());
+    for (rh, r) in ordered {
+        let keeper = claimants.get(r.identity.as_str()).and_then(|on| {
+            on.iter()
+                .copied()
+                .filter(|&i| may_keep(nodes[i], r) && fits(&free[i], &r.requests))
+                .min_by_key(|&i| (race(rh, node_hashes[i], weights[i]), i))
+        });
+        match keeper {
+            Some(i) => {
+                take(&mut free[i], &r.requests);
+                *placed.entry(r.workload.as_str()).or_default().entry(i).or_default() += 1;
+                plan.assignments.insert(r.identity.clone(), nodes[i].id.clone());
+            }
+            None => rest.push((rh, r)),
+        }
+    }
+
+    for (rh, r) in rest {
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-        let constraints =
-            (&r.node_selector, &r.tolerations[..], &r.required_affinity[..], &r.preferred_affinity[..]);
+        let constraints = (
+            &r.node_selector,
+            &r.tolerations[..],
+            &r.required_affinity[..],
+            &r.preferred_affinity[..],
+            r.node_name.as_deref(),
+        );
         let statics = cache.entry(constraints).or_insert_with(|| {
             let scores = |n: &NodeView| (prefer_no_schedule(n, r), Reverse(preferred_weight(n, r)));
             nodes.iter().map(|n| static_fit(n, r).map(|()| scores(n))).collect()
@@ -94,8 +140,7 @@ pub fn place(nodes: &[NodeView], replicas: &[ReplicaReq]) -> Plan {
 
         match best {
             Some((_, i)) => {
-                free[i].cpu_millis -= r.requests.cpu_millis;
-                free[i].memory_bytes -= r.requests.memory_bytes;
+                take(&mut free[i], &r.requests);
                 *placed.entry(r.workload.as_str()).or_default().entry(i).or_default() += 1;
                 plan.assignments.insert(r.identity.clone(), nodes[i].id.clone());
             }
@@ -105,6 +150,15 @@ pub fn place(nodes: &[NodeView], replicas: &[ReplicaReq]) -> Plan {
         }
     }
     plan
+}
+
+fn fits(free: &Resources, requests: &Resources) -> bool {
+    free.cpu_millis >= requests.cpu_millis && free.memory_bytes >= requests.memory_bytes
+}
+
+fn take(free: &mut Resources, requests: &Resources) {
+    free.cpu_millis -= requests.cpu_millis;
+    free.memory_bytes -= requests.memory_bytes;
 }
 
 /// How a feasible node ranks for a replica: smaller is better, compared field by field.

@@ -14,6 +14,7 @@ use super::{
 /// Why a node cannot take a replica, as counted in the FailedScheduling message.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Reason {
+    NodeName,
     Cordoned,
     Taint { key: String, value: String },
     Affinity,
@@ -26,6 +27,7 @@ pub(crate) enum Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Reason::NodeName => f.write_str("node(s) didn't match the requested node name"),
             Reason::Cordoned => f.write_str("node(s) were unschedulable"),
             Reason::Taint { key, value } => write!(f, "node(s) had untolerated taint {{{key}: {value}}}"),
             Reason::Affinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
@@ -41,15 +43,22 @@ impl std::fmt::Display for Reason {
 
 /// The checks that depend only on the node and the replica, in Kubernetes' plugin order;
 /// the first failing one is the node's reason.
+///
+/// A `NoExecute` taint tolerated only for `tolerationSeconds` keeps new replicas away: the
+/// toleration bounds how long a replica already there may stay, not where new ones go.
 pub(crate) fn static_fit(node: &NodeView, r: &ReplicaReq) -> Result<(), Reason> {
-    if node.cordoned {
+    if r.node_name.as_ref().is_some_and(|n| *n != node.id) {
+        return Err(Reason::NodeName);
+    }
+    if node.cordoned && r.node_name.is_none() {
         return Err(Reason::Cordoned);
     }
-    if let Some(t) = node
-        .taints
-        .iter()
-        .find(|t| t.effect != TaintEffect::PreferNoSchedule && !tolerated(t, &r.tolerations))
-    {
+    let keeps_away = |t: &&Taint| match t.effect {
+        TaintEffect::PreferNoSchedule => false,
+        TaintEffect::NoSchedule => !tolerated(t, &r.tolerations),
+        TaintEffect::NoExecute => !tolerated_unbounded(t, &r.tolerations),
+    };
+    if let Some(t) = node.taints.iter().find(keeps_away) {
         return Err(Reason::Taint { key: t.key.clone(), value: t.value.clone() });
     }
     let selector_ok = r.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
@@ -80,21 +89,37 @@ pub(crate) fn preferred_weight(node: &NodeView, r: &ReplicaReq) -> u64 {
         .sum()
 }
 
-/// Kubernetes' `Toleration.ToleratesTaint`.
+/// Whether a replica already on `node` may stay: no `NoExecute` taint it does not tolerate
+/// (placement constraints are otherwise `IgnoredDuringExecution`, as in Kubernetes). A
+/// toleration's `tolerationSeconds` is enforced by the node that runs the replica.
+pub(crate) fn may_keep(node: &NodeView, r: &ReplicaReq) -> bool {
+    if r.node_name.as_ref().is_some_and(|n| *n != node.id) {
+        return false;
+    }
+    node.taints.iter().all(|t| t.effect != TaintEffect::NoExecute || tolerated(t, &r.tolerations))
+}
+
+fn tolerated_unbounded(taint: &Taint, tolerations: &[Toleration]) -> bool {
+    tolerations.iter().any(|t| t.toleration_seconds.is_none() && tolerates(t, taint))
+}
+
 fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
-    tolerations.iter().any(|t| {
-        if t.effect.is_some_and(|e| e != taint.effect) {
-            return false;
+    tolerations.iter().any(|t| tolerates(t, taint))
+}
+
+/// Kubernetes' `Toleration.ToleratesTaint`.
+pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if t.effect.is_some_and(|e| e != taint.effect) {
+        return false;
+    }
+    if t.key.is_empty() {
+        return t.operator == TolerationOperator::Exists;
+    }
+    t.key == taint.key
+        && match t.operator {
+            TolerationOperator::Exists => true,
+            TolerationOperator::Equal => t.value == taint.value,
         }
-        if t.key.is_empty() {
-            return t.operator == TolerationOperator::Exists;
-        }
-        t.key == taint.key
-            && match t.operator {
-                TolerationOperator::Exists => true,
-                TolerationOperator::Equal => t.value == taint.value,
-            }
-    })
 }
 
 /// A term matches when all its requirements hold; an empty term matches nothing.

@@ -240,6 +240,103 @@ fn no_nodes_reports_every_replica() {
     assert_eq!(plan.unschedulable["web-0"], "0/0 nodes are available: no live nodes");
 }
 
+fn claims_of(plan: &Plan) -> Vec<Claim> {
+    plan.assignments.iter().map(|(r, n)| Claim { node: n.clone(), replica: r.clone() }).collect()
+}
+
+#[test]
+fn claims_keep_replicas_where_they_run_when_a_node_returns() {
+    let nodes: Vec<NodeView> = (0..5).map(|i| node(&format!("n{i}"), 8000, 8192, &[])).collect();
+    let rs = replicas("web", 20, 100, 64);
+    let before = place(&nodes, &rs);
+    let survivors: Vec<NodeView> = nodes.iter().filter(|n| n.id != "n1").cloned().collect();
+    let during = place_with_claims(&survivors, &rs, &claims_of(&before));
+    assert_eq!(during.unschedulable.len(), 0);
+    for (r, n) in &before.assignments {
+        if n != "n1" {
+            assert_eq!(&during.assignments[r], n, "{r} must not move: its node lives");
+        }
+    }
+    // n1 returns empty (its containers died with it): nothing moves back to it.
+    let after = place_with_claims(&nodes, &rs, &claims_of(&during));
+    assert_eq!(after, during);
+    assert_eq!(after.replicas_on("n1").count(), 0);
+}
+
+#[test]
+fn duplicate_claims_leave_one_copy_by_one_rule() {
+    let nodes: Vec<NodeView> = (0..4).map(|i| node(&format!("n{i}"), 8000, 8192, &[])).collect();
+    let rs = replicas("web", 8, 100, 64);
+    // Every node claims every replica (a healed partition where each side ran them all).
+    let claims: Vec<Claim> = nodes
+        .iter()
+        .flat_map(|n| rs.iter().map(|r| Claim { node: n.id.clone(), replica: r.identity.clone() }))
+        .collect();
+    let plan = place_with_claims(&nodes, &rs, &claims);
+    assert_eq!(plan.assignments.len(), 8);
+    let mut reversed = claims.clone();
+    reversed.reverse();
+    assert_eq!(place_with_claims(&nodes, &rs, &reversed), plan, "claim order does not matter");
+    // The keeper is the claimant the replica would pick by rank: the unclaimed plan.
+    assert_eq!(plan, place(&nodes, &rs));
+    // With two claimants only, the keeper is one of them.
+    let two: Vec<Claim> = rs
+        .iter()
+        .flat_map(|r| ["n0", "n3"].map(|n| Claim { node: n.into(), replica: r.identity.clone() }))
+        .collect();
+    let plan = place_with_claims(&nodes, &rs, &two);
+    assert!(plan.assignments.values().all(|n| n == "n0" || n == "n3"));
+}
+
+#[test]
+fn claims_yield_to_no_execute_taints_and_capacity() {
+    let mut nodes = vec![node("a", 1000, 1024, &[]), node("b", 1000, 1024, &[])];
+    let rs = replicas("web", 3, 400, 64);
+    // Three claimed on `a`, which has room for two: the third goes to `b`.
+    let on_a: Vec<Claim> = rs.iter().map(|r| Claim { node: "a".into(), replica: r.identity.clone() }).collect();
+    let plan = place_with_claims(&nodes, &rs, &on_a);
+    assert_eq!(plan.replicas_on("a").count(), 2);
+    assert_eq!(plan.replicas_on("b").count(), 1);
+    // A NoExecute taint on `a` evicts them all; a NoSchedule one would not.
+    nodes[0].taints = vec![Taint { key: "k".into(), value: "v".into(), effect: TaintEffect::NoSchedule }];
+    assert_eq!(place_with_claims(&nodes, &rs, &on_a).replicas_on("a").count(), 2);
+    nodes[0].taints[0].effect = TaintEffect::NoExecute;
+    let plan = place_with_claims(&nodes, &rs, &on_a);
+    assert_eq!(plan.replicas_on("a").count(), 0);
+    assert_eq!(plan.replicas_on("b").count(), 2);
+    assert_eq!(plan.unschedulable.len(), 1);
+    // A toleration with tolerationSeconds lets claimed replicas stay but keeps new ones off.
+    let mut tolerating = rs.clone();
+    for r in &mut tolerating {
+        r.tolerations = vec![Toleration {
+            key: "k".into(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: Some(TaintEffect::NoExecute),
+            toleration_seconds: Some(60),
+        }];
+    }
+    assert_eq!(place_with_claims(&nodes, &tolerating, &on_a).replicas_on("a").count(), 2);
+    assert_eq!(place(&nodes, &tolerating).replicas_on("a").count(), 0);
+}
+
+#[test]
+fn node_name_pins_a_replica_and_ignores_cordon() {
+    let mut nodes = vec![node("a", 1000, 1024, &[]), node("b", 1000, 1024, &[])];
+    nodes[0].cordoned = true;
+    let mut rs = replicas("ds", 2, 100, 64);
+    rs[0].node_name = Some("a".into());
+    rs[1].node_name = Some("c".into());
+    check(
+        &nodes,
+        &rs,
+        expect![[r#"
+            ds-0 -> a
+            ds-1: 0/2 nodes are available: 2 node(s) didn't match the requested node name
+        "#]],
+    );
+}
+
 // --- properties -------------------------------------------------------------------------
 
 fn arb_node(i: usize, ample: bool) -> impl Strategy<Value = NodeView> {

@@ -115,7 +115,9 @@ pub fn desired_pods<'a>(workloads: impl IntoIterator<Item = &'a Workload>) -> Ve
                 revision,
                 template: w.template.clone(),
             }),
-            Kind::Deployment => {
+            // DaemonSets are expanded per node by placement (issue 4, in progress).
+            Kind::DaemonSet => {}
+            Kind::Deployment | Kind::StatefulSet => {
                 for i in 0..w.replicas {
                     pods.push(DesiredPod {
                         namespace: w.key.namespace.clone(),

@@ -213,12 +213,14 @@ mod tests {
             replicas,
             selector: BTreeMap::new(),
             strategy: Strategy::Recreate,
+            pod_management: Default::default(),
             template: PodTemplate {
                 labels: BTreeMap::new(),
                 containers: vec![],
                 restart_policy: RestartPolicy::Always,
                 termination_grace_period_seconds: 30,
                 host_network: false,
+                scheduling: Default::default(),
             },
         }
     }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub enum Kind {
     Deployment,
     Pod,
+    StatefulSet,
+    DaemonSet,
 }
 
 impl Kind {
@@ -21,6 +23,8 @@ impl Kind {
         match self {
             Kind::Deployment => "Deployment",
             Kind::Pod => "Pod",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
         }
     }
 }
@@ -45,7 +49,8 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// A workload: a Deployment (N replicas of a template) or a bare Pod (one replica).
+/// A workload: a Deployment or StatefulSet (N replicas of a template), a DaemonSet (one
+/// replica per matching node; `replicas` unused) or a bare Pod (one replica).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub key: ObjectKey,
@@ -56,6 +61,18 @@ pub struct Workload {
     pub selector: BTreeMap<String, String>,
     pub strategy: Strategy,
     pub template: PodTemplate,
+    /// StatefulSet's `podManagementPolicy`; `OrderedReady` for every other kind.
+    #[serde(default)]
+    pub pod_management: PodManagement,
+}
+
+/// StatefulSet `podManagementPolicy`: `OrderedReady` starts replica `i` only once
+/// `0..i` run; `Parallel` starts them all at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodManagement {
+    #[default]
+    OrderedReady,
+    Parallel,
 }
 
 /// How replicas are replaced when the template changes.
@@ -80,6 +97,25 @@ pub struct PodTemplate {
     pub restart_policy: RestartPolicy,
     pub termination_grace_period_seconds: u64,
     pub host_network: bool,
+    /// Where replicas may run (nodeSelector, affinity, tolerations, spread).
+    #[serde(default)]
+    pub scheduling: Scheduling,
+}
+
+/// The pod spec fields placement reads, in `protocol::placement` terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduling {
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<crate::placement::Toleration>,
+    /// `nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms` (ORed).
+    pub required_affinity: Vec<crate::placement::NodeSelectorTerm>,
+    /// `nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution`.
+    pub preferred_affinity: Vec<crate::placement::PreferredTerm>,
+    /// `podAntiAffinity` on `kubernetes.io/hostname` against the pod's own labels
+    /// (required or preferred: peer spreads softly either way).
+    pub anti_affinity_by_hostname: bool,
+    /// The first `topologySpreadConstraints` entry with `whenUnsatisfiable: DoNotSchedule`.
+    pub topology_spread: Option<crate::placement::TopologySpread>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +213,7 @@ mod tests {
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,
             host_network: false,
+            scheduling: Scheduling::default(),
         };
         let a = t.revision_hash();
         assert_eq!(a, t.clone().revision_hash());

@@ -21,6 +21,7 @@ pub fn workload(i: u8, variant: u32) -> Workload {
         replicas: variant,
         selector: BTreeMap::new(),
         strategy: Rollout::Recreate,
+        pod_management: Default::default(),
         template: PodTemplate {
             labels: BTreeMap::new(),
             containers: vec![Container {
@@ -36,6 +37,7 @@ pub fn workload(i: u8, variant: u32) -> Workload {
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,
             host_network: false,
+            scheduling: Default::default(),
         },
     }
 }

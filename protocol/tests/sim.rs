@@ -279,6 +279,7 @@ fn workload(name: &str, replicas: u32) -> Workload {
         replicas,
         selector: Default::default(),
         strategy: Strategy::Recreate,
+        pod_management: Default::default(),
         template: PodTemplate {
             labels: Default::default(),
             containers: vec![Container {
@@ -294,6 +295,7 @@ fn workload(name: &str, replicas: u32) -> Workload {
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,
             host_network: false,
+            scheduling: Default::default(),
         },
     }
 }

@@ -10,7 +10,9 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use protocol::spec::{IntOrPercent, Kind, ObjectKey, PodTemplate, RestartPolicy, Strategy, Workload};
+use protocol::spec::{
+    IntOrPercent, Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Scheduling, Strategy, Workload,
+};
 
 use super::container;
 use super::diagnostic::{FieldError, Note};
@@ -71,6 +73,7 @@ pub(crate) fn deployment(d: &Deployment, notes: &mut Vec<Note>) -> Result<Worklo
         notes,
     )?;
     Ok(Workload {
+        pod_management: PodManagement::default(),
         key,
         labels: d.metadata.labels.clone().unwrap_or_default(),
         replicas,
@@ -87,6 +90,7 @@ pub(crate) fn pod(p: &Pod, notes: &mut Vec<Note>) -> Result<Workload, FieldError
     let labels = p.metadata.labels.clone().unwrap_or_default();
     let template = pod_template(Kind::Pod, "spec", labels.clone(), p.spec.as_ref(), notes)?;
     Ok(Workload {
+        pod_management: PodManagement::default(),
         key,
         selector: labels.clone(),
         labels,
@@ -204,10 +208,10 @@ fn pod_template(
     let containers = container::containers(prefix, &spec.containers, notes)?;
     let restart_policy = match (kind, spec.restart_policy.as_deref()) {
         (_, None | Some("Always")) => RestartPolicy::Always,
-        (Kind::Deployment, Some(other)) => {
+        (Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet, Some(other)) => {
             return Err(FieldError::new(
                 format!("{prefix}.restartPolicy"),
-                format!("expected Always for a Deployment, got {other:?}"),
+                format!("expected Always for a {kind}, got {other:?}"),
             ))
         }
         (Kind::Pod, Some("OnFailure")) => RestartPolicy::OnFailure,
@@ -229,6 +233,7 @@ fn pod_template(
         })?,
     };
     Ok(PodTemplate {
+        scheduling: Scheduling::default(),
         labels,
         containers,
         restart_policy,

@@ -98,7 +98,7 @@ const UNKNOWN: &str = "unknown field, ignored (not part of the Kubernetes API pe
 /// Where the pod spec lives in an object of this kind.
 fn pod_spec_prefix(kind: Kind) -> &'static str {
     match kind {
-        Kind::Deployment => "spec.template.spec",
+        Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => "spec.template.spec",
         Kind::Pod => "spec",
     }
 }
@@ -117,7 +117,7 @@ fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
         return find(POD_SPEC, rest);
     }
     match kind {
-        Kind::Deployment => find(DEPLOYMENT, pattern),
+        Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => find(DEPLOYMENT, pattern),
         Kind::Pod => None,
     }
 }

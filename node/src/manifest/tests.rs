@@ -58,59 +58,68 @@ fn seed_example() {
     check(
         include_str!("testdata/seed-api.yaml"),
         expect![[r#"
-        object: {
-          "key": {
-            "kind": "Deployment",
-            "namespace": "default",
-            "name": "api"
-          },
-          "labels": {},
-          "replicas": 5,
-          "selector": {
-            "app": "api"
-          },
-          "strategy": {
-            "RollingUpdate": {
-              "max_surge": {
-                "Int": 1
+            object: {
+              "key": {
+                "kind": "Deployment",
+                "namespace": "default",
+                "name": "api"
               },
-              "max_unavailable": {
-                "Int": 0
-              }
-            }
-          },
-          "template": {
-            "labels": {
-              "app": "api"
-            },
-            "containers": [
-              {
-                "name": "api",
-                "image": "api:v2",
-                "command": [],
-                "args": [],
-                "env": [],
-                "working_dir": null,
-                "ports": [],
-                "resources": {
-                  "requests": {
-                    "cpu_millis": 100,
-                    "memory_bytes": 134217728
+              "labels": {},
+              "replicas": 5,
+              "selector": {
+                "app": "api"
+              },
+              "strategy": {
+                "RollingUpdate": {
+                  "max_surge": {
+                    "Int": 1
                   },
-                  "limits": {
-                    "cpu_millis": 500,
-                    "memory_bytes": 536870912
+                  "max_unavailable": {
+                    "Int": 0
                   }
                 }
-              }
-            ],
-            "restart_policy": "Always",
-            "termination_grace_period_seconds": 30,
-            "host_network": false
-          }
-        }
-        warning: test.yaml: document 1 (Deployment api): spec.strategy: rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate
-    "#]],
+              },
+              "template": {
+                "labels": {
+                  "app": "api"
+                },
+                "containers": [
+                  {
+                    "name": "api",
+                    "image": "api:v2",
+                    "command": [],
+                    "args": [],
+                    "env": [],
+                    "working_dir": null,
+                    "ports": [],
+                    "resources": {
+                      "requests": {
+                        "cpu_millis": 100,
+                        "memory_bytes": 134217728
+                      },
+                      "limits": {
+                        "cpu_millis": 500,
+                        "memory_bytes": 536870912
+                      }
+                    }
+                  }
+                ],
+                "restart_policy": "Always",
+                "termination_grace_period_seconds": 30,
+                "host_network": false,
+                "scheduling": {
+                  "node_selector": {},
+                  "tolerations": [],
+                  "required_affinity": [],
+                  "preferred_affinity": [],
+                  "anti_affinity_by_hostname": false,
+                  "topology_spread": null
+                }
+              },
+              "pod_management": "OrderedReady"
+            }
+            warning: test.yaml: document 1 (Deployment api): spec.strategy: rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate
+        "#]],
     );
 }
 
@@ -243,8 +252,17 @@ spec:
                 ],
                 "restart_policy": "Always",
                 "termination_grace_period_seconds": 10,
-                "host_network": true
-              }
+                "host_network": true,
+                "scheduling": {
+                  "node_selector": {},
+                  "tolerations": [],
+                  "required_affinity": [],
+                  "preferred_affinity": [],
+                  "anti_affinity_by_hostname": false,
+                  "topology_spread": null
+                }
+              },
+              "pod_management": "OrderedReady"
             }
         "#]],
     );
@@ -307,8 +325,17 @@ spec:
                 ],
                 "restart_policy": "OnFailure",
                 "termination_grace_period_seconds": 30,
-                "host_network": false
-              }
+                "host_network": false,
+                "scheduling": {
+                  "node_selector": {},
+                  "tolerations": [],
+                  "required_affinity": [],
+                  "preferred_affinity": [],
+                  "anti_affinity_by_hostname": false,
+                  "topology_spread": null
+                }
+              },
+              "pod_management": "OrderedReady"
             }
         "#]],
     );

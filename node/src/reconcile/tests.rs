@@ -23,6 +23,7 @@ fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
         restart_policy: policy,
         termination_grace_period_seconds: 30,
         host_network: false,
+        scheduling: Default::default(),
     }
 }
 
@@ -33,6 +34,7 @@ fn deployment(name: &str, replicas: u32, image: &str) -> Workload {
         replicas,
         selector: BTreeMap::from([("app".into(), "web".into())]),
         strategy: Strategy::Recreate,
+        pod_management: Default::default(),
         template: template(RestartPolicy::Always, image),
     }
 }
@@ -101,9 +103,9 @@ fn creates_missing_replicas() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-            create default/web-820176d4c7-0
-            create default/web-820176d4c7-1
-            create default/web-820176d4c7-2
+            create default/web-ecc61e5c1b-0
+            create default/web-ecc61e5c1b-1
+            create default/web-ecc61e5c1b-2
             wake_at=None
         "#]],
     );
@@ -133,10 +135,10 @@ fn scale_down_removes_highest_indices() {
         &observed,
         0,
         expect![[r#"
-        delete default/web-820176d4c7-1 grace=30s
-        delete default/web-820176d4c7-2 grace=30s
-        wake_at=None
-    "#]],
+            delete default/web-ecc61e5c1b-1 grace=30s
+            delete default/web-ecc61e5c1b-2 grace=30s
+            wake_at=None
+        "#]],
     );
 }
 
@@ -151,20 +153,20 @@ fn template_change_recreates_after_old_replicas_are_gone() {
         &observed,
         0,
         expect![[r#"
-        delete default/web-bceeb222a5-0 grace=30s
-        delete default/web-bceeb222a5-1 grace=30s
-        wake_at=None
-    "#]],
+            delete default/web-ab98404c51-0 grace=30s
+            delete default/web-ab98404c51-1 grace=30s
+            wake_at=None
+        "#]],
     );
     check(
         &v2,
         &BTreeMap::new(),
         0,
         expect![[r#"
-        create default/web-6753587596-0
-        create default/web-6753587596-1
-        wake_at=None
-    "#]],
+            create default/web-eef8d2b854-0
+            create default/web-eef8d2b854-1
+            wake_at=None
+        "#]],
     );
 }
 
@@ -178,9 +180,9 @@ fn first_restart_is_immediate_then_backs_off() {
         &observe([pod.clone()]),
         1_000,
         expect![[r#"
-        start default/web-820176d4c7-0 web
-        wake_at=None
-    "#]],
+            start default/web-ecc61e5c1b-0 web
+            wake_at=None
+        "#]],
     );
     // Second crash: 10 s back-off, then 20 s, capped at 300 s.
     exited(&mut pod, 1, 2_000, 1);
@@ -197,9 +199,9 @@ fn first_restart_is_immediate_then_backs_off() {
         &observe([pod.clone()]),
         12_000,
         expect![[r#"
-        start default/web-820176d4c7-0 web
-        wake_at=None
-    "#]],
+            start default/web-ecc61e5c1b-0 web
+            wake_at=None
+        "#]],
     );
     assert_eq!(backoff(2), Duration::from_secs(20));
     assert_eq!(backoff(6), Duration::from_secs(300));
@@ -259,9 +261,9 @@ fn removed_workload_deletes_its_pods_once() {
         &observe([pod.clone()]),
         0,
         expect![[r#"
-        delete default/web-820176d4c7-0 grace=30s
-        wake_at=None
-    "#]],
+            delete default/web-ecc61e5c1b-0 grace=30s
+            wake_at=None
+        "#]],
     );
     pod.deleting = true;
     check(
@@ -296,8 +298,8 @@ fn waiting_container_is_retried_when_due() {
         &observe([pod]),
         10_000,
         expect![[r#"
-        start default/web-2e32be16bd-0 web
-        wake_at=None
-    "#]],
+            start default/web-f2891f5799-0 web
+            wake_at=None
+        "#]],
     );
 }

@@ -293,7 +293,8 @@ fn claims_yield_to_no_execute_taints_and_capacity() {
     let mut nodes = vec![node("a", 1000, 1024, &[]), node("b", 1000, 1024, &[])];
     let rs = replicas("web", 3, 400, 64);
     // Three claimed on `a`, which has room for two: the third goes to `b`.
-    let on_a: Vec<Claim> = rs.iter().map(|r| Claim { node: "a".into(), replica: r.identity.clone() }).collect();
+    let on_a: Vec<Claim> =
+        rs.iter().map(|r| Claim { node: "a".into(), replica: r.identity.clone() }).collect();
     let plan = place_with_claims(&nodes, &rs, &on_a);
     assert_eq!(plan.replicas_on("a").count(), 2);
     assert_eq!(plan.replicas_on("b").count(), 1);

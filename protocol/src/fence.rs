@@ -1,0 +1,136 @@
+//! At most one running copy of a StatefulSet replica, across crashes and partitions:
+//! quorum plus self-fencing, as a pure state machine (the clock comes in as an argument).
+//!
+//! The rules, for a node `n` and a StatefulSet replica `r`:
+//! 1. **Run only with a quorum.** `n` runs stateful replicas only while it sees a quorum:
+//!    more than half of the cluster's known members live (itself included). A node that
+//!    loses its quorum stops its stateful replicas at once (SIGKILL: fencing).
+//! 2. **Start only after the fence delay.** `n` starts `r` (which it does not run yet) only
+//!    if it has seen a quorum continuously for at least `delay`, and has not seen `r`
+//!    claimed by any other live node for at least `delay`.
+//!
+//! Why it holds: two copies need two nodes that both pass rule 1, so both in the same
+//! majority (two majorities intersect and a node's view of itself is exact), or one of
+//! them in a minority that has not yet noticed. A holder cut off into a minority stops
+//! `r` within its failure-detection time `d` plus the kill, while the majority sees the
+//! holder's claim disappear only after its own detection time `d'` and then waits `delay`.
+//! So at most one copy runs when `delay ≥ d − d' + kill time`: failure detection on both
+//! sides of a cut is the same phi-accrual over the same silence, so `|d − d'|` is bounded
+//! by a gossip interval or two, and `delay` is 10 s by default. Rule 2's "continuously for
+//! `delay`" covers a node that restarted and lost its memory of earlier claims.
+//!
+//! What it does not cover: asymmetric links (a holder that still hears a majority which no
+//! longer hears it), a holder frozen longer than `delay` (a paused VM that resumes and
+//! runs before it notices), and clocks whose rates differ wildly. And availability has
+//! a price: in an even split or a minority, stateful replicas do not run at all.
+
+use std::collections::BTreeMap;
+
+/// The default fence delay (see the module docs).
+pub const DEFAULT_FENCE_DELAY_MS: u64 = 10_000;
+
+/// Whether `live` members out of `known` form a quorum (strictly more than half).
+pub fn has_quorum(live: usize, known: usize) -> bool {
+    2 * live > known.max(live)
+}
+
+/// One node's fencing state.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    delay_ms: u64,
+    quorum_since: Option<u64>,
+    /// Replica identity → the last time it was seen claimed by another live node.
+    claimed_elsewhere: BTreeMap<String, u64>,
+}
+
+impl Fence {
+    pub fn new(delay_ms: u64) -> Fence {
+        Fence { delay_ms, quorum_since: None, claimed_elsewhere: BTreeMap::new() }
+    }
+
+    /// Takes the current view: whether this node sees a quorum, and the stateful replicas
+    /// other live nodes claim. Call it on every view change and periodically.
+    pub fn observe<'a>(
+        &mut self,
+        now_ms: u64,
+        quorum: bool,
+        claimed_by_others: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.quorum_since = if quorum { Some(self.quorum_since.unwrap_or(now_ms)) } else { None };
+        for r in claimed_by_others {
+            self.claimed_elsewhere.insert(r.to_owned(), now_ms);
+        }
+        // Entries older than the delay no longer block anything.
+        let delay = self.delay_ms;
+        self.claimed_elsewhere.retain(|_, seen| now_ms.saturating_sub(*seen) < delay);
+    }
+
+    /// Rule 1: whether this node may keep running stateful replicas.
+    pub fn may_run(&self) -> bool {
+        self.quorum_since.is_some()
+    }
+
+    /// Rule 2: whether this node may start stateful replica `identity` now.
+    pub fn may_start(&self, now_ms: u64, identity: &str) -> bool {
+        let settled = self.quorum_since.is_some_and(|since| now_ms.saturating_sub(since) >= self.delay_ms);
+        let free = self
+            .claimed_elsewhere
+            .get(identity)
+            .is_none_or(|seen| now_ms.saturating_sub(*seen) >= self.delay_ms);
+        settled && free
+    }
+
+    /// When `may_start` may change for a replica blocked now (for the caller's timer).
+    pub fn next_change_ms(&self, now_ms: u64) -> Option<u64> {
+        let quorum = self.quorum_since.map(|s| s + self.delay_ms).filter(|t| *t > now_ms);
+        let claims = self.claimed_elsewhere.values().map(|s| s + self.delay_ms).filter(|t| *t > now_ms).min();
+        match (quorum, claims) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_is_a_strict_majority() {
+        assert!(has_quorum(1, 1));
+        assert!(!has_quorum(1, 2));
+        assert!(has_quorum(2, 3));
+        assert!(!has_quorum(2, 4));
+        assert!(has_quorum(3, 5));
+        assert!(has_quorum(3, 2), "more live than known counts the live");
+    }
+
+    #[test]
+    fn a_start_waits_for_a_settled_quorum_and_a_quiet_claim() {
+        let mut f = Fence::new(10_000);
+        f.observe(0, true, []);
+        assert!(f.may_run());
+        assert!(!f.may_start(5_000, "db-0"), "quorum seen for less than the delay");
+        assert!(f.may_start(10_000, "db-0"));
+        f.observe(11_000, true, ["db-0"]);
+        assert!(!f.may_start(12_000, "db-0"), "another node claims it");
+        assert!(f.may_start(12_000, "db-1"));
+        assert_eq!(f.next_change_ms(12_000), Some(21_000));
+        f.observe(15_000, true, []);
+        assert!(!f.may_start(20_999, "db-0"));
+        assert!(f.may_start(21_000, "db-0"), "the claim vanished a delay ago");
+    }
+
+    #[test]
+    fn losing_quorum_fences_and_restarts_the_wait() {
+        let mut f = Fence::new(10_000);
+        f.observe(0, true, []);
+        f.observe(20_000, false, []);
+        assert!(!f.may_run());
+        assert!(!f.may_start(20_000, "db-0"));
+        f.observe(25_000, true, []);
+        assert!(f.may_run());
+        assert!(!f.may_start(30_000, "db-0"));
+        assert!(f.may_start(35_000, "db-0"));
+    }
+}

@@ -79,9 +79,9 @@ pub fn place_with_claims(nodes: &[NodeView], replicas: &[ReplicaReq], claims: &[
 
     let mut unschedulable = Vec::new();
     if !rest.is_empty() {
-        let mut placer = Placer::new(&nodes, state, &rest, &assigned);
-        for (rh, r) in rest {
-            match placer.place(rh, r) {
+        let (mut placer, workload_of) = Placer::new(&nodes, state, &rest, &assigned);
+        for ((rh, r), w) in rest.into_iter().zip(workload_of) {
+            match placer.place(rh, r, w) {
                 Ok(i) => assigned.push((r, i)),
                 Err(why) => unschedulable.push((r.identity.clone(), why)),
             }
@@ -111,11 +111,10 @@ struct Placer<'n, 'r> {
     nodes: &'n [&'r NodeView],
     state: Vec<NodeState>,
     groups: Groups<'r>,
-    /// Workload → its index in `siblings`, for the workloads of unclaimed replicas only:
-    /// no other workload's counts are ever read.
-    workloads: BTreeMap<&'r str, usize>,
     /// Per workload, the node of each replica placed so far (one entry per replica).
     siblings: Vec<Vec<usize>>,
+    /// Per workload, the group of its last replica (the next one's likely group).
+    group_of: Vec<Option<usize>>,
     /// Per node, the replicas of the current workload there; zero between replicas.
     on_node: Vec<u32>,
     /// Per topology domain, the replicas of the current workload there.
@@ -125,39 +124,46 @@ struct Placer<'n, 'r> {
 }
 
 impl<'n, 'r> Placer<'n, 'r> {
+    /// The placer, and the index of each unclaimed replica's workload. Only the workloads
+    /// of unclaimed replicas get sibling counts: no other workload's are ever read.
     fn new(
         nodes: &'n [&'r NodeView],
         state: Vec<NodeState>,
         rest: &[(u64, &'r ReplicaReq)],
         assigned: &[(&'r ReplicaReq, usize)],
-    ) -> Self {
-        let mut workloads = BTreeMap::new();
-        for (_, r) in rest {
-            let next = workloads.len();
-            workloads.entry(r.workload.as_str()).or_insert(next);
-        }
+    ) -> (Self, Vec<usize>) {
+        // Workloads by (hash, name): lookups compare hashes, rarely strings.
+        let key = |r: &'r ReplicaReq| (key_hash(&r.workload), r.workload.as_str());
+        let mut workloads: Vec<(u64, &str)> = rest.iter().map(|&(_, r)| key(r)).collect();
+        workloads.sort_unstable();
+        workloads.dedup();
+        let index = |r: &'r ReplicaReq| workloads.binary_search(&key(r)).ok();
+        let workload_of =
+            rest.iter().map(|&(_, r)| index(r).expect("every unclaimed workload is listed")).collect();
         let mut siblings = vec![Vec::new(); workloads.len()];
-        for (r, i) in assigned {
-            if let Some(&w) = workloads.get(r.workload.as_str()) {
-                siblings[w].push(*i);
+        for &(r, i) in assigned {
+            if let Some(w) = index(r) {
+                siblings[w].push(i);
             }
         }
-        Placer {
+        let placer = Placer {
             nodes,
             on_node: vec![0; nodes.len()],
             state,
             groups: Groups::default(),
-            workloads,
+            group_of: vec![None; siblings.len()],
             siblings,
             per_domain: Vec::new(),
             allowed: Vec::new(),
-        }
+        };
+        (placer, workload_of)
     }
 
-    /// The node for `r` (its room taken), or why it fits nowhere.
-    fn place(&mut self, rh: u64, r: &'r ReplicaReq) -> Result<usize, String> {
-        let w = self.workloads[r.workload.as_str()];
-        let group = self.groups.of(self.nodes, r);
+    /// The node for `r` of workload `w` (its room taken), or why it fits nowhere.
+    fn place(&mut self, rh: u64, r: &'r ReplicaReq, w: usize) -> Result<usize, String> {
+        let at = self.groups.index_of(self.nodes, r, self.group_of[w]);
+        self.group_of[w] = Some(at);
+        let group = self.groups.get_mut(at);
         let spread_at = r
             .topology_spread
             .as_ref()
@@ -236,9 +242,9 @@ fn race_winner(
 ) -> Option<usize> {
     let (mut best_race, mut best) = (u64::MAX, None);
     for c in candidates {
-        let node = &state[c.node];
-        let bound = if fits(&node.free, requests) & eligible(c.node) { best_race } else { 0 };
-        if let Some(t) = race_below(rh, node.rotated, node.weight, bound) {
+        let free = &state[c.node].free;
+        let bound = if fits(free, requests) & eligible(c.node) { best_race } else { 0 };
+        if let Some(t) = race_below(rh, c.rotated, c.weight, bound) {
             (best_race, best) = (t, Some(c.node));
         }
     }
@@ -259,8 +265,7 @@ fn ranked_winner(
     let mut best: Option<(Rank, u64, usize)> = None;
     for c in &group.candidates {
         let i = c.node;
-        let node = &state[i];
-        if !fits(&node.free, &r.requests) || spread.is_some_and(|s| !s.allows(i)) {
+        if !fits(&state[i].free, &r.requests) || spread.is_some_and(|s| !s.allows(i)) {
             continue;
         }
         let rank = (
@@ -278,7 +283,7 @@ fn ranked_winner(
             },
             None => u64::MAX,
         };
-        if let Some(t) = race_below(rh, node.rotated, node.weight, bound) {
+        if let Some(t) = race_below(rh, c.rotated, c.weight, bound) {
             best = Some((rank, t, i));
         }
     }

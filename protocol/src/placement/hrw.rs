@@ -56,9 +56,10 @@ fn race_dividend(replica_hash: u64, rotated_node_hash: u64) -> u64 {
 /// every feasible node for every replica, and almost every node loses, so a loser must be
 /// cheap: `floor(x / w) < b` iff `x < b * w` (no division), and most losers are told
 /// apart by a lower bound of the logarithm before it is computed.
+///
+/// `weight` comes from [`weight`], so it is at least 1 (0 would only make every race lose).
 pub(crate) fn race_below(replica_hash: u64, rotated_node_hash: u64, weight: u64, bound: u64) -> Option<u64> {
     let h = mix64(replica_hash ^ rotated_node_hash);
-    let weight = weight.max(1);
     let limit = u128::from(bound) * u128::from(weight);
     if u128::from(neg_log2_q32_lower_bound(h) << 24) >= limit {
         return None;

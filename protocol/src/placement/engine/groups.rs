@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::placement::filter::{prefer_no_schedule, preferred_weight, static_fit, Reason};
+use crate::placement::hrw::{key_hash, rotated, weight};
 use crate::placement::{NodeSelectorTerm, NodeView, PreferredTerm, ReplicaReq, Toleration};
 
 /// The per-node constraints of a replica, the key of a [`Group`].
@@ -32,6 +33,10 @@ fn constraints(r: &ReplicaReq) -> Constraints<'_> {
 pub(super) struct Candidate {
     /// Index into the canonical node list.
     pub(super) node: usize,
+    /// The node's hash and weight as the race takes them (`hrw::rotated`, `hrw::weight`),
+    /// here rather than in a per-node table: the race loop reads candidates in order.
+    pub(super) rotated: u64,
+    pub(super) weight: u64,
     /// Untolerated `PreferNoSchedule` taints: fewer is better.
     pub(super) prefer_no_schedule: u32,
     /// Matched preferred-affinity weight: more is better.
@@ -80,6 +85,8 @@ impl<'a> Group<'a> {
         let mut check = |i: usize, n: &NodeView| match static_fit(n, r) {
             Ok(()) => candidates.push(Candidate {
                 node: i,
+                rotated: rotated(key_hash(&n.id)),
+                weight: weight(n.capacity.cpu_millis),
                 prefer_no_schedule: prefer_no_schedule(n, r),
                 preferred: preferred_weight(n, r),
             }),
@@ -122,17 +129,31 @@ impl<'a> Group<'a> {
 #[derive(Debug, Default)]
 pub(super) struct Groups<'a> {
     index: BTreeMap<Constraints<'a>, usize>,
-    groups: Vec<Group<'a>>,
+    groups: Vec<(Constraints<'a>, Group<'a>)>,
 }
 
 impl<'a> Groups<'a> {
-    /// The group of `r`'s constraints, computed on first use.
-    pub(super) fn of(&mut self, nodes: &[&'a NodeView], r: &'a ReplicaReq) -> &mut Group<'a> {
-        let next = self.groups.len();
-        let at = *self.index.entry(constraints(r)).or_insert(next);
-        if at == next {
-            self.groups.push(Group::new(nodes, r));
+    /// The index of the group of `r`'s constraints, computed on first use. `hint` is a
+    /// group that likely matches (a sibling's): checking it is one comparison.
+    pub(super) fn index_of(
+        &mut self,
+        nodes: &[&'a NodeView],
+        r: &'a ReplicaReq,
+        hint: Option<usize>,
+    ) -> usize {
+        let key = constraints(r);
+        if let Some(at) = hint.filter(|&at| self.groups[at].0 == key) {
+            return at;
         }
-        &mut self.groups[at]
+        let next = self.groups.len();
+        let at = *self.index.entry(key).or_insert(next);
+        if at == next {
+            self.groups.push((key, Group::new(nodes, r)));
+        }
+        at
+    }
+
+    pub(super) fn get_mut(&mut self, at: usize) -> &mut Group<'a> {
+        &mut self.groups[at].1
     }
 }

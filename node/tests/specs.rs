@@ -1,6 +1,10 @@
-//! Every example under `specs/` parses without errors, so what users copy works.
+//! Every example under `specs/` parses without errors, so what users copy works, and the
+//! examples cover every kind peer runs from a spec folder.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+
+use protocol::spec::Kind;
 
 #[test]
 fn every_file_under_specs_parses_without_errors() {
@@ -14,15 +18,20 @@ fn every_file_under_specs_parses_without_errors() {
     assert!(!files.is_empty(), "no .yaml or .yml files in {}", dir.display());
 
     let mut errors = Vec::new();
+    let mut kinds = BTreeSet::new();
     for path in &files {
         let name = format!("specs/{}", path.file_name().expect("a file name").to_string_lossy());
         let text = std::fs::read_to_string(path).expect("a spec file is readable UTF-8");
         let result = node::manifest::parse_file(&name, &text);
         errors.extend(result.errors().map(ToString::to_string));
         assert!(result.workloads().next().is_some(), "{name} defines no workload");
+        kinds.extend(result.workloads().map(|w| w.key.kind));
         for warning in result.warnings() {
             println!("warning: {warning}");
         }
     }
     assert!(errors.is_empty(), "errors in specs/:\n{}", errors.join("\n"));
+    for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet] {
+        assert!(kinds.contains(&kind), "no example {kind} in specs/");
+    }
 }

@@ -7,12 +7,17 @@
 //! with anti-affinity or topology spread may also move within their own workload); and
 //! once every node is back the plan is the original one. A failure prints its seed.
 //! `PEER_SIM_SEEDS=N` runs more seeds; `PEER_SIM_REPORT=1` prints moved counts.
+//!
+//! `placement_recompute_at_fleet_size` (ignored: a timing benchmark) times one full
+//! recompute at 1,000 nodes and 10,000 replicas, without and with claims:
+//! `cargo test -p protocol --release --test placement_sim -- --ignored --nocapture recompute`.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use protocol::placement::{
-    place, NodeView, Plan, ReplicaReq, Resources, Taint, TaintEffect, Toleration, TolerationOperator,
-    TopologySpread,
+    place, place_with_claims, Claim, NodeView, Plan, ReplicaReq, Resources, Taint, TaintEffect, Toleration,
+    TolerationOperator, TopologySpread,
 };
 
 const NODES: usize = 200;
@@ -41,8 +46,8 @@ impl Rng {
 
 /// Nodes in 5 zones with 1–8 "cores" of `millis_per_core` CPU and `mi_per_core` memory
 /// each; a few tainted or cordoned.
-fn fleet(rng: &mut Rng, millis_per_core: u64, mi_per_core: u64) -> Vec<NodeView> {
-    (0..NODES)
+fn fleet(rng: &mut Rng, nodes: usize, millis_per_core: u64, mi_per_core: u64) -> Vec<NodeView> {
+    (0..nodes)
         .map(|i| {
             let cores = 1 + rng.below(8);
             let mut labels = BTreeMap::from([("zone".to_owned(), format!("z{}", rng.below(5)))]);
@@ -68,13 +73,14 @@ fn fleet(rng: &mut Rng, millis_per_core: u64, mi_per_core: u64) -> Vec<NodeView>
         .collect()
 }
 
-/// 1,000 replicas in workloads of 1–20; every fifth workload anti-affine, every seventh
-/// spread over zones, some with a node selector or a toleration.
-fn workloads(rng: &mut Rng) -> Vec<ReplicaReq> {
-    let mut out = Vec::with_capacity(REPLICAS);
+/// `total` replicas in workloads of `per_workload` (1–20 drawn at random when `None`); every
+/// fifth workload anti-affine, every seventh spread over zones, some with a node selector
+/// or a toleration.
+fn workloads(rng: &mut Rng, total: usize, per_workload: Option<usize>) -> Vec<ReplicaReq> {
+    let mut out = Vec::with_capacity(total);
     let mut w = 0;
-    while out.len() < REPLICAS {
-        let count = (1 + rng.below(20) as usize).min(REPLICAS - out.len());
+    while out.len() < total {
+        let count = per_workload.unwrap_or_else(|| 1 + rng.below(20) as usize).min(total - out.len());
         let cpu = 50 + rng.below(450);
         let mem = (64 + rng.below(448)) << 20;
         for i in 0..count {
@@ -148,8 +154,8 @@ fn moves(before: &Plan, after: &Plan, dead: &str) -> Moves {
 /// Kills `DEATHS` nodes one by one, then brings them back in another order.
 fn run(seed: u64, millis_per_core: u64, mi_per_core: u64, ample: bool) -> (Vec<Moves>, usize) {
     let mut rng = Rng::new(seed);
-    let all = fleet(&mut rng, millis_per_core, mi_per_core);
-    let rs = workloads(&mut rng);
+    let all = fleet(&mut rng, NODES, millis_per_core, mi_per_core);
+    let rs = workloads(&mut rng, REPLICAS, None);
     let by_id: BTreeMap<&str, &ReplicaReq> = rs.iter().map(|r| (r.identity.as_str(), r)).collect();
     let original = check_step(seed, &mut rng, &all, &rs);
     let mut live = all.clone();
@@ -215,4 +221,89 @@ fn placement_tight_capacity_never_overcommits_and_restores() {
         let (log, unsched) = run(seed, 380, 400, false);
         report("tight", seed, &log, unsched);
     }
+}
+
+/// Time this thread has spent on a CPU (Linux `schedstat`), which, unlike wall time, does
+/// not grow when other processes share the cores; `None` elsewhere.
+fn on_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
+}
+
+/// Median, min and max of some durations.
+fn spread_of(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    times.sort();
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+/// Runs `f` `runs` times after one warm-up; (median, min, max) of the wall times and of
+/// the on-CPU times.
+fn time_runs<T>(runs: usize, mut f: impl FnMut() -> T) -> [(Duration, Duration, Duration); 2] {
+    std::hint::black_box(f());
+    let (mut wall, mut cpu) = (vec![], vec![]);
+    for _ in 0..runs {
+        let (start, start_cpu) = (Instant::now(), on_cpu());
+        std::hint::black_box(f());
+        wall.push(start.elapsed());
+        cpu.push(on_cpu().zip(start_cpu).map_or(Duration::ZERO, |(end, start)| end - start));
+    }
+    [spread_of(wall), spread_of(cpu)]
+}
+
+/// A fingerprint of a plan, to see at a glance that two builds compute the same one.
+fn fingerprint(plan: &Plan) -> u64 {
+    let mut text = String::new();
+    for (r, n) in &plan.assignments {
+        text.push_str(&format!("{r}={n};"));
+    }
+    for (r, why) in &plan.unschedulable {
+        text.push_str(&format!("{r}:{why};"));
+    }
+    protocol::spec::fnv1a64(text.as_bytes())
+}
+
+#[test]
+#[ignore = "timing benchmark; run in release with --ignored --nocapture (see the module docs)"]
+fn placement_recompute_at_fleet_size() {
+    const RUNS: usize = 9;
+    let mut rng = Rng::new(1);
+    // Ten replicas per node on average, filling about 80 % of the fleet like the tight test.
+    let nodes = fleet(&mut rng, 1000, 760, 800);
+    let rs = workloads(&mut rng, 10_000, Some(5));
+    let plan = place(&nodes, &rs);
+    for (id, load) in plan.load(&rs) {
+        let n = nodes.iter().find(|n| n.id == id).expect("assigned to a live node");
+        assert!(load.cpu_millis <= n.capacity.cpu_millis && load.memory_bytes <= n.capacity.memory_bytes);
+    }
+    // The steady state of a running cluster: every placed replica claimed where it runs.
+    let claims: Vec<Claim> =
+        plan.assignments.iter().map(|(r, n)| Claim { node: n.clone(), replica: r.clone() }).collect();
+    let claimed = place_with_claims(&nodes, &rs, &claims);
+    for c in &claims {
+        assert_eq!(claimed.assignments.get(&c.replica), Some(&c.node), "a claimed replica moved");
+    }
+    println!(
+        "1000 nodes, {} replicas: {} placed, {} unschedulable; plan {:016x}, with claims {:016x}",
+        rs.len(),
+        plan.assignments.len(),
+        plan.unschedulable.len(),
+        fingerprint(&plan),
+        fingerprint(&claimed),
+    );
+    let show = |label: &str, [wall, cpu]: [(Duration, Duration, Duration); 2]| {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "recompute, {label}: median {:.1} ms, min {:.1}, max {:.1} (wall, {RUNS} runs); \
+             on-CPU median {:.1} ms, min {:.1}, max {:.1}",
+            ms(wall.0),
+            ms(wall.1),
+            ms(wall.2),
+            ms(cpu.0),
+            ms(cpu.1),
+            ms(cpu.2)
+        );
+    };
+    show("no claims", time_runs(RUNS, || place(&nodes, &rs)));
+    let label = format!("{} claims", claims.len());
+    show(&label, time_runs(RUNS, || place_with_claims(&nodes, &rs, &claims)));
 }

@@ -1,24 +1,28 @@
 //! Kubernetes objects (the real k8s-openapi types) to peer's `Workload`: defaults and validation.
 //!
 //! This is the one place where Kubernetes semantics become peer's. Defaults follow
-//! Kubernetes (replicas 1, RollingUpdate 25%/25%, restartPolicy Always, grace period
-//! 30 s, namespace `default`) with one deliberate difference, see [`deployment`].
+//! Kubernetes (replicas 1, RollingUpdate 25%/25% for a Deployment and maxSurge 0,
+//! maxUnavailable 1 for a StatefulSet or DaemonSet, restartPolicy Always, grace period
+//! 30 s, namespace `default`) with one deliberate difference, see [`selector_and_template`].
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, DeploymentStrategy, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use protocol::spec::{
-    IntOrPercent, Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Scheduling, Strategy, Workload,
+    IntOrPercent, Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Strategy, Workload,
 };
 
-use super::container;
 use super::diagnostic::{FieldError, Note};
+use super::{container, scheduling};
 
 /// Said when a manifest asks for a rolling update, which peer does not do yet.
 const ROLLING_UPDATE_NOTE: &str = "rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate";
+
+/// What peer does instead of a StatefulSet's or DaemonSet's update strategy.
+const RECREATE_PODS: &str = "a changed template recreates every pod at once";
 
 /// The namespace of objects that do not name one, as in Kubernetes.
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";
@@ -26,60 +30,86 @@ pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 /// A Deployment as a workload.
 ///
 /// Unlike Kubernetes `apps/v1`, which rejects a Deployment without `spec.selector`,
-/// peer accepts the short form users write by hand:
-/// - with neither `spec.selector.matchLabels` nor `spec.template.metadata.labels`, the
-///   template labels default to `{app: <metadata.name>}`;
-/// - without `spec.selector.matchLabels`, the selector defaults to the template labels.
-///
-/// A selector that is given must match the template labels, else it is an error, as
-/// in Kubernetes.
+/// peer accepts the short form users write by hand (see [`selector_and_template`]).
 pub(crate) fn deployment(d: &Deployment, notes: &mut Vec<Note>) -> Result<Workload, FieldError> {
     let key = object_key(Kind::Deployment, &d.metadata)?;
     let spec = &d.spec;
-    let replicas = match spec.replicas {
-        None => 1,
-        Some(n) => u32::try_from(n).map_err(|_| {
-            FieldError::new("spec.replicas", format!("expected a non-negative integer, got {n}"))
-        })?,
+    let replicas = replicas(spec.replicas)?;
+    let (selector, template) = selector_and_template(&key, &spec.selector, &spec.template, notes)?;
+    Ok(Workload {
+        strategy: strategy(spec.strategy.as_ref(), notes)?,
+        pod_management: PodManagement::default(),
+        labels: d.metadata.labels.clone().unwrap_or_default(),
+        key,
+        replicas,
+        selector,
+        template,
+    })
+}
+
+/// A StatefulSet as a workload: `replicas` pods with stable names, started in order or
+/// in parallel (`podManagementPolicy`). Selector and labels default as for a Deployment.
+/// `serviceName` only names the governing Service, which peer does not need.
+pub(crate) fn stateful_set(s: &StatefulSet, notes: &mut Vec<Note>) -> Result<Workload, FieldError> {
+    let key = object_key(Kind::StatefulSet, &s.metadata)?;
+    let spec = &s.spec;
+    let replicas = replicas(spec.replicas)?;
+    let (selector, template) = selector_and_template(&key, &spec.selector, &spec.template, notes)?;
+    let pod_management = match spec.pod_management_policy.as_deref() {
+        None | Some("OrderedReady") => PodManagement::OrderedReady,
+        Some("Parallel") => PodManagement::Parallel,
+        Some(other) => {
+            return Err(FieldError::new(
+                "spec.podManagementPolicy",
+                format!("expected OrderedReady or Parallel, got {other:?}"),
+            ))
+        }
     };
-
-    let mut template_labels =
-        spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-    let match_labels = spec.selector.match_labels.clone().unwrap_or_default();
-    let has_expressions = spec.selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty());
-    if match_labels.is_empty() && template_labels.is_empty() && !has_expressions {
-        template_labels.insert("app".to_owned(), key.name.clone());
-    }
-    let selector = if match_labels.is_empty() { template_labels.clone() } else { match_labels };
-    if selector.is_empty() {
-        return Err(FieldError::new(
-            "spec.selector",
-            "empty selector: set spec.selector.matchLabels or spec.template.metadata.labels",
-        ));
-    }
-    if let Some((k, v)) = selector.iter().find(|(k, v)| template_labels.get(*k) != Some(*v)) {
-        return Err(FieldError::new(
-            "spec.template.metadata.labels",
-            format!("selector does not match template labels: the selector needs {k}: {v}"),
-        ));
-    }
-
-    let strategy = strategy(spec.strategy.as_ref(), notes)?;
-    let template = pod_template(
-        Kind::Deployment,
-        "spec.template.spec",
-        template_labels,
-        spec.template.spec.as_ref(),
+    let update = spec.update_strategy.as_ref();
+    let rolling = update.and_then(|u| u.rolling_update.as_ref());
+    let strategy = update_strategy(
+        Kind::StatefulSet,
+        update.map(|u| u.type_.as_deref()),
+        rolling.is_some(),
+        None,
+        rolling.and_then(|r| r.max_unavailable.as_ref()),
         notes,
     )?;
     Ok(Workload {
-        pod_management: PodManagement::default(),
+        labels: s.metadata.labels.clone().unwrap_or_default(),
         key,
-        labels: d.metadata.labels.clone().unwrap_or_default(),
         replicas,
         selector,
         strategy,
         template,
+        pod_management,
+    })
+}
+
+/// A DaemonSet as a workload: one pod on every node its template may run on, so
+/// `replicas` is 0 and unused. Selector and labels default as for a Deployment.
+pub(crate) fn daemon_set(d: &DaemonSet, notes: &mut Vec<Note>) -> Result<Workload, FieldError> {
+    let key = object_key(Kind::DaemonSet, &d.metadata)?;
+    let spec = &d.spec;
+    let (selector, template) = selector_and_template(&key, &spec.selector, &spec.template, notes)?;
+    let update = spec.update_strategy.as_ref();
+    let rolling = update.and_then(|u| u.rolling_update.as_ref());
+    let strategy = update_strategy(
+        Kind::DaemonSet,
+        update.map(|u| u.type_.as_deref()),
+        rolling.is_some(),
+        rolling.and_then(|r| r.max_surge.as_ref()),
+        rolling.and_then(|r| r.max_unavailable.as_ref()),
+        notes,
+    )?;
+    Ok(Workload {
+        labels: d.metadata.labels.clone().unwrap_or_default(),
+        key,
+        replicas: 0,
+        selector,
+        strategy,
+        template,
+        pod_management: PodManagement::default(),
     })
 }
 
@@ -128,6 +158,56 @@ fn object_key(kind: Kind, meta: &ObjectMeta) -> Result<ObjectKey, FieldError> {
     Ok(ObjectKey { kind, namespace: namespace.to_owned(), name: name.to_owned() })
 }
 
+/// `spec.replicas` of a Deployment or StatefulSet: 1 when absent.
+fn replicas(n: Option<i32>) -> Result<u32, FieldError> {
+    match n {
+        None => Ok(1),
+        Some(n) => u32::try_from(n).map_err(|_| {
+            FieldError::new("spec.replicas", format!("expected a non-negative integer, got {n}"))
+        }),
+    }
+}
+
+/// The selector and pod template of a Deployment, StatefulSet or DaemonSet.
+///
+/// Unlike Kubernetes `apps/v1`, which requires `spec.selector`, peer accepts the short
+/// form users write by hand:
+/// - with neither `spec.selector.matchLabels` nor `spec.template.metadata.labels`, the
+///   template labels default to `{app: <metadata.name>}`;
+/// - without `spec.selector.matchLabels`, the selector defaults to the template labels.
+///
+/// A selector that is given must match the template labels, else it is an error, as
+/// in Kubernetes.
+fn selector_and_template(
+    key: &ObjectKey,
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+    notes: &mut Vec<Note>,
+) -> Result<(BTreeMap<String, String>, PodTemplate), FieldError> {
+    let mut template_labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let match_labels = selector.match_labels.clone().unwrap_or_default();
+    let has_expressions = selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty());
+    if match_labels.is_empty() && template_labels.is_empty() && !has_expressions {
+        template_labels.insert("app".to_owned(), key.name.clone());
+    }
+    let selector = if match_labels.is_empty() { template_labels.clone() } else { match_labels };
+    if selector.is_empty() {
+        return Err(FieldError::new(
+            "spec.selector",
+            "empty selector: set spec.selector.matchLabels or spec.template.metadata.labels",
+        ));
+    }
+    if let Some((k, v)) = selector.iter().find(|(k, v)| template_labels.get(*k) != Some(*v)) {
+        return Err(FieldError::new(
+            "spec.template.metadata.labels",
+            format!("selector does not match template labels: the selector needs {k}: {v}"),
+        ));
+    }
+    let template =
+        pod_template(key.kind, "spec.template.spec", template_labels, template.spec.as_ref(), notes)?;
+    Ok((selector, template))
+}
+
 fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Strategy, FieldError> {
     let type_ = s.and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate");
     let rolling = s.and_then(|s| s.rolling_update.as_ref());
@@ -144,10 +224,12 @@ fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Str
         "RollingUpdate" => {
             let max_surge = int_or_percent(
                 rolling.and_then(|r| r.max_surge.as_ref()),
+                IntOrPercent::Percent(25),
                 "spec.strategy.rollingUpdate.maxSurge",
             )?;
             let max_unavailable = int_or_percent(
                 rolling.and_then(|r| r.max_unavailable.as_ref()),
+                IntOrPercent::Percent(25),
                 "spec.strategy.rollingUpdate.maxUnavailable",
             )?;
             let zero = |v: IntOrPercent| matches!(v, IntOrPercent::Int(0) | IntOrPercent::Percent(0));
@@ -175,10 +257,72 @@ fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Str
     }
 }
 
-/// `maxSurge`/`maxUnavailable`: an integer or a percentage; 25% when absent.
-fn int_or_percent(value: Option<&IntOrString>, path: &str) -> Result<IntOrPercent, FieldError> {
+/// A StatefulSet's or DaemonSet's `spec.updateStrategy` (`update` is `None` when absent,
+/// else its `type`). Both kinds replace one pod at a time by default: `maxSurge` 0 and
+/// `maxUnavailable` 1 (a StatefulSet has no `maxSurge`). peer does not wait for pods to
+/// be deleted, so `OnDelete` is read as the default RollingUpdate, with a warning.
+fn update_strategy(
+    kind: Kind,
+    update: Option<Option<&str>>,
+    has_rolling_update: bool,
+    max_surge: Option<&IntOrString>,
+    max_unavailable: Option<&IntOrString>,
+    notes: &mut Vec<Note>,
+) -> Result<Strategy, FieldError> {
+    let surge_path = "spec.updateStrategy.rollingUpdate.maxSurge";
+    let unavailable_path = "spec.updateStrategy.rollingUpdate.maxUnavailable";
+    let max_surge = int_or_percent(max_surge, IntOrPercent::Int(0), surge_path)?;
+    let max_unavailable = int_or_percent(max_unavailable, IntOrPercent::Int(1), unavailable_path)?;
+    match update.flatten().unwrap_or("RollingUpdate") {
+        "RollingUpdate" => {
+            if update.is_some() {
+                notes.push((
+                    "spec.updateStrategy".to_owned(),
+                    format!("rolling updates are not implemented by peer yet: {RECREATE_PODS}"),
+                ));
+            }
+        }
+        "OnDelete" => {
+            if has_rolling_update {
+                return Err(FieldError::new(
+                    "spec.updateStrategy.rollingUpdate",
+                    "may not be specified when updateStrategy type is OnDelete",
+                ));
+            }
+            notes.push((
+                "spec.updateStrategy.type".to_owned(),
+                format!("OnDelete is not implemented by peer yet, read as RollingUpdate: {RECREATE_PODS} instead of waiting for them to be deleted"),
+            ));
+        }
+        other => {
+            return Err(FieldError::new(
+                "spec.updateStrategy.type",
+                format!("expected RollingUpdate or OnDelete, got {other:?}"),
+            ))
+        }
+    }
+    let zero = |v: IntOrPercent| matches!(v, IntOrPercent::Int(0) | IntOrPercent::Percent(0));
+    if zero(max_surge) && zero(max_unavailable) {
+        let message = match kind {
+            Kind::DaemonSet => "may not be 0 when maxSurge is 0",
+            _ => "may not be 0",
+        };
+        return Err(FieldError::new(unavailable_path, message));
+    }
+    if matches!(max_unavailable, IntOrPercent::Percent(p) if p > 100) {
+        return Err(FieldError::new(unavailable_path, "expected a percentage of at most 100%"));
+    }
+    Ok(Strategy::RollingUpdate { max_surge, max_unavailable })
+}
+
+/// `maxSurge`/`maxUnavailable`: an integer or a percentage; `default` when absent.
+fn int_or_percent(
+    value: Option<&IntOrString>,
+    default: IntOrPercent,
+    path: &str,
+) -> Result<IntOrPercent, FieldError> {
     match value {
-        None => Ok(IntOrPercent::Percent(25)),
+        None => Ok(default),
         Some(IntOrString::Int(n)) => u32::try_from(*n)
             .map(IntOrPercent::Int)
             .map_err(|_| FieldError::new(path, format!("expected a non-negative integer, got {n}"))),
@@ -232,8 +376,9 @@ fn pod_template(
             )
         })?,
     };
+    let scheduling = scheduling::scheduling(prefix, spec, &labels, notes)?;
     Ok(PodTemplate {
-        scheduling: Scheduling::default(),
+        scheduling,
         labels,
         containers,
         restart_policy,

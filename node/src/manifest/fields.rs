@@ -40,29 +40,60 @@ const OBJECT: &[(&str, Rule)] = &[
     ("status", Rule::Note("status is written by the cluster, not read from manifests; ignored")),
 ];
 
-/// Deployment fields outside the pod spec.
-const DEPLOYMENT: &[(&str, Rule)] = &[
+/// Fields outside the pod spec shared by Deployments, StatefulSets and DaemonSets.
+const WORKLOAD: &[(&str, Rule)] = &[
     ("spec", Rule::Walk),
-    ("spec.replicas", Rule::Use),
     ("spec.selector", Rule::Walk),
     ("spec.selector.matchLabels", Rule::Use),
     (
         "spec.selector.matchExpressions",
         Rule::Note("not implemented by peer yet, ignored: pods are selected by matchLabels, or by the template labels when there are none"),
     ),
-    // Whether a rolling update has an effect yet is decided in `convert`.
-    ("spec.strategy", Rule::Walk),
-    ("spec.strategy.type", Rule::Use),
-    ("spec.strategy.rollingUpdate", Rule::Walk),
-    ("spec.strategy.rollingUpdate.maxSurge", Rule::Use),
-    ("spec.strategy.rollingUpdate.maxUnavailable", Rule::Use),
     ("spec.template", Rule::Walk),
     ("spec.template.metadata", Rule::Walk),
     ("spec.template.metadata.labels", Rule::Use),
     ("spec.template.metadata.annotations", Rule::Note(ANNOTATIONS)),
 ];
 
-/// Pod spec fields, relative to `spec` (Pod) or `spec.template.spec` (Deployment).
+/// Deployment fields outside the pod spec, besides [`WORKLOAD`].
+const DEPLOYMENT: &[(&str, Rule)] = &[
+    ("spec.replicas", Rule::Use),
+    // Whether a rolling update has an effect yet is decided in `convert`.
+    ("spec.strategy", Rule::Walk),
+    ("spec.strategy.type", Rule::Use),
+    ("spec.strategy.rollingUpdate", Rule::Walk),
+    ("spec.strategy.rollingUpdate.maxSurge", Rule::Use),
+    ("spec.strategy.rollingUpdate.maxUnavailable", Rule::Use),
+];
+
+/// StatefulSet fields outside the pod spec, besides [`WORKLOAD`].
+const STATEFUL_SET: &[(&str, Rule)] = &[
+    ("spec.replicas", Rule::Use),
+    ("spec.podManagementPolicy", Rule::Use),
+    // Names the governing Service; peer needs none, so there is nothing to warn about.
+    ("spec.serviceName", Rule::Use),
+    // What peer does with an update strategy is said in `convert`.
+    ("spec.updateStrategy", Rule::Walk),
+    ("spec.updateStrategy.type", Rule::Use),
+    ("spec.updateStrategy.rollingUpdate", Rule::Walk),
+    ("spec.updateStrategy.rollingUpdate.maxUnavailable", Rule::Use),
+    (
+        "spec.volumeClaimTemplates",
+        Rule::Note("not implemented by peer yet, ignored: pods get no persistent volumes"),
+    ),
+];
+
+/// DaemonSet fields outside the pod spec, besides [`WORKLOAD`].
+const DAEMON_SET: &[(&str, Rule)] = &[
+    // What peer does with an update strategy is said in `convert`.
+    ("spec.updateStrategy", Rule::Walk),
+    ("spec.updateStrategy.type", Rule::Use),
+    ("spec.updateStrategy.rollingUpdate", Rule::Walk),
+    ("spec.updateStrategy.rollingUpdate.maxSurge", Rule::Use),
+    ("spec.updateStrategy.rollingUpdate.maxUnavailable", Rule::Use),
+];
+
+/// Pod spec fields, relative to `spec` (Pod) or `spec.template.spec` (the other kinds).
 const POD_SPEC: &[(&str, Rule)] = &[
     ("containers", Rule::Walk),
     ("containers[]", Rule::Walk),
@@ -89,6 +120,84 @@ const POD_SPEC: &[(&str, Rule)] = &[
     ("restartPolicy", Rule::Use),
     ("terminationGracePeriodSeconds", Rule::Use),
     ("hostNetwork", Rule::Use),
+    ("nodeSelector", Rule::Use),
+    ("tolerations", Rule::Walk),
+    ("tolerations[]", Rule::Walk),
+    ("tolerations[].key", Rule::Use),
+    ("tolerations[].operator", Rule::Use),
+    ("tolerations[].value", Rule::Use),
+    ("tolerations[].effect", Rule::Use),
+    ("tolerations[].tolerationSeconds", Rule::Use),
+    // `affinity.podAffinity` is left out: nothing of it is implemented.
+    ("affinity", Rule::Walk),
+    ("affinity.nodeAffinity", Rule::Walk),
+    ("affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution", Rule::Walk),
+    ("affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms", Rule::Walk),
+    ("affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[]", Rule::Walk),
+    ("affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution", Rule::Walk),
+    ("affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[]", Rule::Walk),
+    ("affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[].weight", Rule::Use),
+    ("affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[].preference", Rule::Walk),
+    ("affinity.podAntiAffinity", Rule::Walk),
+    ("affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution", Rule::Walk),
+    ("affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[]", Rule::Walk),
+    ("affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution", Rule::Walk),
+    ("affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[]", Rule::Walk),
+    ("affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[].weight", Rule::Use),
+    (
+        "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[].podAffinityTerm",
+        Rule::Walk,
+    ),
+    // Which constraints have an effect is decided (and warned about) in `scheduling`.
+    ("topologySpreadConstraints", Rule::Walk),
+    ("topologySpreadConstraints[]", Rule::Walk),
+    ("topologySpreadConstraints[].maxSkew", Rule::Use),
+    ("topologySpreadConstraints[].topologyKey", Rule::Use),
+    ("topologySpreadConstraints[].whenUnsatisfiable", Rule::Use),
+    ("topologySpreadConstraints[].labelSelector", Rule::Walk),
+    ("topologySpreadConstraints[].labelSelector.matchLabels", Rule::Use),
+    ("topologySpreadConstraints[].labelSelector.matchExpressions", Rule::Use),
+];
+
+/// A node selector term's fields, relative to each place in [`NESTED`] that holds one.
+const NODE_SELECTOR_TERM: &[(&str, Rule)] = &[
+    ("matchExpressions", Rule::Walk),
+    ("matchExpressions[]", Rule::Walk),
+    ("matchExpressions[].key", Rule::Use),
+    ("matchExpressions[].operator", Rule::Use),
+    ("matchExpressions[].values", Rule::Use),
+    // Not implemented; warned about in `scheduling`, which also says what ignoring it means.
+    ("matchFields", Rule::Use),
+];
+
+/// A pod anti-affinity term's fields. Whether the term has an effect depends on all of
+/// them together, so `scheduling` decides, and warns about a term it ignores as a whole.
+const POD_AFFINITY_TERM: &[(&str, Rule)] = &[
+    ("topologyKey", Rule::Use),
+    ("labelSelector", Rule::Walk),
+    ("labelSelector.matchLabels", Rule::Use),
+    ("labelSelector.matchExpressions", Rule::Use),
+    ("namespaces", Rule::Use),
+    ("namespaceSelector", Rule::Use),
+    ("matchLabelKeys", Rule::Use),
+    ("mismatchLabelKeys", Rule::Use),
+];
+
+/// Tables used at several places of the pod spec: (pattern of the place, table).
+const NESTED: &[(&str, &[(&str, Rule)])] = &[
+    (
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[]",
+        NODE_SELECTOR_TERM,
+    ),
+    (
+        "affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[].preference",
+        NODE_SELECTOR_TERM,
+    ),
+    ("affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[]", POD_AFFINITY_TERM),
+    (
+        "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[].podAffinityTerm",
+        POD_AFFINITY_TERM,
+    ),
 ];
 
 const ANNOTATIONS: &str = "peer does not read annotations yet, ignored";
@@ -103,9 +212,21 @@ fn pod_spec_prefix(kind: Kind) -> &'static str {
     }
 }
 
+/// The fields of `kind` outside the pod spec and outside [`OBJECT`].
+fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
+    match kind {
+        Kind::Deployment => &[WORKLOAD, DEPLOYMENT],
+        Kind::StatefulSet => &[WORKLOAD, STATEFUL_SET],
+        Kind::DaemonSet => &[WORKLOAD, DAEMON_SET],
+        Kind::Pod => &[],
+    }
+}
+
+fn find(table: &[(&str, Rule)], pattern: &str) -> Option<Rule> {
+    table.iter().find(|(p, _)| *p == pattern).map(|(_, r)| *r)
+}
+
 fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
-    let find =
-        |table: &[(&str, Rule)], pattern: &str| table.iter().find(|(p, _)| *p == pattern).map(|(_, r)| *r);
     if let Some(rule) = find(OBJECT, pattern) {
         return Some(rule);
     }
@@ -114,12 +235,19 @@ fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
         return Some(Rule::Walk);
     }
     if let Some(rest) = pattern.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')) {
-        return find(POD_SPEC, rest);
+        return pod_spec_rule(rest);
     }
-    match kind {
-        Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => find(DEPLOYMENT, pattern),
-        Kind::Pod => None,
-    }
+    kind_tables(kind).iter().find_map(|table| find(table, pattern))
+}
+
+/// The rule for a pattern relative to the pod spec.
+fn pod_spec_rule(pattern: &str) -> Option<Rule> {
+    find(POD_SPEC, pattern).or_else(|| {
+        NESTED.iter().find_map(|(place, table)| {
+            let rest = pattern.strip_prefix(place)?.strip_prefix('.')?;
+            find(table, rest)
+        })
+    })
 }
 
 /// Warnings for every field of `doc` that peer does not implement, in document order.
@@ -205,14 +333,19 @@ mod tests {
 
     #[test]
     fn every_pattern_is_reachable_from_a_walked_parent() {
-        for kind in [Kind::Deployment, Kind::Pod] {
+        for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::Pod] {
             let prefix = pod_spec_prefix(kind);
             let mut patterns: Vec<String> = OBJECT.iter().map(|(p, _)| (*p).to_owned()).collect();
             patterns.extend(POD_SPEC.iter().map(|(p, _)| format!("{prefix}.{p}")));
-            if kind == Kind::Deployment {
-                patterns.extend(DEPLOYMENT.iter().map(|(p, _)| (*p).to_owned()));
+            for (place, table) in NESTED {
+                assert_eq!(pod_spec_rule(place), Some(Rule::Walk), "{place}");
+                patterns.extend(table.iter().map(|(p, _)| format!("{prefix}.{place}.{p}")));
+            }
+            for table in kind_tables(kind) {
+                patterns.extend(table.iter().map(|(p, _)| (*p).to_owned()));
             }
             for pattern in patterns {
+                assert!(rule(kind, &pattern).is_some(), "{pattern} ({kind})");
                 let parent = match pattern.rfind(['.', '[']) {
                     Some(i) => &pattern[..i],
                     None => continue,

@@ -7,9 +7,10 @@
 //! 2. Each document is read as a generic YAML value to learn `apiVersion`, `kind` and
 //!    `metadata.name`. Kinds peer does not run (Service, ConfigMap, …) are ignored with a
 //!    warning, not an error, so whole application manifests can be applied.
-//! 3. Deployments and Pods are deserialized into the real Kubernetes types (k8s-openapi),
-//!    with field paths in type errors, then converted and validated in `convert`. The
-//!    field walk in `fields` warns about every field peer does not implement.
+//! 3. Deployments, StatefulSets, DaemonSets and Pods are deserialized into the real
+//!    Kubernetes types (k8s-openapi), with field paths in type errors, then converted and
+//!    validated in `convert` (pod placement fields in `scheduling`). The field walk in
+//!    `fields` warns about every field peer does not implement.
 //!
 //! One bad document does not stop the others: each gets its own [`DocResult`].
 
@@ -18,10 +19,11 @@ mod convert;
 mod diagnostic;
 mod fields;
 mod quantity;
+mod scheduling;
 #[cfg(test)]
 mod tests;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use protocol::spec::{Kind, ObjectKey, Workload};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -82,11 +84,10 @@ impl FileResult {
     }
 }
 
-/// Kinds Kubernetes users commonly put next to their Deployments that peer does not run yet.
+/// Kinds Kubernetes users commonly put next to their workloads that peer does not run yet.
 const KNOWN_IGNORED_KINDS: &[&str] = &[
     "ConfigMap",
     "CronJob",
-    "DaemonSet",
     "HorizontalPodAutoscaler",
     "Ingress",
     "Job",
@@ -98,7 +99,6 @@ const KNOWN_IGNORED_KINDS: &[&str] = &[
     "Secret",
     "Service",
     "ServiceAccount",
-    "StatefulSet",
 ];
 
 /// Parses a manifest file; `file` is only used in messages.
@@ -192,12 +192,26 @@ impl Doc<'_> {
                 key(Kind::Deployment),
                 convert::deployment,
             ),
+            Some("StatefulSet") => self.object::<StatefulSet>(
+                Kind::StatefulSet,
+                &value,
+                api_version,
+                key(Kind::StatefulSet),
+                convert::stateful_set,
+            ),
+            Some("DaemonSet") => self.object::<DaemonSet>(
+                Kind::DaemonSet,
+                &value,
+                api_version,
+                key(Kind::DaemonSet),
+                convert::daemon_set,
+            ),
             Some("Pod") => self.object::<Pod>(Kind::Pod, &value, api_version, key(Kind::Pod), convert::pod),
             Some(other) => {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
                     format!("peer does not run {other} objects yet, ignored")
                 } else {
-                    format!("unknown kind {other:?}, ignored: peer runs Deployment and Pod objects")
+                    format!("unknown kind {other:?}, ignored: peer runs Deployment, StatefulSet, DaemonSet and Pod objects")
                 };
                 DocResult::Ignored {
                     kind: other.to_owned(),

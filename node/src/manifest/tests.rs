@@ -1,8 +1,10 @@
 //! Snapshot tests of manifest parsing; refresh with `UPDATE_EXPECT=1 cargo test -p node manifest`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use expect_test::{expect, Expect};
+use protocol::spec::{IntOrPercent, PodManagement, Strategy};
 
 use super::{parse_file, DocResult, FileResult};
 
@@ -44,13 +46,29 @@ fn check(yaml: &str, expect: Expect) {
 fn check_messages(yaml: &str, expect: Expect) {
     let result = parse_file("test.yaml", yaml);
     let mut out = String::new();
+    render_messages(&result, &mut out);
+    expect.assert_eq(&out);
+}
+
+/// Like [`check`], but of each workload only its scheduling, then warnings and errors.
+fn check_scheduling(yaml: &str, expect: Expect) {
+    let result = parse_file("test.yaml", yaml);
+    let mut out = String::new();
+    for workload in result.workloads() {
+        let json = serde_json::to_string_pretty(&workload.template.scheduling).expect("scheduling is JSON");
+        writeln!(out, "{}: {json}", workload.key).expect("writing to a String");
+    }
+    render_messages(&result, &mut out);
+    expect.assert_eq(&out);
+}
+
+fn render_messages(result: &FileResult, out: &mut String) {
     for warning in result.warnings() {
         writeln!(out, "warning: {warning}").expect("writing to a String");
     }
     for error in result.errors() {
         writeln!(out, "error: {error}").expect("writing to a String");
     }
-    expect.assert_eq(&out);
 }
 
 #[test]
@@ -528,7 +546,7 @@ metadata: {name: w}
 "#,
         expect![[r#"
             warning: test.yaml: document 1 (Service api): kind: peer does not run Service objects yet, ignored
-            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer runs Deployment and Pod objects
+            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer runs Deployment, StatefulSet, DaemonSet and Pod objects
         "#]],
     );
 }
@@ -592,6 +610,671 @@ metadata: {name: nokind}
             error: test.yaml: document 6 (Pod twins): spec.containers[1].name: duplicate container name "a"
             error: test.yaml: document 7: expected a Kubernetes object (a mapping with apiVersion, kind and metadata)
             error: test.yaml: document 8: kind: required field is missing, expected a string such as Deployment or Pod
+        "#]],
+    );
+}
+
+#[test]
+fn scheduling_fields_are_converted() {
+    check_scheduling(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  template:
+    metadata: {labels: {app: web, tier: front}}
+    spec:
+      containers: [{name: web, image: peer-demo:latest}]
+      nodeSelector: {disk: ssd, kubernetes.io/arch: amd64}
+      tolerations:
+        - {key: dedicated, operator: Equal, value: web, effect: NoSchedule}
+        - {key: spot, operator: Exists, effect: PreferNoSchedule}
+        - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 60}
+        - {key: flaky, value: "yes"}
+        - {operator: Exists}
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions:
+                  - {key: topology.kubernetes.io/zone, operator: In, values: [a, b]}
+                  - {key: old, operator: DoesNotExist}
+              - matchExpressions:
+                  - {key: gpu, operator: Exists}
+                  - {key: pool, operator: NotIn, values: [batch]}
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 80
+              preference:
+                matchExpressions: [{key: disk, operator: In, values: [nvme]}]
+        podAntiAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 100
+              podAffinityTerm:
+                topologyKey: kubernetes.io/hostname
+                labelSelector:
+                  matchExpressions: [{key: app, operator: In, values: [web]}]
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+"#,
+        expect![[r#"
+            Deployment/default/web: {
+              "node_selector": {
+                "disk": "ssd",
+                "kubernetes.io/arch": "amd64"
+              },
+              "tolerations": [
+                {
+                  "key": "dedicated",
+                  "operator": "Equal",
+                  "value": "web",
+                  "effect": "NoSchedule",
+                  "toleration_seconds": null
+                },
+                {
+                  "key": "spot",
+                  "operator": "Exists",
+                  "value": "",
+                  "effect": "PreferNoSchedule",
+                  "toleration_seconds": null
+                },
+                {
+                  "key": "node.kubernetes.io/unreachable",
+                  "operator": "Exists",
+                  "value": "",
+                  "effect": "NoExecute",
+                  "toleration_seconds": 60
+                },
+                {
+                  "key": "flaky",
+                  "operator": "Equal",
+                  "value": "yes",
+                  "effect": null,
+                  "toleration_seconds": null
+                },
+                {
+                  "key": "",
+                  "operator": "Exists",
+                  "value": "",
+                  "effect": null,
+                  "toleration_seconds": null
+                }
+              ],
+              "required_affinity": [
+                {
+                  "match_expressions": [
+                    {
+                      "key": "topology.kubernetes.io/zone",
+                      "operator": "In",
+                      "values": [
+                        "a",
+                        "b"
+                      ]
+                    },
+                    {
+                      "key": "old",
+                      "operator": "DoesNotExist",
+                      "values": []
+                    }
+                  ]
+                },
+                {
+                  "match_expressions": [
+                    {
+                      "key": "gpu",
+                      "operator": "Exists",
+                      "values": []
+                    },
+                    {
+                      "key": "pool",
+                      "operator": "NotIn",
+                      "values": [
+                        "batch"
+                      ]
+                    }
+                  ]
+                }
+              ],
+              "preferred_affinity": [
+                {
+                  "weight": 80,
+                  "preference": {
+                    "match_expressions": [
+                      {
+                        "key": "disk",
+                        "operator": "In",
+                        "values": [
+                          "nvme"
+                        ]
+                      }
+                    ]
+                  }
+                }
+              ],
+              "anti_affinity_by_hostname": true,
+              "topology_spread": {
+                "topology_key": "topology.kubernetes.io/zone",
+                "max_skew": 1
+              }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn scheduling_of_a_bare_pod() {
+    check_scheduling(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: once, labels: {job: once}}
+spec:
+  containers: [{name: main, image: peer-demo:latest}]
+  nodeSelector: {zone: a}
+  tolerations: [{key: gpu, operator: Exists}]
+  topologySpreadConstraints:
+    - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule}
+"#,
+        expect![[r#"
+            Pod/default/once: {
+              "node_selector": {
+                "zone": "a"
+              },
+              "tolerations": [
+                {
+                  "key": "gpu",
+                  "operator": "Exists",
+                  "value": "",
+                  "effect": null,
+                  "toleration_seconds": null
+                }
+              ],
+              "required_affinity": [],
+              "preferred_affinity": [],
+              "anti_affinity_by_hostname": false,
+              "topology_spread": {
+                "topology_key": "kubernetes.io/hostname",
+                "max_skew": 2
+              }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn scheduling_fields_peer_does_not_implement_are_warned_about() {
+    check_scheduling(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: peer-demo:latest}]
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions: [{key: zone, operator: In, values: [a]}]
+                matchFields: [{key: metadata.name, operator: In, values: [n1]}]
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 10
+              preference:
+                matchFields: [{key: metadata.name, operator: In, values: [n2]}]
+        podAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - topologyKey: kubernetes.io/hostname
+              labelSelector: {matchLabels: {app: cache}}
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - topologyKey: kubernetes.io/hostname
+              labelSelector: {matchLabels: {app: web}}
+            - topologyKey: topology.kubernetes.io/zone
+              labelSelector: {matchLabels: {app: web}}
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 50
+              podAffinityTerm:
+                topologyKey: kubernetes.io/hostname
+                labelSelector: {matchLabels: {app: db}}
+            - weight: 50
+              podAffinityTerm:
+                topologyKey: kubernetes.io/hostname
+                labelSelector: {matchLabels: {app: web}}
+                namespaces: [other]
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}
+        - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: other}}}
+        - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, minDomains: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pinned}
+spec:
+  containers: [{name: main, image: peer-demo:latest}]
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+          - matchExpressions: [{key: zone, operator: In, values: [a]}]
+          - matchFields: [{key: metadata.name, operator: In, values: [n1]}]
+"#,
+        expect![[r#"
+            Deployment/default/web: {
+              "node_selector": {},
+              "tolerations": [],
+              "required_affinity": [
+                {
+                  "match_expressions": [
+                    {
+                      "key": "zone",
+                      "operator": "In",
+                      "values": [
+                        "a"
+                      ]
+                    }
+                  ]
+                }
+              ],
+              "preferred_affinity": [],
+              "anti_affinity_by_hostname": true,
+              "topology_spread": {
+                "topology_key": "zone",
+                "max_skew": 1
+              }
+            }
+            Pod/default/pinned: {
+              "node_selector": {},
+              "tolerations": [],
+              "required_affinity": [],
+              "preferred_affinity": [],
+              "anti_affinity_by_hostname": false,
+              "topology_spread": null
+            }
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.podAffinity: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.topologySpreadConstraints[2].minDomains: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields: not implemented by peer yet, ignored: only matchExpressions on node labels are read
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].preference.matchFields: not implemented by peer yet, ignored: only matchExpressions on node labels are read
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]: peer spreads replicas over nodes softly: when there are more replicas than nodes, some share a node instead of staying pending
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[1]: not implemented by peer yet, ignored: peer only spreads a workload's own replicas over nodes (topologyKey kubernetes.io/hostname with a labelSelector that selects this pod's labels, and no namespaces, namespaceSelector, matchLabelKeys or mismatchLabelKeys)
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]: not implemented by peer yet, ignored: peer only spreads a workload's own replicas over nodes (topologyKey kubernetes.io/hostname with a labelSelector that selects this pod's labels, and no namespaces, namespaceSelector, matchLabelKeys or mismatchLabelKeys)
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[1]: not implemented by peer yet, ignored: peer only spreads a workload's own replicas over nodes (topologyKey kubernetes.io/hostname with a labelSelector that selects this pod's labels, and no namespaces, namespaceSelector, matchLabelKeys or mismatchLabelKeys)
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.topologySpreadConstraints[0]: not implemented by peer yet, ignored: peer applies only a whenUnsatisfiable: DoNotSchedule constraint
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.topologySpreadConstraints[1].labelSelector: peer spreads the replicas of this workload only: a labelSelector that does not select this pod's labels is not implemented, ignored
+            warning: test.yaml: document 1 (Deployment web): spec.template.spec.topologySpreadConstraints[2]: not implemented by peer yet, ignored: peer applies only the first DoNotSchedule constraint (spec.template.spec.topologySpreadConstraints[1])
+            warning: test.yaml: document 2 (Pod pinned): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[1].matchFields: not implemented by peer yet, ignored: only matchExpressions on node labels are read; this term has no matchExpressions, so it matches every node and the required node affinity has no effect
+        "#]],
+    );
+}
+
+#[test]
+fn bad_scheduling_values_name_the_field() {
+    let pod = |spec: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: a, image: peer-demo:latest}}]\n{spec}")
+    };
+    let affinity = |term: &str| {
+        pod(&format!("  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n          - matchExpressions: [{term}]\n"))
+    };
+    let docs = [
+        affinity("{key: cores, operator: Gt, values: ['4']}"),
+        affinity("{key: zone, operator: Near, values: [a]}"),
+        affinity("{key: zone, operator: In}"),
+        affinity("{key: zone, operator: Exists, values: [a]}"),
+        pod("  affinity:\n    nodeAffinity:\n      preferredDuringSchedulingIgnoredDuringExecution:\n        - {weight: 0, preference: {matchExpressions: [{key: zone, operator: In, values: [a]}]}}\n"),
+        pod("  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: []}\n"),
+        pod("  affinity:\n    podAntiAffinity:\n      preferredDuringSchedulingIgnoredDuringExecution:\n        - {weight: 101, podAffinityTerm: {topologyKey: kubernetes.io/hostname}}\n"),
+        pod("  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        - {topologyKey: kubernetes.io/hostname, labelSelector: {matchExpressions: [{key: app, operator: Gt, values: ['1']}]}}\n"),
+        pod("  topologySpreadConstraints: [{maxSkew: 0, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]\n"),
+        pod("  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: Never}]\n"),
+        pod("  tolerations: [{key: gpu, operator: Exists, effect: NoEvict}]\n"),
+        pod("  tolerations: [{key: gpu, operator: Lt, value: '3'}]\n"),
+        pod("  tolerations: [{operator: Equal, value: x}]\n"),
+        pod("  tolerations: [{key: gpu, operator: Exists, value: x}]\n"),
+        pod("  tolerations: [{key: gpu, effect: NoSchedule, tolerationSeconds: 30}]\n"),
+    ];
+    check_messages(
+        &docs.join("---\n"),
+        expect![[r#"
+            error: test.yaml: document 1 (Pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: expected In, NotIn, Exists or DoesNotExist, got "Gt": peer does not implement the numeric operators Gt and Lt
+            error: test.yaml: document 2 (Pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: expected In, NotIn, Exists or DoesNotExist, got "Near"
+            error: test.yaml: document 3 (Pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values: required for operator In, expected at least one value
+            error: test.yaml: document 4 (Pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values: expected no values for operator Exists
+            error: test.yaml: document 5 (Pod p): spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight: expected an integer from 1 to 100, got 0
+            error: test.yaml: document 6 (Pod p): spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms: expected at least one node selector term
+            error: test.yaml: document 7 (Pod p): spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight: expected an integer from 1 to 100, got 101
+            error: test.yaml: document 8 (Pod p): spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector.matchExpressions[0].operator: expected In, NotIn, Exists or DoesNotExist, got "Gt": peer does not implement the numeric operators Gt and Lt
+            error: test.yaml: document 9 (Pod p): spec.topologySpreadConstraints[0].maxSkew: expected an integer of at least 1, got 0
+            error: test.yaml: document 10 (Pod p): spec.topologySpreadConstraints[0].whenUnsatisfiable: expected DoNotSchedule or ScheduleAnyway, got "Never"
+            error: test.yaml: document 11 (Pod p): spec.tolerations[0].effect: expected NoSchedule, PreferNoSchedule or NoExecute (or no effect, to match every effect), got "NoEvict"
+            error: test.yaml: document 12 (Pod p): spec.tolerations[0].operator: expected Equal or Exists, got "Lt"
+            error: test.yaml: document 13 (Pod p): spec.tolerations[0].operator: expected Exists when key is empty (an empty key with Exists tolerates every taint)
+            error: test.yaml: document 14 (Pod p): spec.tolerations[0].value: expected no value when operator is Exists, got "x"
+            error: test.yaml: document 15 (Pod p): spec.tolerations[0].tolerationSeconds: may only be set when effect is NoExecute
+        "#]],
+    );
+}
+
+#[test]
+fn stateful_set() {
+    check(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, labels: {team: data}}
+spec:
+  serviceName: db
+  replicas: 2
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: db}}
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 2, partition: 1}}
+  minReadySeconds: 5
+  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete}
+  ordinals: {start: 1}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+        - name: db
+          image: peer-demo:latest
+          env: [{name: PORT, value: "5432"}]
+          ports: [{containerPort: 5432}]
+          resources: {requests: {cpu: 50m, memory: 16Mi}}
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#,
+        expect![[r#"
+            object: {
+              "key": {
+                "kind": "StatefulSet",
+                "namespace": "default",
+                "name": "db"
+              },
+              "labels": {
+                "team": "data"
+              },
+              "replicas": 2,
+              "selector": {
+                "app": "db"
+              },
+              "strategy": {
+                "RollingUpdate": {
+                  "max_surge": {
+                    "Int": 0
+                  },
+                  "max_unavailable": {
+                    "Int": 2
+                  }
+                }
+              },
+              "template": {
+                "labels": {
+                  "app": "db"
+                },
+                "containers": [
+                  {
+                    "name": "db",
+                    "image": "peer-demo:latest",
+                    "command": [],
+                    "args": [],
+                    "env": [
+                      {
+                        "name": "PORT",
+                        "value": "5432"
+                      }
+                    ],
+                    "working_dir": null,
+                    "ports": [
+                      {
+                        "name": null,
+                        "container_port": 5432,
+                        "protocol": "Tcp",
+                        "host_port": null
+                      }
+                    ],
+                    "resources": {
+                      "requests": {
+                        "cpu_millis": 50,
+                        "memory_bytes": 16777216
+                      },
+                      "limits": {
+                        "cpu_millis": null,
+                        "memory_bytes": null
+                      }
+                    }
+                  }
+                ],
+                "restart_policy": "Always",
+                "termination_grace_period_seconds": 30,
+                "host_network": false,
+                "scheduling": {
+                  "node_selector": {},
+                  "tolerations": [],
+                  "required_affinity": [],
+                  "preferred_affinity": [],
+                  "anti_affinity_by_hostname": false,
+                  "topology_spread": null
+                }
+              },
+              "pod_management": "Parallel"
+            }
+            warning: test.yaml: document 1 (StatefulSet db): spec.updateStrategy.rollingUpdate.partition: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (StatefulSet db): spec.minReadySeconds: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (StatefulSet db): spec.persistentVolumeClaimRetentionPolicy: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (StatefulSet db): spec.ordinals: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (StatefulSet db): spec.volumeClaimTemplates: not implemented by peer yet, ignored: pods get no persistent volumes
+            warning: test.yaml: document 1 (StatefulSet db): spec.updateStrategy: rolling updates are not implemented by peer yet: a changed template recreates every pod at once
+        "#]],
+    );
+}
+
+#[test]
+fn stateful_set_defaults() {
+    let result = parse_file(
+        "test.yaml",
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  template:\n    spec:\n      containers: [{name: db, image: peer-demo:latest}]\n",
+    );
+    assert_eq!(result.warnings().count(), 0);
+    let w = result.workloads().next().expect("the StatefulSet parses");
+    assert_eq!(w.replicas, 1);
+    assert_eq!(w.pod_management, PodManagement::OrderedReady);
+    assert_eq!(
+        w.strategy,
+        Strategy::RollingUpdate { max_surge: IntOrPercent::Int(0), max_unavailable: IntOrPercent::Int(1) }
+    );
+    let app: BTreeMap<String, String> = [("app".to_owned(), "db".to_owned())].into();
+    assert_eq!(w.selector, app);
+    assert_eq!(w.template.labels, app);
+}
+
+#[test]
+fn daemon_set() {
+    check(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: kube-system}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: agent}}
+  updateStrategy: {type: OnDelete}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
+      containers:
+        - name: agent
+          image: peer-demo:latest
+"#,
+        expect![[r#"
+            object: {
+              "key": {
+                "kind": "DaemonSet",
+                "namespace": "kube-system",
+                "name": "agent"
+              },
+              "labels": {},
+              "replicas": 0,
+              "selector": {
+                "app": "agent"
+              },
+              "strategy": {
+                "RollingUpdate": {
+                  "max_surge": {
+                    "Int": 0
+                  },
+                  "max_unavailable": {
+                    "Int": 1
+                  }
+                }
+              },
+              "template": {
+                "labels": {
+                  "app": "agent"
+                },
+                "containers": [
+                  {
+                    "name": "agent",
+                    "image": "peer-demo:latest",
+                    "command": [],
+                    "args": [],
+                    "env": [],
+                    "working_dir": null,
+                    "ports": [],
+                    "resources": {
+                      "requests": {
+                        "cpu_millis": null,
+                        "memory_bytes": null
+                      },
+                      "limits": {
+                        "cpu_millis": null,
+                        "memory_bytes": null
+                      }
+                    }
+                  }
+                ],
+                "restart_policy": "Always",
+                "termination_grace_period_seconds": 30,
+                "host_network": false,
+                "scheduling": {
+                  "node_selector": {},
+                  "tolerations": [
+                    {
+                      "key": "node-role.kubernetes.io/control-plane",
+                      "operator": "Exists",
+                      "value": "",
+                      "effect": "NoSchedule",
+                      "toleration_seconds": null
+                    }
+                  ],
+                  "required_affinity": [],
+                  "preferred_affinity": [],
+                  "anti_affinity_by_hostname": false,
+                  "topology_spread": null
+                }
+              },
+              "pod_management": "OrderedReady"
+            }
+            warning: test.yaml: document 1 (DaemonSet agent): spec.replicas: unknown field, ignored (not part of the Kubernetes API peer knows)
+            warning: test.yaml: document 1 (DaemonSet agent): spec.updateStrategy.type: OnDelete is not implemented by peer yet, read as RollingUpdate: a changed template recreates every pod at once instead of waiting for them to be deleted
+        "#]],
+    );
+}
+
+#[test]
+fn stateful_set_and_daemon_set_rules_are_enforced() {
+    check_messages(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: mismatch}
+spec:
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: never}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: policy}
+spec:
+  podManagementPolicy: Random
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: stuck}
+spec:
+  updateStrategy: {rollingUpdate: {maxUnavailable: 0}}
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: mismatch}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: other}}
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: strategy}
+spec:
+  updateStrategy: {type: Recreate}
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: stuck}
+spec:
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: ondelete}
+spec:
+  updateStrategy: {type: OnDelete, rollingUpdate: {maxUnavailable: 1}}
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1beta2
+kind: DaemonSet
+metadata: {name: old}
+"#,
+        expect![[r#"
+            error: test.yaml: document 1 (StatefulSet mismatch): spec.template.metadata.labels: selector does not match template labels: the selector needs app: db
+            error: test.yaml: document 2 (StatefulSet never): spec.template.spec.restartPolicy: expected Always for a StatefulSet, got "Never"
+            error: test.yaml: document 3 (StatefulSet policy): spec.podManagementPolicy: expected OrderedReady or Parallel, got "Random"
+            error: test.yaml: document 4 (StatefulSet stuck): spec.updateStrategy.rollingUpdate.maxUnavailable: may not be 0
+            error: test.yaml: document 5 (DaemonSet mismatch): spec.template.metadata.labels: selector does not match template labels: the selector needs app: agent
+            error: test.yaml: document 6 (DaemonSet strategy): spec.updateStrategy.type: expected RollingUpdate or OnDelete, got "Recreate"
+            error: test.yaml: document 7 (DaemonSet stuck): spec.updateStrategy.rollingUpdate.maxUnavailable: may not be 0 when maxSurge is 0
+            error: test.yaml: document 8 (DaemonSet ondelete): spec.updateStrategy.rollingUpdate: may not be specified when updateStrategy type is OnDelete
+            error: test.yaml: document 9 (DaemonSet old): apiVersion: expected apps/v1 for kind DaemonSet, got "apps/v1beta2"
         "#]],
     );
 }

@@ -1,26 +1,28 @@
 //! The placement loop: replicas in stable-hash order, each on its best feasible node,
 //! with capacity, anti-affinity and topology-spread bookkeeping.
+//!
+//! Every node recomputes the whole plan on each membership change, so the loop is built for
+//! 1,000 nodes × 10,000 replicas: what does not depend on earlier replicas is computed once
+//! (per node: hash and weight; per distinct constraints: the statically feasible nodes,
+//! their scores, the static reasons and topology domains, see `groups`); the inner loop
+//! works on indices into `Vec`s and allocates nothing; a node's race time costs a division
+//! only when it beats the best so far (`hrw::race_below`); and the reasons a replica fits
+//! nowhere are counted only for such a replica. `reference` keeps the first, plain version
+//! of this loop; a test checks both give the same plans.
 
-use std::cmp::Reverse;
+#[cfg(test)]
+mod equivalence;
+mod groups;
+#[cfg(test)]
+mod reference;
+
+use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeMap;
 
-use super::filter::{may_keep, prefer_no_schedule, preferred_weight, static_fit, Reason};
-use super::hrw::{key_hash, race, weight};
-use super::{Claim, NodeSelectorTerm, NodeView, Plan, PreferredTerm, ReplicaReq, Resources, Toleration};
-
-/// The per-node constraints of a replica; replicas of one workload share them, so their
-/// per-node results are computed once per distinct value (the 1,000-node recompute is
-/// dominated by this otherwise).
-type Constraints<'a> = (
-    &'a BTreeMap<String, String>,
-    &'a [Toleration],
-    &'a [NodeSelectorTerm],
-    &'a [PreferredTerm],
-    Option<&'a str>,
-);
-
-/// A node's static result for a set of constraints: a reason it is out, or its scores.
-type Static = Result<(u32, Reverse<u64>), Reason>;
+use self::groups::{Candidate, Group, Groups, NO_DOMAIN};
+use super::filter::{may_keep, Reason};
+use super::hrw::{key_hash, race_below, race_rotated, rotated, weight};
+use super::{Claim, NodeView, Plan, ReplicaReq, Resources};
 
 /// Places `replicas` on `nodes` (the live ones). Pure and deterministic: the same sets of
 /// nodes and replicas give the same plan, in any input order. Nodes with the same id, or
@@ -36,120 +38,303 @@ pub fn place(nodes: &[NodeView], replicas: &[ReplicaReq]) -> Plan {
 /// replicas and claims give the same plan.
 pub fn place_with_claims(nodes: &[NodeView], replicas: &[ReplicaReq], claims: &[Claim]) -> Plan {
     let nodes = canonical_nodes(nodes);
-    let node_hashes: Vec<u64> = nodes.iter().map(|n| key_hash(&n.id)).collect();
-    let weights: Vec<u64> = nodes.iter().map(|n| weight(n.capacity.cpu_millis)).collect();
-    let mut free: Vec<Resources> = nodes.iter().map(|n| n.capacity).collect();
-    // Workload -> node index -> replicas of that workload placed there so far.
-    let mut placed: BTreeMap<&str, BTreeMap<usize, u32>> = BTreeMap::new();
-    let mut plan = Plan::default();
-    let mut cache: BTreeMap<Constraints<'_>, Vec<Static>> = BTreeMap::new();
+    let mut state: Vec<NodeState> = nodes
+        .iter()
+        .map(|n| NodeState {
+            free: n.capacity,
+            rotated: rotated(key_hash(&n.id)),
+            weight: weight(n.capacity.cpu_millis),
+        })
+        .collect();
     let ordered = ordered_replicas(replicas);
+    let claims = live_claims(&nodes, claims);
+    let mut assigned: Vec<(&ReplicaReq, usize)> = Vec::with_capacity(ordered.len());
 
-    // Claimed replicas stay where they run.
-    let index: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
-    let mut claimants: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for c in claims {
-        if let Some(&i) = index.get(c.node.as_str()) {
-            claimants.entry(c.replica.as_str()).or_default().push(i);
+    // Claimed replicas stay where they run. Claims are sorted like `ordered`, so one pass
+    // over both finds each replica's claimants.
+    let mut rest = Vec::new();
+    let mut next_claim = 0;
+    for &(rh, r) in &ordered {
+        let me = (rh, r.identity.as_str());
+        while claims.get(next_claim).is_some_and(|c| (c.0, c.1) < me) {
+            next_claim += 1;
         }
-    }
-    let mut rest = Vec::with_capacity(ordered.len());
-    for (rh, r) in ordered {
-        let keeper = claimants.get(r.identity.as_str()).and_then(|on| {
-            on.iter()
-                .copied()
-                .filter(|&i| may_keep(nodes[i], r) && fits(&free[i], &r.requests))
-                .min_by_key(|&i| (race(rh, node_hashes[i], weights[i]), i))
-        });
+        let first = next_claim;
+        while claims.get(next_claim).is_some_and(|c| (c.0, c.1) == me) {
+            next_claim += 1;
+        }
+        let keeper = claims[first..next_claim]
+            .iter()
+            .map(|&(_, _, i)| i)
+            .filter(|&i| may_keep(nodes[i], r) && fits(&state[i].free, &r.requests))
+            .min_by_key(|&i| (race_rotated(rh, state[i].rotated, state[i].weight), i));
         match keeper {
             Some(i) => {
-                take(&mut free[i], &r.requests);
-                *placed.entry(r.workload.as_str()).or_default().entry(i).or_default() += 1;
-                plan.assignments.insert(r.identity.clone(), nodes[i].id.clone());
+                take(&mut state[i].free, &r.requests);
+                assigned.push((r, i));
             }
             None => rest.push((rh, r)),
         }
     }
 
-    for (rh, r) in rest {
-        let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-        let constraints = (
-            &r.node_selector,
-            &r.tolerations[..],
-            &r.required_affinity[..],
-            &r.preferred_affinity[..],
-            r.node_name.as_deref(),
-        );
-        let statics = cache.entry(constraints).or_insert_with(|| {
-            let scores = |n: &NodeView| (prefer_no_schedule(n, r), Reverse(preferred_weight(n, r)));
-            nodes.iter().map(|n| static_fit(n, r).map(|()| scores(n))).collect()
-        });
-        let siblings = placed.get(r.workload.as_str());
-        let spread = r.topology_spread.as_ref().map(|s| {
-            let counts = domain_counts(&nodes, statics, siblings, &s.topology_key);
-            let min = counts.values().copied().min().unwrap_or(0);
-            (s, counts, min)
-        });
-
-        let mut best: Option<(Key, usize)> = None;
-        for (i, node) in nodes.iter().enumerate() {
-            let (prefer_no_schedule, preferred) = match &statics[i] {
-                Ok(scores) => *scores,
-                Err(reason) => {
-                    *reasons.entry(reason.clone()).or_default() += 1;
-                    continue;
-                }
-            };
-            let (cpu_short, mem_short) =
-                (free[i].cpu_millis < r.requests.cpu_millis, free[i].memory_bytes < r.requests.memory_bytes);
-            if cpu_short || mem_short {
-                // Like Kubernetes' NodeResourcesFit, a node counts once per missing resource.
-                if cpu_short {
-                    *reasons.entry(Reason::InsufficientCpu).or_default() += 1;
-                }
-                if mem_short {
-                    *reasons.entry(Reason::InsufficientMemory).or_default() += 1;
-                }
-                continue;
-            }
-            if let Some((s, counts, min)) = &spread {
-                let Some(domain) = node.labels.get(&s.topology_key) else {
-                    *reasons.entry(Reason::SpreadMissingLabel).or_default() += 1;
-                    continue;
-                };
-                let here = counts.get(domain.as_str()).copied().unwrap_or(0);
-                if here + 1 - min > s.max_skew.max(1) {
-                    *reasons.entry(Reason::Spread).or_default() += 1;
-                    continue;
-                }
-            }
-            let on_node = match siblings {
-                Some(s) if r.anti_affinity_by_hostname => s.get(&i).copied().unwrap_or(0),
-                _ => 0,
-            };
-            let key = Key {
-                siblings: on_node,
-                prefer_no_schedule,
-                preferred,
-                race: race(rh, node_hashes[i], weights[i]),
-            };
-            if best.as_ref().is_none_or(|(b, _)| key < *b) {
-                best = Some((key, i));
-            }
-        }
-
-        match best {
-            Some((_, i)) => {
-                take(&mut free[i], &r.requests);
-                *placed.entry(r.workload.as_str()).or_default().entry(i).or_default() += 1;
-                plan.assignments.insert(r.identity.clone(), nodes[i].id.clone());
-            }
-            None => {
-                plan.unschedulable.insert(r.identity.clone(), failed_scheduling(nodes.len(), &reasons));
+    let mut unschedulable = Vec::new();
+    if !rest.is_empty() {
+        let mut placer = Placer::new(&nodes, state, &rest, &assigned);
+        for (rh, r) in rest {
+            match placer.place(rh, r) {
+                Ok(i) => assigned.push((r, i)),
+                Err(why) => unschedulable.push((r.identity.clone(), why)),
             }
         }
     }
-    plan
+    // Sorted first, small and by reference: the maps are then built from one sorted run.
+    assigned.sort_unstable_by(|(a, _), (b, _)| a.identity.cmp(&b.identity));
+    unschedulable.sort_unstable();
+    Plan {
+        assignments: assigned.into_iter().map(|(r, i)| (r.identity.clone(), nodes[i].id.clone())).collect(),
+        unschedulable: unschedulable.into_iter().collect(),
+    }
+}
+
+/// A node's placement bookkeeping.
+#[derive(Debug, Clone, Copy)]
+struct NodeState {
+    /// Capacity not yet taken by replicas placed so far.
+    free: Resources,
+    /// The hash of the node id, as the race mixes it in.
+    rotated: u64,
+    weight: u64,
+}
+
+/// Places unclaimed replicas one at a time, in the order given, on the room claims left.
+struct Placer<'n, 'r> {
+    nodes: &'n [&'r NodeView],
+    state: Vec<NodeState>,
+    groups: Groups<'r>,
+    /// Workload → its index in `siblings`, for the workloads of unclaimed replicas only:
+    /// no other workload's counts are ever read.
+    workloads: BTreeMap<&'r str, usize>,
+    /// Per workload, the node of each replica placed so far (one entry per replica).
+    siblings: Vec<Vec<usize>>,
+    /// Per node, the replicas of the current workload there; zero between replicas.
+    on_node: Vec<u32>,
+    /// Per topology domain, the replicas of the current workload there.
+    per_domain: Vec<u32>,
+    /// Per topology domain, whether the current replica may go there.
+    allowed: Vec<bool>,
+}
+
+impl<'n, 'r> Placer<'n, 'r> {
+    fn new(
+        nodes: &'n [&'r NodeView],
+        state: Vec<NodeState>,
+        rest: &[(u64, &'r ReplicaReq)],
+        assigned: &[(&'r ReplicaReq, usize)],
+    ) -> Self {
+        let mut workloads = BTreeMap::new();
+        for (_, r) in rest {
+            let next = workloads.len();
+            workloads.entry(r.workload.as_str()).or_insert(next);
+        }
+        let mut siblings = vec![Vec::new(); workloads.len()];
+        for (r, i) in assigned {
+            if let Some(&w) = workloads.get(r.workload.as_str()) {
+                siblings[w].push(*i);
+            }
+        }
+        Placer {
+            nodes,
+            on_node: vec![0; nodes.len()],
+            state,
+            groups: Groups::default(),
+            workloads,
+            siblings,
+            per_domain: Vec::new(),
+            allowed: Vec::new(),
+        }
+    }
+
+    /// The node for `r` (its room taken), or why it fits nowhere.
+    fn place(&mut self, rh: u64, r: &'r ReplicaReq) -> Result<usize, String> {
+        let w = self.workloads[r.workload.as_str()];
+        let group = self.groups.of(self.nodes, r);
+        let spread_at = r
+            .topology_spread
+            .as_ref()
+            .map(|s| (group.domains_of(self.nodes, &s.topology_key), s.max_skew.max(1)));
+        let group: &Group<'r> = group;
+        // Topology spread: the workload's replicas per domain, and the domains one more may
+        // go to (within `max_skew` of the least loaded one).
+        let spread = match spread_at {
+            Some((at, max_skew)) => {
+                let domains = group.domains(at);
+                self.per_domain.clear();
+                self.per_domain.resize(domains.count, 0);
+                for &i in &self.siblings[w] {
+                    if let Some(n) = self.per_domain.get_mut(domains.of_node[i]) {
+                        *n += 1;
+                    }
+                }
+                let min = self.per_domain.iter().copied().min().unwrap_or(0);
+                self.allowed.clear();
+                self.allowed.extend(self.per_domain.iter().map(|&here| here + 1 - min <= max_skew));
+                Some(Spread { of_node: &domains.of_node, allowed: &self.allowed })
+            }
+            None => None,
+        };
+        let anti = r.anti_affinity_by_hostname;
+        if anti {
+            for &i in &self.siblings[w] {
+                self.on_node[i] += 1;
+            }
+        }
+
+        // The best node is the smallest by (siblings if anti-affine, PreferNoSchedule
+        // taints, -preferred weight, race time), ties to the smaller index. When the
+        // group's scores are uniform, a node without siblings ranks first whatever its race,
+        // so the race among those decides and the full ranking is needed only when none fits.
+        let (state, on_node) = (&self.state[..], &self.on_node[..]);
+        let mut best = None;
+        if group.uniform {
+            best = match (anti, &spread) {
+                (false, None) => race_winner(state, &group.candidates, rh, &r.requests, |_| true),
+                _ => race_winner(state, &group.candidates, rh, &r.requests, |i| {
+                    (!anti || on_node[i] == 0) && spread.as_ref().is_none_or(|s| s.allows(i))
+                }),
+            };
+        }
+        if best.is_none() && (anti || !group.uniform) {
+            best = ranked_winner(state, on_node, group, rh, r, spread.as_ref());
+        }
+
+        if anti {
+            for &i in &self.siblings[w] {
+                self.on_node[i] = 0;
+            }
+        }
+        match best {
+            Some(i) => {
+                take(&mut self.state[i].free, &r.requests);
+                self.siblings[w].push(i);
+                Ok(i)
+            }
+            None => Err(why_not(&self.state, group, spread.as_ref(), &r.requests)),
+        }
+    }
+}
+
+/// The candidate with room and `eligible` with the smallest race time (ties to the smaller
+/// index). Each node's race is asked for below a bound: the best race so far, or 0 for a
+/// node that cannot take the replica (a bound, not a branch: which nodes are full is
+/// unpredictable). This loop runs about once per (replica, node): keep it lean.
+fn race_winner(
+    state: &[NodeState],
+    candidates: &[Candidate],
+    rh: u64,
+    requests: &Resources,
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let (mut best_race, mut best) = (u64::MAX, None);
+    for c in candidates {
+        let node = &state[c.node];
+        let bound = if fits(&node.free, requests) & eligible(c.node) { best_race } else { 0 };
+        if let Some(t) = race_below(rh, node.rotated, node.weight, bound) {
+            (best_race, best) = (t, Some(c.node));
+        }
+    }
+    best
+}
+
+/// The candidate with room (and allowed by the spread) with the smallest (siblings if
+/// anti-affine, PreferNoSchedule taints, -preferred weight, race time); ties to the smaller
+/// index, as only a strictly better node replaces the best.
+fn ranked_winner(
+    state: &[NodeState],
+    on_node: &[u32],
+    group: &Group<'_>,
+    rh: u64,
+    r: &ReplicaReq,
+    spread: Option<&Spread<'_>>,
+) -> Option<usize> {
+    let mut best: Option<(Rank, u64, usize)> = None;
+    for c in &group.candidates {
+        let i = c.node;
+        let node = &state[i];
+        if !fits(&node.free, &r.requests) || spread.is_some_and(|s| !s.allows(i)) {
+            continue;
+        }
+        let rank = (
+            if r.anti_affinity_by_hostname { on_node[i] } else { 0 },
+            c.prefer_no_schedule,
+            Reverse(c.preferred),
+        );
+        // A better rank wins whatever its race (every race is below u64::MAX); a tie needs
+        // a smaller race; a worse rank cannot win.
+        let bound = match &best {
+            Some((best_rank, best_race, _)) => match rank.cmp(best_rank) {
+                Ordering::Less => u64::MAX,
+                Ordering::Equal => *best_race,
+                Ordering::Greater => continue,
+            },
+            None => u64::MAX,
+        };
+        if let Some(t) = race_below(rh, node.rotated, node.weight, bound) {
+            best = Some((rank, t, i));
+        }
+    }
+    best.map(|(_, _, i)| i)
+}
+
+/// (siblings on the node, untolerated PreferNoSchedule taints, preferred-affinity weight):
+/// how a node ranks before the race; smaller is better.
+type Rank = (u32, u32, Reverse<u64>);
+
+/// The FailedScheduling message of a replica that fits nowhere: the group's static
+/// reasons plus, per statically feasible node, the first dynamic check it fails.
+fn why_not(
+    state: &[NodeState],
+    group: &Group<'_>,
+    spread: Option<&Spread<'_>>,
+    requests: &Resources,
+) -> String {
+    let mut reasons = group.static_reasons.clone();
+    let mut count = |reason| *reasons.entry(reason).or_insert(0) += 1;
+    for c in &group.candidates {
+        let free = &state[c.node].free;
+        let (cpu_short, mem_short) =
+            (free.cpu_millis < requests.cpu_millis, free.memory_bytes < requests.memory_bytes);
+        if cpu_short || mem_short {
+            // Like Kubernetes' NodeResourcesFit, a node counts once per missing resource.
+            if cpu_short {
+                count(Reason::InsufficientCpu);
+            }
+            if mem_short {
+                count(Reason::InsufficientMemory);
+            }
+        } else if let Some(s) = spread {
+            if s.of_node[c.node] == NO_DOMAIN {
+                count(Reason::SpreadMissingLabel);
+            } else if !s.allows(c.node) {
+                count(Reason::Spread);
+            }
+        }
+    }
+    failed_scheduling(state.len(), &reasons)
+}
+
+/// Topology spread (DoNotSchedule) for the replica being placed.
+struct Spread<'a> {
+    /// Node → domain, or `NO_DOMAIN`.
+    of_node: &'a [usize],
+    /// Per domain: one more replica there keeps the skew within `max_skew`.
+    allowed: &'a [bool],
+}
+
+impl Spread<'_> {
+    /// Whether a statically feasible node carries the key and its domain may take one more.
+    fn allows(&self, node: usize) -> bool {
+        self.allowed.get(self.of_node[node]).copied().unwrap_or(false)
+    }
 }
 
 fn fits(free: &Resources, requests: &Resources) -> bool {
@@ -161,17 +346,6 @@ fn take(free: &mut Resources, requests: &Resources) {
     free.memory_bytes -= requests.memory_bytes;
 }
 
-/// How a feasible node ranks for a replica: smaller is better, compared field by field.
-/// Ties on all fields fall to the smaller node id (nodes are scanned in id order and only
-/// a strictly smaller key replaces the best).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    siblings: u32,
-    prefer_no_schedule: u32,
-    preferred: Reverse<u64>,
-    race: u64,
-}
-
 /// Nodes sorted by id, one per id.
 fn canonical_nodes(nodes: &[NodeView]) -> Vec<&NodeView> {
     let mut sorted: Vec<&NodeView> = nodes.iter().collect();
@@ -181,37 +355,30 @@ fn canonical_nodes(nodes: &[NodeView]) -> Vec<&NodeView> {
 }
 
 /// Replicas in processing order: by stable hash of the identity (independent of the node
-/// set, so a membership change never reorders them), one per identity.
+/// set, so a membership change never reorders them), then identity; one per identity, the
+/// smallest by `Ord`.
 fn ordered_replicas(replicas: &[ReplicaReq]) -> Vec<(u64, &ReplicaReq)> {
-    let mut sorted: Vec<&ReplicaReq> = replicas.iter().collect();
-    sorted.sort_by(|a, b| a.identity.cmp(&b.identity).then_with(|| a.cmp(b)));
-    sorted.dedup_by(|b, a| a.identity == b.identity);
-    let mut ordered: Vec<(u64, &ReplicaReq)> =
-        sorted.into_iter().map(|r| (key_hash(&r.identity), r)).collect();
-    ordered.sort_by(|(ha, a), (hb, b)| ha.cmp(hb).then_with(|| a.identity.cmp(&b.identity)));
+    let mut ordered: Vec<(u64, &ReplicaReq)> = replicas.iter().map(|r| (key_hash(&r.identity), r)).collect();
+    ordered.sort_unstable_by(|(ha, a), (hb, b)| {
+        ha.cmp(hb).then_with(|| a.identity.cmp(&b.identity)).then_with(|| a.cmp(b))
+    });
+    ordered.dedup_by(|(_, b), (_, a)| a.identity == b.identity);
     ordered
 }
 
-/// Replicas of the workload per topology domain, over the domains of the nodes that pass
-/// the static checks and carry the key (Kubernetes' default `nodeAffinityPolicy: Honor`,
-/// `nodeTaintsPolicy: Ignore` differs: here tainted nodes do not form domains).
-fn domain_counts<'a>(
-    nodes: &[&'a NodeView],
-    statics: &[Static],
-    siblings: Option<&BTreeMap<usize, u32>>,
-    key: &str,
-) -> BTreeMap<&'a str, u32> {
-    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        if statics[i].is_err() {
-            continue;
-        }
-        if let Some(domain) = node.labels.get(key) {
-            let here = siblings.and_then(|s| s.get(&i)).copied().unwrap_or(0);
-            *counts.entry(domain.as_str()).or_default() += here;
-        }
-    }
-    counts
+/// Claims by live nodes as (replica hash, replica, node index), sorted like
+/// `ordered_replicas`.
+fn live_claims<'c>(nodes: &[&NodeView], claims: &'c [Claim]) -> Vec<(u64, &'c str, usize)> {
+    let mut live: Vec<(u64, &str, usize)> = claims
+        .iter()
+        .filter_map(|c| {
+            let i = nodes.binary_search_by(|n| n.id.as_str().cmp(&c.node)).ok()?;
+            Some((key_hash(&c.replica), c.replica.as_str(), i))
+        })
+        .collect();
+    live.sort_unstable();
+    live.dedup();
+    live
 }
 
 /// `0/5 nodes are available: 2 Insufficient memory, 3 node(s) didn't match ...`: the

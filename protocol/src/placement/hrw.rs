@@ -30,10 +30,47 @@ pub(crate) fn weight(cpu_millis: u64) -> u64 {
 }
 
 /// Race time of a replica on a node; smaller wins. Ties (astronomically rare) are broken
-/// by node id by the caller.
+/// by node id by the caller. (Placement uses the forms below, on pre-rotated hashes.)
+#[cfg(test)]
 pub(crate) fn race(replica_hash: u64, node_hash: u64, weight: u64) -> u64 {
-    let h = mix64(replica_hash ^ node_hash.rotate_left(29));
-    (neg_log2_q32(h) << 24) / weight.max(1)
+    race_rotated(replica_hash, rotated(node_hash), weight)
+}
+
+/// [`race`] with the node hash passed through [`rotated`].
+pub(crate) fn race_rotated(replica_hash: u64, rotated_node_hash: u64, weight: u64) -> u64 {
+    race_dividend(replica_hash, rotated_node_hash) / weight.max(1)
+}
+
+/// The node hash as the race mixes it in; placement computes it once per node.
+pub(crate) fn rotated(node_hash: u64) -> u64 {
+    node_hash.rotate_left(29)
+}
+
+/// The race time before the division by the node's weight (at most `2^62`).
+fn race_dividend(replica_hash: u64, rotated_node_hash: u64) -> u64 {
+    neg_log2_q32(mix64(replica_hash ^ rotated_node_hash)) << 24
+}
+
+/// `Some(race)` when the race time is strictly below `bound`, else `None`; the same race
+/// as [`race`] (with the node hash passed through [`rotated`]). Placement asks this of
+/// every feasible node for every replica, and almost every node loses, so a loser must be
+/// cheap: `floor(x / w) < b` iff `x < b * w` (no division), and most losers are told
+/// apart by a lower bound of the logarithm before it is computed.
+pub(crate) fn race_below(replica_hash: u64, rotated_node_hash: u64, weight: u64, bound: u64) -> Option<u64> {
+    let h = mix64(replica_hash ^ rotated_node_hash);
+    let weight = weight.max(1);
+    let limit = u128::from(bound) * u128::from(weight);
+    if u128::from(neg_log2_q32_lower_bound(h) << 24) >= limit {
+        return None;
+    }
+    let dividend = neg_log2_q32(h) << 24;
+    (u128::from(dividend) < limit).then(|| dividend / weight)
+}
+
+/// A lower bound of [`neg_log2_q32`] without the table: `-log2(u) ≥ (1 - u) / ln 2`, of
+/// which we keep half, `(2^64 - x) / 2^33`, so the table's rounding never matters.
+fn neg_log2_q32_lower_bound(x: u64) -> u64 {
+    !(x | 1) >> 33
 }
 
 /// `-log2(x / 2^64)` in 32.32 fixed point for `x` treated as odd (so never zero); at most
@@ -99,6 +136,48 @@ mod tests {
             assert!((want - got).abs() < 1e-6, "x={x}: want {want}, got {got}");
         }
         assert!(neg_log2_q32(u64::MAX) >= 1);
+    }
+
+    #[test]
+    fn the_lower_bound_holds() {
+        let mut edges = vec![0, 1, 2, 3, u64::MAX, u64::MAX - 1];
+        for k in 0..64 {
+            for d in [0u64, 1, 2, 3, 1000] {
+                edges.extend([
+                    (1u64 << k).wrapping_add(d),
+                    (1u64 << k).wrapping_sub(d),
+                    (u64::MAX - (1 << k)).wrapping_add(d),
+                ]);
+                edges.push((u64::MAX << k).wrapping_sub(d));
+            }
+        }
+        let mut x = 7u64;
+        let randoms = (0..200_000).map(|_| {
+            x = mix64(x.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            x
+        });
+        for x in edges.into_iter().chain(randoms) {
+            assert!(neg_log2_q32_lower_bound(x) <= neg_log2_q32(x), "x={x:#x}");
+        }
+    }
+
+    #[test]
+    fn race_below_agrees_with_race() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..20_000 {
+            x = mix64(x.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            let (r, n) = (x, mix64(x ^ 7));
+            let w = [1, 3, 1000, 7777, 1 << 32][(x % 5) as usize];
+            let exact = race(r, n, w);
+            for bound in [0, 1, exact.saturating_sub(1), exact, exact + 1, u64::MAX] {
+                let want = (exact < bound).then_some(exact);
+                assert_eq!(
+                    race_below(r, rotated(n), w, bound),
+                    want,
+                    "race {exact}, bound {bound}, weight {w}"
+                );
+            }
+        }
     }
 
     #[test]

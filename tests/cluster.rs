@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{apply, cluster, deployment, deployments, join, live_nodes, nodes_json, require_root, wait_for};
+use tests::{
+    apply, cluster, deployment, deployments, join, live_nodes, nodes_json, require_root, wait_for, Node,
+};
 
 #[test]
 fn a_spec_reaches_every_node_survives_its_author_and_reaches_late_joiners() {
@@ -110,6 +112,13 @@ fn both_sides_of_a_partition_edit_and_converge_after_it_heals() {
     let rows = loser.json(&["get", "deployments"]);
     let row = rows.as_array().and_then(|r| r.iter().find(|d| d["name"] == "web").cloned()).expect("web row");
     assert!(row["overwritten_by"].is_string(), "the losing side shows the overwrite: {row}");
+    // Both sides ran their replicas during the cut; after it, one copy of each remains.
+    let want = web as usize + 2;
+    wait_for("one copy of every replica after the heal", Duration::from_secs(30), || {
+        let names: Vec<String> = nodes.iter().flat_map(|n| n.running_pods()).collect();
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        (names.len() == want && distinct.len() == want).then_some(())
+    });
 }
 
 #[test]

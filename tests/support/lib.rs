@@ -340,8 +340,11 @@ pub fn deployment(name: &str, replicas: u32) -> String {
 }
 
 /// Starts `names[0]` as a new cluster and joins the others through it.
+/// Every agent has the test hooks (`peer block`) enabled.
 pub fn cluster(names: &[&str]) -> Vec<Node> {
-    let first = Node::start(names[0]);
+    let mut first = Node::prepare(names[0]);
+    first.agent_env.push(("PEER_TEST_HOOKS".into(), "1".into()));
+    first.start_agent();
     let token = first.peer_ok(&["token"]).trim().to_owned();
     let mut nodes = vec![first];
     for name in &names[1..] {

@@ -206,7 +206,9 @@ pub fn replica_req(d: &DesiredPod) -> ReplicaReq {
         tolerations: s.tolerations.clone(),
         required_affinity: s.required_affinity.clone(),
         preferred_affinity: s.preferred_affinity.clone(),
-        anti_affinity_by_hostname: s.anti_affinity_by_hostname,
+        // Replicas of a workload spread over nodes by default, as Kubernetes' default
+        // topology spread on the hostname does; the explicit podAntiAffinity says the same.
+        anti_affinity_by_hostname: true,
         topology_spread: s.topology_spread.clone(),
         node_name: d.node_name.clone(),
     }

@@ -16,7 +16,10 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 pub enum Request {
     /// Pods as table rows.
     GetPods,
-    GetDeployments,
+    /// Deployments, StatefulSets or DaemonSets.
+    GetWorkloads {
+        kind: protocol::spec::Kind,
+    },
     GetEvents,
     /// Full detail of one pod.
     DescribePod {
@@ -70,6 +73,11 @@ pub enum Request {
         taint: String,
         remove: bool,
     },
+    /// Cordon (`true`) or uncordon this node; `name` must be this node's if given.
+    Cordon {
+        name: Option<String>,
+        cordoned: bool,
+    },
     /// Leave the cluster gracefully and stop the agent.
     Leave,
     /// Test hook (only with `PEER_TEST_HOOKS=1`): drop all traffic with these addresses.
@@ -81,7 +89,15 @@ pub enum Request {
 impl Request {
     /// Whether the request changes desired state (and so needs a reconcile).
     pub fn writes(&self) -> bool {
-        matches!(self, Request::Apply { .. } | Request::DeleteFiles { .. } | Request::Delete { .. })
+        matches!(
+            self,
+            Request::Apply { .. }
+                | Request::DeleteFiles { .. }
+                | Request::Delete { .. }
+                | Request::Label { .. }
+                | Request::Taint { .. }
+                | Request::Cordon { .. }
+        )
     }
 }
 
@@ -116,6 +132,12 @@ pub struct PodRow {
     pub restarts: u32,
     pub age_secs: u64,
     pub workload: String,
+    /// The node that runs it (`<none>` when it fits nowhere).
+    #[serde(default)]
+    pub node: String,
+    /// Whether this node runs it (other nodes' pods show only what their claims say).
+    #[serde(default)]
+    pub local: bool,
 }
 
 /// A row of `peer get deployments`.

@@ -120,6 +120,13 @@ pub enum Command {
     Label { label: String },
     /// Add (`key=value:Effect`) or remove (`key=value:Effect-`) a taint of this node.
     Taint { taint: String },
+    /// Mark this node unschedulable: no new pods are placed on it; running ones stay.
+    Cordon {
+        /// This node's name (optional; a node can only cordon itself).
+        name: Option<String>,
+    },
+    /// Mark this node schedulable again.
+    Uncordon { name: Option<String> },
     /// Leave the cluster gracefully and stop this node's agent.
     Leave,
     /// Test hook: drop all traffic with these peers (agent needs PEER_TEST_HOOKS=1).

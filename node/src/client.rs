@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use protocol::spec::Kind;
+
 use crate::api::{DeploymentRow, EventRow, ExecTarget, LogTarget, NodeRow, PodRow, Request, Response};
 use crate::cli::Output;
 
@@ -93,10 +95,14 @@ pub fn age(secs: u64) -> String {
 pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::Result<()> {
     let req = match resource {
         "pods" | "pod" | "po" => Request::GetPods,
-        "deployments" | "deployment" | "deploy" => Request::GetDeployments,
+        "deployments" | "deployment" | "deploy" => Request::GetWorkloads { kind: Kind::Deployment },
+        "statefulsets" | "statefulset" | "sts" => Request::GetWorkloads { kind: Kind::StatefulSet },
+        "daemonsets" | "daemonset" | "ds" => Request::GetWorkloads { kind: Kind::DaemonSet },
         "events" | "event" | "ev" => Request::GetEvents,
         "nodes" | "node" | "no" => Request::GetNodes,
-        other => bail!("unknown resource type {other:?}; expected pods, deployments, nodes or events"),
+        other => bail!(
+            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, nodes or events"
+        ),
     };
     let data = client.call(&req)?;
     if let Some(output) = output {
@@ -107,11 +113,14 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
             let rows: Vec<PodRow> = serde_json::from_value(data)?;
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
-                .map(|r| vec![r.name, r.ready, r.status, r.restarts.to_string(), age(r.age_secs)])
+                .map(|r| {
+                    let age = if r.local { age(r.age_secs) } else { "-".into() };
+                    vec![r.name, r.ready, r.status, r.restarts.to_string(), age, r.node]
+                })
                 .collect();
-            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"], &rows);
+            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE"], &rows);
         }
-        Request::GetDeployments => {
+        Request::GetWorkloads { .. } => {
             let rows: Vec<DeploymentRow> = serde_json::from_value(data)?;
             let rows: Vec<Vec<String>> = rows
                 .into_iter()

@@ -143,6 +143,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let data = client.call(&Request::Taint { taint, remove })?;
             println!("{}", serde_json::to_string(&data["taints"])?);
         }
+        Command::Cordon { name } => {
+            let data = client.call(&Request::Cordon { name, cordoned: true })?;
+            println!("node {} cordoned", data["node"].as_str().unwrap_or("?"));
+        }
+        Command::Uncordon { name } => {
+            let data = client.call(&Request::Cordon { name, cordoned: false })?;
+            println!("node {} uncordoned", data["node"].as_str().unwrap_or("?"));
+        }
         Command::Leave => {
             client.call(&Request::Leave)?;
             println!("left the cluster; the agent stops (containers keep running)");

@@ -113,6 +113,12 @@ impl NodeConfig {
         self.save()
     }
 
+    /// Cordons (no new pods placed here) or uncordons this node; persisted.
+    pub fn set_cordoned(&mut self, cordoned: bool) -> anyhow::Result<()> {
+        self.saved.cordoned = cordoned;
+        self.save()
+    }
+
     fn save(&self) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.saved)?;
         write_atomic(&self.path, &bytes).with_context(|| format!("writing {}", self.path.display()))

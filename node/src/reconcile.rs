@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use protocol::spec::{Kind, ObjectKey, PodTemplate, RestartPolicy, Workload};
+use protocol::spec::{Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Workload};
 use serde::{Deserialize, Serialize};
 
 /// A container that ran at least this long before exiting has its back-off reset.
@@ -24,6 +24,12 @@ pub struct DesiredPod {
     pub workload: ObjectKey,
     pub revision: String,
     pub template: PodTemplate,
+    /// The replica's index in its workload (a StatefulSet's ordinal); 0 for others.
+    pub ordinal: u32,
+    /// A DaemonSet pod's node.
+    pub node_name: Option<String>,
+    /// An `OrderedReady` StatefulSet pod: it starts once the lower ordinals run.
+    pub ordered: bool,
 }
 
 /// What the node knows about a pod it runs (or is starting or stopping).
@@ -84,7 +90,7 @@ pub struct Terminated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create the pod's sandbox and start all its containers.
-    CreatePod(DesiredPod),
+    CreatePod(Box<DesiredPod>),
     /// (Re)start one container of an existing pod.
     StartContainer { pod: String, container: String },
     /// Stop every container (SIGTERM, grace, SIGKILL), then remove the pod.
@@ -98,35 +104,44 @@ pub struct Plan {
     pub wake_at_ms: Option<u64>,
 }
 
-/// Expands workloads into the pods this node should run, in a deterministic order.
+/// Expands workloads into every pod the cluster should run, in a deterministic order;
+/// placement then picks this node's share.
 ///
-/// Replica `i` of Deployment `api` at template revision `r` is pod `api-r-i`; a bare
-/// Pod keeps its own name. A changed template gives new names, so old replicas are
-/// replaced; scaling down drops the highest indices.
-pub fn desired_pods<'a>(workloads: impl IntoIterator<Item = &'a Workload>) -> Vec<DesiredPod> {
+/// Replica `i` of Deployment `api` at template revision `r` is pod `api-r-i`; a bare Pod
+/// keeps its own name; StatefulSet `db` has pods `db-0`, `db-1`, … (stable across
+/// revisions); DaemonSet `agent` has one pod `agent-NODE` per node in `nodes`. A changed
+/// Deployment template gives new names, so old replicas are replaced; a StatefulSet or
+/// DaemonSet pod keeps its name and is recreated at the new revision. Scaling down
+/// drops the highest indices.
+pub fn desired_pods<'a>(
+    workloads: impl IntoIterator<Item = &'a Workload>,
+    nodes: &[String],
+) -> Vec<DesiredPod> {
     let mut pods = Vec::new();
     for w in workloads {
         let revision = w.template.revision_hash();
+        let pod = |name: String, ordinal: u32, node_name: Option<String>| DesiredPod {
+            namespace: w.key.namespace.clone(),
+            name,
+            workload: w.key.clone(),
+            revision: revision.clone(),
+            template: w.template.clone(),
+            ordinal,
+            node_name,
+            ordered: w.key.kind == Kind::StatefulSet && w.pod_management == PodManagement::OrderedReady,
+        };
         match w.key.kind {
-            Kind::Pod => pods.push(DesiredPod {
-                namespace: w.key.namespace.clone(),
-                name: w.key.name.clone(),
-                workload: w.key.clone(),
-                revision,
-                template: w.template.clone(),
-            }),
-            // DaemonSets are expanded per node by placement (issue 4, in progress).
-            Kind::DaemonSet => {}
-            Kind::Deployment | Kind::StatefulSet => {
-                for i in 0..w.replicas {
-                    pods.push(DesiredPod {
-                        namespace: w.key.namespace.clone(),
-                        name: format!("{}-{}-{}", w.key.name, revision, i),
-                        workload: w.key.clone(),
-                        revision: revision.clone(),
-                        template: w.template.clone(),
-                    });
-                }
+            Kind::Pod => pods.push(pod(w.key.name.clone(), 0, None)),
+            Kind::Deployment => {
+                pods.extend(
+                    (0..w.replicas).map(|i| pod(format!("{}-{}-{}", w.key.name, revision, i), i, None)),
+                );
+            }
+            Kind::StatefulSet => {
+                pods.extend((0..w.replicas).map(|i| pod(format!("{}-{}", w.key.name, i), i, None)))
+            }
+            Kind::DaemonSet => {
+                pods.extend(nodes.iter().map(|n| pod(format!("{}-{}", w.key.name, n), 0, Some(n.clone()))));
             }
         }
     }
@@ -195,7 +210,7 @@ pub fn reconcile(desired: &[DesiredPod], observed: &BTreeMap<String, ObservedPod
                 let old_left =
                     observed.values().any(|p| p.workload == d.workload && p.revision != d.revision);
                 if !old_left {
-                    plan.actions.push(Action::CreatePod((*d).clone()));
+                    plan.actions.push(Action::CreatePod(Box::new((*d).clone())));
                 }
             }
             Some(pod) if pod.deleting || pod.revision != d.revision => {}

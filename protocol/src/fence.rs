@@ -24,7 +24,7 @@
 //! runs before it notices), and clocks whose rates differ wildly. And availability has
 //! a price: in an even split or a minority, stateful replicas do not run at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The default fence delay (see the module docs).
 pub const DEFAULT_FENCE_DELAY_MS: u64 = 10_000;
@@ -39,13 +39,16 @@ pub fn has_quorum(live: usize, known: usize) -> bool {
 pub struct Fence {
     delay_ms: u64,
     quorum_since: Option<u64>,
-    /// Replica identity → the last time it was seen claimed by another live node.
+    /// Replica identity → the last time it was seen claimed by another live node (or
+    /// the time its claim was first seen gone).
     claimed_elsewhere: BTreeMap<String, u64>,
+    /// What the last `observe` saw claimed elsewhere.
+    present: BTreeSet<String>,
 }
 
 impl Fence {
     pub fn new(delay_ms: u64) -> Fence {
-        Fence { delay_ms, quorum_since: None, claimed_elsewhere: BTreeMap::new() }
+        Fence { delay_ms, quorum_since: None, claimed_elsewhere: BTreeMap::new(), present: BTreeSet::new() }
     }
 
     /// Takes the current view: whether this node sees a quorum, and the stateful replicas
@@ -57,9 +60,12 @@ impl Fence {
         claimed_by_others: impl IntoIterator<Item = &'a str>,
     ) {
         self.quorum_since = if quorum { Some(self.quorum_since.unwrap_or(now_ms)) } else { None };
-        for r in claimed_by_others {
-            self.claimed_elsewhere.insert(r.to_owned(), now_ms);
+        // A claim counts until the observation that finds it gone, not the one before.
+        let now: BTreeSet<String> = claimed_by_others.into_iter().map(str::to_owned).collect();
+        for r in self.present.iter().chain(&now) {
+            self.claimed_elsewhere.insert(r.clone(), now_ms);
         }
+        self.present = now;
         // Entries older than the delay no longer block anything.
         let delay = self.delay_ms;
         self.claimed_elsewhere.retain(|_, seen| now_ms.saturating_sub(*seen) < delay);
@@ -117,8 +123,8 @@ mod tests {
         assert!(f.may_start(12_000, "db-1"));
         assert_eq!(f.next_change_ms(12_000), Some(21_000));
         f.observe(15_000, true, []);
-        assert!(!f.may_start(20_999, "db-0"));
-        assert!(f.may_start(21_000, "db-0"), "the claim vanished a delay ago");
+        assert!(!f.may_start(24_999, "db-0"), "gone since the observation at 15 s, not 11 s");
+        assert!(f.may_start(25_000, "db-0"), "the claim vanished a delay ago");
     }
 
     #[test]

@@ -211,6 +211,23 @@ impl Membership {
             .await
     }
 
+    /// Nodes whose newest known state says they left gracefully.
+    pub async fn left_nodes(&self) -> Vec<String> {
+        self.handle
+            .with_chitchat(|c| {
+                let mut newest: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+                for (id, state) in c.node_states() {
+                    let left = state.get(LEFT_KEY).is_some();
+                    let e = newest.entry(id.node_id.to_string()).or_insert((id.generation_id, left));
+                    if id.generation_id >= e.0 {
+                        *e = (id.generation_id, left);
+                    }
+                }
+                newest.into_iter().filter(|(_, (_, left))| *left).map(|(id, _)| id).collect()
+            })
+            .await
+    }
+
     /// Gossips with `addr` now, e.g. to join through a known member.
     pub fn gossip(&self, addr: SocketAddr) -> Result<(), MembershipError> {
         self.handle.gossip(addr).map_err(|e| MembershipError::Stopped(e.to_string()))

@@ -39,7 +39,7 @@ enum Event {
     },
     Write {
         node: usize,
-        workload: Workload,
+        workload: Box<Workload>,
     },
 }
 
@@ -181,7 +181,7 @@ impl Sim {
             }
             Event::Write { node, workload } => {
                 let n = &mut self.nodes[node];
-                let entry = n.state.put(workload.clone(), &mut n.clock).expect("sim workloads are small");
+                let entry = n.state.put((*workload).clone(), &mut n.clock).expect("sim workloads are small");
                 let live = self.live();
                 let n = &mut self.nodes[node];
                 let out = n.repl.on_local_write(&n.state, vec![(workload.key.clone(), entry)], &live);
@@ -307,9 +307,9 @@ fn spread_time(p: Params) -> (u64, Sim) {
     // A second write, concurrent, on another live node: both must converge to one winner.
     let writer = sim.nodes.iter().position(|n| !n.crashed).expect("a live node");
     let other = sim.nodes.len() - 1;
-    sim.at(1000, Event::Write { node: writer, workload: workload("api", 3) });
-    sim.at(1000, Event::Write { node: other, workload: workload("api", 5) });
-    sim.at(1000, Event::Write { node: other, workload: workload("web", 2) });
+    sim.at(1000, Event::Write { node: writer, workload: Box::new(workload("api", 3)) });
+    sim.at(1000, Event::Write { node: other, workload: Box::new(workload("api", 5)) });
+    sim.at(1000, Event::Write { node: other, workload: Box::new(workload("web", 2)) });
     let done = sim
         .run_until_converged(1001, 60_000)
         .unwrap_or_else(|| panic!("seed {seed}: no convergence in 60 s"));
@@ -364,8 +364,8 @@ fn a_partition_heals_into_one_state() {
         // Loss of 100% for a while is a partition; model it as two writes made where the
         // pushes are all lost, then repaired by anti-entropy alone.
         let mut sim = Sim::new(Params { loss: 1.0, ..base(20, seed) });
-        sim.at(100, Event::Write { node: 0, workload: workload("api", 1) });
-        sim.at(100, Event::Write { node: 19, workload: workload("api", 2) });
+        sim.at(100, Event::Write { node: 0, workload: Box::new(workload("api", 1)) });
+        sim.at(100, Event::Write { node: 19, workload: Box::new(workload("api", 2)) });
         while sim.now < 2000 && sim.step() {}
         assert!(!sim.converged(), "seed {seed}: nothing can cross a full partition");
         sim.p.loss = 0.0;

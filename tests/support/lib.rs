@@ -176,6 +176,30 @@ impl Node {
         }
     }
 
+    /// SIGKILLs every process in this node's cgroups (its containers), as a power cut
+    /// would; returns how many it killed.
+    pub fn kill_containers(&self) -> usize {
+        let mut pids = std::collections::BTreeSet::new();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|hs| hs.flatten().map(|h| h.path().join(&self.cgroup_parent)).collect())
+            .unwrap_or_default();
+        dirs.push(Path::new("/sys/fs/cgroup").join(&self.cgroup_parent));
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                }
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        pids.len()
+    }
+
     /// Runs a `peer` CLI command against this node.
     pub fn peer(&self, args: &[&str]) -> Output {
         Command::new(peer_bin())
@@ -203,8 +227,13 @@ impl Node {
         serde_json::from_str(&self.peer_ok(&all)).expect("peer printed JSON")
     }
 
-    /// Pods as `peer get pods -o json` rows.
+    /// The pods this node runs, as `peer get pods -o json` rows.
     pub fn pods(&self) -> Vec<Value> {
+        self.all_pods().into_iter().filter(|p| p["local"] == true).collect()
+    }
+
+    /// Every pod of the cluster as this node sees it (other nodes' from their claims).
+    pub fn all_pods(&self) -> Vec<Value> {
         self.json(&["get", "pods"]).as_array().cloned().unwrap_or_default()
     }
 
@@ -257,15 +286,12 @@ impl Drop for Node {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
-            for kind in ["deployment", "pod"] {
-                let out =
-                    self.peer(&["get", if kind == "pod" { "pods" } else { "deployments" }, "-o", "json"]);
+            for kind in ["deployment", "statefulset", "daemonset"] {
+                let out = self.peer(&["get", &format!("{kind}s"), "-o", "json"]);
                 let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                if kind == "deployment" {
-                    for r in rows {
-                        if let Some(n) = r["name"].as_str() {
-                            let _ = self.peer(&["delete", "deployment", n]);
-                        }
+                for r in rows {
+                    if let Some(n) = r["name"].as_str() {
+                        let _ = self.peer(&["delete", kind, n]);
                     }
                 }
             }
@@ -273,7 +299,7 @@ impl Drop for Node {
             while Instant::now() < deadline {
                 let out = self.peer(&["get", "pods", "-o", "json"]);
                 let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                if rows.is_empty() {
+                if rows.iter().all(|r| r["local"] != true) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -302,6 +328,72 @@ fn ready_all(ready: &Value) -> bool {
 /// `peer describe` prints YAML; tests read it back through the JSON form instead.
 fn serde_yaml_like(text: &str) -> Value {
     serde_yaml_ng::from_str(text).expect("describe prints YAML")
+}
+
+// --- clusters ---------------------------------------------------------------------------
+
+/// A Deployment of the demo image with a 1 s grace period and small limits.
+pub fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template:\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n        - name: main\n          image: peer-demo:latest\n          resources:\n            limits: {{cpu: \"100m\", memory: \"32Mi\"}}\n"
+    )
+}
+
+/// Starts `names[0]` as a new cluster and joins the others through it.
+/// Every agent has the test hooks (`peer block`) enabled.
+pub fn cluster(names: &[&str]) -> Vec<Node> {
+    let mut first = Node::prepare(names[0]);
+    first.agent_env.push(("PEER_TEST_HOOKS".into(), "1".into()));
+    first.start_agent();
+    let token = first.peer_ok(&["token"]).trim().to_owned();
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        nodes.push(join(name, &nodes[0], &token));
+    }
+    let n = nodes.len();
+    for node in &nodes {
+        wait_for(&format!("{} to see {n} live nodes", node.name), Duration::from_secs(10), || {
+            (live_nodes(node).len() == n).then_some(())
+        });
+    }
+    nodes
+}
+
+pub fn join(name: &str, via: &Node, token: &str) -> Node {
+    let mut node = Node::prepare(name);
+    node.agent_env.push(("PEER_TEST_HOOKS".into(), "1".into()));
+    node.peer_ok(&["join", &via.listen.to_string(), "--token", token, "--name", name]);
+    node.start_agent();
+    node
+}
+
+pub fn nodes_json(node: &Node) -> Vec<Value> {
+    node.json(&["get", "nodes"]).as_array().cloned().unwrap_or_default()
+}
+
+pub fn live_nodes(node: &Node) -> Vec<String> {
+    nodes_json(node)
+        .into_iter()
+        .filter(|n| n["state"] == "live")
+        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `name -> desired replicas` as `peer get deployments` on `node` shows them.
+pub fn deployments(node: &Node) -> Vec<(String, u64)> {
+    node.json(&["get", "deployments"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d["name"].as_str().unwrap_or_default().to_owned(), d["desired"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+pub fn apply(node: &Node, file: &str, yaml: &str) {
+    let path = node.dir.join(file);
+    std::fs::write(&path, yaml).expect("writing spec");
+    node.peer_ok(&["apply", "-f", &path.display().to_string()]);
 }
 
 /// A number unique within this process, for file names.

@@ -17,6 +17,7 @@ pub fn is_cluster(req: &Request) -> bool {
             | Request::NodeRemove { .. }
             | Request::Label { .. }
             | Request::Taint { .. }
+            | Request::Cordon { .. }
             | Request::Block { .. }
     )
 }
@@ -33,7 +34,12 @@ fn row(name: &str, addr: String, state: &str, info: Option<NodeInfo>, now: u64) 
     NodeRow {
         name: name.to_owned(),
         address: addr,
-        state: state.to_owned(),
+        // kubectl shows a cordoned node as `Ready,SchedulingDisabled`.
+        state: if info.as_ref().is_some_and(|i| i.cordoned) {
+            format!("{state},SchedulingDisabled")
+        } else {
+            state.to_owned()
+        },
         age_secs: info.as_ref().map(|i| now.saturating_sub(i.started_at_ms) / 1000),
         cpu_millis: info.as_ref().map(|i| i.cpu_millis),
         memory_bytes: info.as_ref().map(|i| i.memory_bytes),
@@ -138,6 +144,29 @@ impl Agent {
                 }
                 Err(e) => err(format!("{e:#}")),
             },
+            Request::Cordon { name, cordoned } => {
+                let me = self.cluster.me().0.clone();
+                if name.as_ref().is_some_and(|n| *n != me) {
+                    return err(format!(
+                        "this is node {me}: a node cordons only itself (its gossip state is its own); run `peer cordon` on {}",
+                        name.unwrap_or_default()
+                    ));
+                }
+                match self.node.set_cordoned(cordoned) {
+                    Ok(()) => {
+                        let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
+                        self.cluster.publish(&self.store, Some(&info)).await;
+                        let reason = if cordoned { "NodeNotSchedulable" } else { "NodeSchedulable" };
+                        self.events.normal(
+                            &format!("node/{me}"),
+                            reason,
+                            &format!("node {me} cordoned: {cordoned}"),
+                        );
+                        ok(json!({ "node": me, "cordoned": cordoned }))
+                    }
+                    Err(e) => err(format!("{e:#}")),
+                }
+            }
             Request::Block { addrs } => {
                 if !self.cfg.test_hooks {
                     return err("the block test hook needs PEER_TEST_HOOKS=1 on the agent");

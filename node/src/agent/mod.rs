@@ -8,6 +8,7 @@
 
 mod cluster_api;
 mod events;
+mod placement;
 mod pods;
 mod queries;
 
@@ -101,6 +102,14 @@ pub struct Agent {
     started_at_ms: u64,
     /// Bounds concurrent container creates ([`CONCURRENT_CREATES`]).
     creates: Arc<tokio::sync::Semaphore>,
+    placement: placement::Placement,
+    /// The placement inputs last seen from gossip, to skip reconciling when none changed.
+    view_key: u64,
+}
+
+/// The event object of a pod key (`namespace/name` → `pod/name`).
+fn pod_object(key: &str) -> String {
+    format!("pod/{}", key.split_once('/').map_or(key, |(_, name)| name))
 }
 
 /// Milliseconds since the Unix epoch: for display, ages and back-off deadlines only,
@@ -149,6 +158,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let info = node_cfg.info(started_at_ms, 0);
     let opts =
         ClusterOptions { listen: cfg.listen, advertise: cfg.advertise, generation: identity.generation };
+    let known_peers = !files.peers.is_empty();
     let cluster = Cluster::start(files, &opts, input_tx.clone(), &info).await?;
 
     let mut agent = Agent {
@@ -165,6 +175,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: node_cfg,
         started_at_ms,
         creates: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CREATES)),
+        placement: placement::Placement::new(started_at_ms, known_peers),
+        view_key: 0,
     };
     agent.adopt().await;
 
@@ -191,7 +203,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = folder_sleep, if folder_due.is_some() => {
                 folder_due = None;
                 agent.sync_folder();
+                let writes = agent.store.drain_local_writes();
+                agent.cluster.local_writes(&agent.store, writes);
+                agent.cluster.publish(&agent.store, None).await;
                 wake = agent.reconcile();
+                agent.publish_claims().await;
                 continue;
             }
             _ = sigterm.recv() => Input::Shutdown,
@@ -217,7 +233,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             Input::Members(views) => {
                 agent.cluster.handle_members(views, &agent.store, now_ms());
-                continue;
+                let key = agent.view_key();
+                if key == agent.view_key {
+                    continue;
+                }
+                agent.view_key = key;
             }
             Input::Cluster(c) => {
                 let changed = agent.cluster.handle_input(c, &mut agent.store, now_ms());
@@ -237,6 +257,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.sync_folder();
                 agent.rotate_logs();
                 agent.cluster.tick(&mut agent.store, now_ms());
+                agent.cluster.forget_departed().await;
                 let info = agent.node.info(agent.started_at_ms, agent.pods.len() as u32);
                 agent.cluster.publish(&agent.store, Some(&info)).await;
             }
@@ -251,6 +272,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         agent.cluster.local_writes(&agent.store, writes);
         agent.cluster.publish(&agent.store, None).await;
         wake = agent.reconcile();
+        agent.publish_claims().await;
     }
     // Containers keep running when the agent stops: a restarted agent adopts them.
     // Executor tasks in flight finish first so no create is cut in half.
@@ -278,15 +300,82 @@ impl Agent {
         }
     }
 
-    /// Runs the reconciler and starts its actions; returns when to run it again.
+    /// Runs placement and the reconciler and starts the actions; returns when to run
+    /// them again.
     fn reconcile(&mut self) -> Option<tokio::time::Instant> {
-        let desired = reconcile::desired_pods(self.store.workloads());
         let now = now_ms();
-        let plan = reconcile::reconcile(&desired, &self.pods, now);
-        for action in plan.actions {
+        let at = |t: u64| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now));
+        let peers_seen = self.cluster.live_peers().any(|p| p.info.is_some());
+        if let Some(until) = self.placement.settling(now, peers_seen) {
+            return Some(at(until));
+        }
+        let me = self.cluster.me().0.clone();
+        let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
+        let claims = self.claims();
+        let mut nodes = vec![placement::LiveNode { id: &me, info: &info, claims: &claims }];
+        for p in self.cluster.live_peers() {
+            if let Some(info) = &p.info {
+                nodes.push(placement::LiveNode { id: &p.member.node_id, info, claims: &p.claims });
+            }
+        }
+        let mut ids: Vec<String> = nodes.iter().map(|n| n.id.to_owned()).collect();
+        ids.sort();
+        let all = reconcile::desired_pods(self.store.workloads(), &ids);
+        let before = std::mem::take(&mut self.placement.unschedulable);
+        let share = self.placement.decide(&me, &all, &nodes, self.cluster.quorum(), now);
+        for (pod, why) in &self.placement.unschedulable {
+            if before.get(pod) != Some(why) {
+                tracing::warn!(%pod, "FailedScheduling: {why}");
+                self.events.warning(&pod_object(pod), "FailedScheduling", why);
+            }
+        }
+        let plan = reconcile::reconcile(&share.mine, &self.pods, now);
+        for mut action in plan.actions {
+            if let reconcile::Action::DeletePod { pod, grace } = &mut action {
+                if share.fenced.contains(pod) {
+                    tracing::warn!(%pod, "no quorum: fencing this StatefulSet pod (killed at once)");
+                    self.events.warning(&pod_object(pod), "Fenced", "this node lost its quorum");
+                    *grace = Duration::ZERO;
+                }
+            }
             self.execute(action);
         }
-        plan.wake_at_ms.map(|at| tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now)))
+        let wake = match (plan.wake_at_ms, share.wake_at_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        wake.map(at)
+    }
+
+    /// What this node claims to run (see `placement::my_claims`).
+    fn claims(&self) -> crate::cluster::claims::Claims {
+        let peers_running: std::collections::BTreeSet<&str> = self
+            .cluster
+            .live_peers()
+            .flat_map(|p| p.claims.iter().filter(|(_, c)| c.running).map(|(k, _)| k.as_str()))
+            .collect();
+        placement::my_claims(&self.pods, &peers_running)
+    }
+
+    async fn publish_claims(&mut self) {
+        let claims = self.claims();
+        self.cluster.publish_claims(&claims).await;
+    }
+
+    /// A hash of what placement reads from gossip: live nodes, their info and claims.
+    fn view_key(&self) -> u64 {
+        let mut text = String::new();
+        for p in self.cluster.live_peers() {
+            text.push_str(&p.member.node_id);
+            text.push_str(&serde_json::to_string(&p.info).unwrap_or_default());
+            for (k, c) in &p.claims {
+                text.push_str(k);
+                text.push(if c.running { 'R' } else { 'P' });
+                text.push_str(&c.revision);
+            }
+            text.push('\n');
+        }
+        protocol::spec::fnv1a64(text.as_bytes())
     }
 
     fn rotate_logs(&self) {

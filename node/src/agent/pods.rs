@@ -216,7 +216,7 @@ impl Agent {
 
     pub(super) fn execute(&mut self, action: Action) {
         match action {
-            Action::CreatePod(d) => self.create_pod(d),
+            Action::CreatePod(d) => self.create_pod(*d),
             Action::StartContainer { pod, container } => {
                 let Some(p) = self.pods.get_mut(&pod) else { return };
                 let Some(c) = p.containers.get_mut(&container) else { return };

@@ -1,5 +1,7 @@
 //! Answers to the local API: tables, descriptions, and writes from `peer apply`/`delete`.
 
+use std::collections::BTreeMap;
+
 use protocol::spec::{Kind, ObjectKey};
 use serde_json::json;
 
@@ -45,75 +47,142 @@ fn err(message: impl Into<String>) -> Response {
     Response::Error { message: message.into() }
 }
 
-/// `deployment`, `deployments`, `deploy`, `pod`, `pods`, `po` (kubectl's spellings).
+/// kubectl's spellings of the kinds peer knows (`deployment`, `deploy`, `sts`, `ds`, `po`…).
 pub fn parse_kind(kind: &str) -> Option<Kind> {
     match kind.to_ascii_lowercase().as_str() {
         "deployment" | "deployments" | "deploy" => Some(Kind::Deployment),
+        "statefulset" | "statefulsets" | "sts" => Some(Kind::StatefulSet),
+        "daemonset" | "daemonsets" | "ds" => Some(Kind::DaemonSet),
         "pod" | "pods" | "po" => Some(Kind::Pod),
         _ => None,
     }
 }
 
 impl Agent {
+    /// Every pod of the cluster as this node sees it: its own in full, other nodes' from
+    /// their claims, and pods that fit nowhere as Pending.
+    fn pod_rows(&self, now: u64) -> Vec<PodRow> {
+        let me = self.cluster.me().0.clone();
+        let mut rows: Vec<PodRow> = self
+            .pods
+            .values()
+            .map(|p| PodRow {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ready: format!("{}/{}", ready_count(p), p.containers.len()),
+                status: pod_status(p, now),
+                restarts: p.containers.values().map(|c| c.restart_count).sum(),
+                age_secs: now.saturating_sub(p.created_at_ms) / 1000,
+                workload: p.workload.to_string(),
+                node: me.clone(),
+                local: true,
+            })
+            .collect();
+        let peers: BTreeMap<&str, &crate::cluster::claims::Claims> =
+            self.cluster.live_peers().map(|p| (p.member.node_id.as_str(), &p.claims)).collect();
+        for (key, planned) in &self.placement.planned {
+            if self.pods.contains_key(key) {
+                continue;
+            }
+            let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+            let claim = planned.node.as_deref().and_then(|n| peers.get(n)).and_then(|c| c.get(key));
+            let status = match (&planned.node, claim) {
+                (_, Some(c)) if c.running => "Running",
+                (Some(_), _) => "Pending",
+                (None, _) => "Pending",
+            };
+            rows.push(PodRow {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                ready: "-".into(),
+                status: status.into(),
+                restarts: 0,
+                age_secs: 0,
+                workload: planned.workload.to_string(),
+                node: planned.node.clone().unwrap_or_else(|| "<none>".into()),
+                local: false,
+            });
+        }
+        rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        rows
+    }
+
+    /// Deployments, StatefulSets or DaemonSets with cluster-wide counts from claims.
+    fn workload_rows(&self, kind: Kind) -> Vec<DeploymentRow> {
+        let mine = self.claims();
+        let mut claims: BTreeMap<&str, &crate::cluster::claims::ClaimState> =
+            mine.iter().map(|(k, c)| (k.as_str(), c)).collect();
+        for p in self.cluster.live_peers() {
+            claims.extend(p.claims.iter().map(|(k, c)| (k.as_str(), c)));
+        }
+        self.store
+            .iter()
+            .filter(|s| s.workload.key.kind == kind)
+            .map(|s| {
+                let w = &s.workload;
+                let rev = w.template.revision_hash();
+                let planned: Vec<&str> = self
+                    .placement
+                    .planned
+                    .iter()
+                    .filter(|(_, p)| p.workload == w.key)
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let current: Vec<_> =
+                    planned.iter().filter_map(|k| claims.get(k)).filter(|c| c.revision == rev).collect();
+                let source = match s.source {
+                    Some(Source::File(f)) => f.clone(),
+                    Some(Source::Api(f)) => format!("apply {f}"),
+                    None => format!("node {}", s.stamp.node),
+                };
+                DeploymentRow {
+                    namespace: w.key.namespace.clone(),
+                    name: w.key.name.clone(),
+                    ready: current.iter().filter(|c| c.running).count() as u32,
+                    desired: if kind == Kind::DaemonSet { planned.len() as u32 } else { w.replicas },
+                    up_to_date: current.len() as u32,
+                    source,
+                    overwritten_by: s.overwritten.map(|_| format!("node {}", s.stamp.node)),
+                }
+            })
+            .collect()
+    }
+
+    /// `peer describe pod` of a pod this node does not run.
+    fn describe_remote(&self, key: &str, name: &str) -> Response {
+        let Some(planned) = self.placement.planned.get(key) else {
+            return err(format!("pod {key} not found"));
+        };
+        match &planned.node {
+            Some(node) => {
+                err(format!("pod {key} is placed on node {node}; run `peer describe pod {name}` there"))
+            }
+            None => ok(json!({
+                "name": name,
+                "status": "Pending",
+                "controlledBy": planned.workload.to_string(),
+                "revision": planned.revision,
+                "conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": self.placement.unschedulable.get(key),
+                }],
+                "events": self.events.for_object(&format!("pod/{name}")).collect::<Vec<_>>(),
+            })),
+        }
+    }
+
     pub(super) fn handle_api(&mut self, req: Request) -> Response {
         let now = now_ms();
         match req {
-            Request::GetPods => {
-                let rows: Vec<PodRow> = self
-                    .pods
-                    .values()
-                    .map(|p| PodRow {
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
-                        ready: format!("{}/{}", ready_count(p), p.containers.len()),
-                        status: pod_status(p, now),
-                        restarts: p.containers.values().map(|c| c.restart_count).sum(),
-                        age_secs: now.saturating_sub(p.created_at_ms) / 1000,
-                        workload: p.workload.to_string(),
-                    })
-                    .collect();
-                ok(rows)
-            }
-            Request::GetDeployments => {
-                let rows: Vec<DeploymentRow> = self
-                    .store
-                    .iter()
-                    .filter(|s| s.workload.key.kind == Kind::Deployment)
-                    .map(|s| {
-                        let w = &s.workload;
-                        let rev = w.template.revision_hash();
-                        let mine = self.pods.values().filter(|p| p.workload == w.key && !p.deleting);
-                        let (mut ready, mut current) = (0, 0);
-                        for p in mine {
-                            if p.revision == rev {
-                                current += 1;
-                                if ready_count(p) == p.containers.len() {
-                                    ready += 1;
-                                }
-                            }
-                        }
-                        let source = match s.source {
-                            Some(Source::File(f)) => f.clone(),
-                            Some(Source::Api(f)) => format!("apply {f}"),
-                            None => format!("node {}", s.stamp.node),
-                        };
-                        DeploymentRow {
-                            namespace: w.key.namespace.clone(),
-                            name: w.key.name.clone(),
-                            ready,
-                            desired: w.replicas,
-                            up_to_date: current,
-                            source,
-                            overwritten_by: s.overwritten.map(|_| format!("node {}", s.stamp.node)),
-                        }
-                    })
-                    .collect();
-                ok(rows)
-            }
+            Request::GetPods => ok(self.pod_rows(now)),
+            Request::GetWorkloads { kind } => ok(self.workload_rows(kind)),
             Request::GetEvents => ok(self.events.all().collect::<Vec<_>>()),
             Request::DescribePod { namespace, name } => {
-                let Some(pod) = self.pods.get(&reconcile::pod_key(&namespace, &name)) else {
-                    return err(format!("pod {namespace}/{name} not found"));
+                let key = reconcile::pod_key(&namespace, &name);
+                let Some(pod) = self.pods.get(&key) else {
+                    return self.describe_remote(&key, &name);
                 };
                 let containers: Vec<_> = pod
                     .template
@@ -138,6 +207,7 @@ impl Agent {
                 ok(json!({
                     "namespace": pod.namespace,
                     "name": pod.name,
+                    "node": self.cluster.me().0,
                     "status": pod_status(pod, now),
                     "phase": reconcile::pod_phase(pod),
                     "controlledBy": pod.workload.to_string(),
@@ -209,7 +279,9 @@ impl Agent {
             }
             Request::Delete { kind, namespace, name } => {
                 let Some(kind) = parse_kind(&kind) else {
-                    return err(format!("unknown kind {kind:?}; expected deployment or pod"));
+                    return err(format!(
+                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset or pod"
+                    ));
                 };
                 self.delete_keys(vec![ObjectKey { kind, namespace, name }], vec![])
             }

@@ -48,6 +48,10 @@ struct ClusterJson {
     cluster_id: String,
     settings: Settings,
     peers: BTreeSet<SocketAddr>,
+    /// Node ids seen live and not gone for good (left or removed): the base of the
+    /// StatefulSet quorum (`protocol::fence`).
+    #[serde(default)]
+    members: BTreeSet<String>,
 }
 
 /// Everything a node needs to take part in its cluster.
@@ -59,6 +63,8 @@ pub struct ClusterFiles {
     pub node: NodeCert,
     pub settings: Settings,
     pub peers: BTreeSet<SocketAddr>,
+    /// Node ids seen live and not gone for good (left or removed).
+    pub members: BTreeSet<String>,
 }
 
 fn dir(data_dir: &Path) -> PathBuf {
@@ -108,6 +114,7 @@ impl ClusterFiles {
                 revoked: BTreeSet::new(),
             },
             peers: BTreeSet::new(),
+            members: BTreeSet::from([node_id.to_owned()]),
         };
         files.save_all()?;
         Ok(files)
@@ -129,6 +136,7 @@ impl ClusterFiles {
                 revoked: BTreeSet::new(),
             },
             peers: resp.seeds.into_iter().collect(),
+            members: BTreeSet::new(),
         };
         files.save_all()?;
         Ok(files)
@@ -145,6 +153,7 @@ impl ClusterFiles {
             cluster_id: json.cluster_id,
             settings: json.settings,
             peers: json.peers,
+            members: json.members,
         })
     }
 
@@ -164,6 +173,7 @@ impl ClusterFiles {
             cluster_id: self.cluster_id.clone(),
             settings: self.settings.clone(),
             peers: self.peers.clone(),
+            members: self.members.clone(),
         };
         let path = self.dir.join("cluster.json");
         write_secret(&path, &serde_json::to_string_pretty(&json)?)

@@ -5,6 +5,7 @@
 //! that report back through [`ClusterInput`]. Decisions come from the pure
 //! `protocol::replicate::Replicator` and `protocol::sync::SyncSession`.
 
+pub mod claims;
 pub mod files;
 mod streams;
 
@@ -70,6 +71,7 @@ pub struct Peer {
     pub member: Member,
     pub digest: Option<u64>,
     pub info: Option<NodeInfo>,
+    pub claims: claims::Claims,
 }
 
 pub struct Cluster {
@@ -87,6 +89,7 @@ pub struct Cluster {
     inputs: UnboundedSender<Input>,
     tasks: JoinSet<()>,
     published_digest: Option<u64>,
+    published_claims: Option<Vec<String>>,
 }
 
 /// Options of `peer up` that concern the cluster.
@@ -172,6 +175,7 @@ impl Cluster {
             inputs,
             tasks,
             published_digest: None,
+            published_claims: None,
         })
     }
 
@@ -206,12 +210,19 @@ impl Cluster {
             }
             let digest = v.keys.get(KEY_DIGEST).and_then(|d| u64::from_str_radix(d, 16).ok());
             let info = v.keys.get(KEY_NODE).and_then(|i| serde_json::from_str(i).ok());
-            live.insert(id, Peer { member: v.member, digest, info });
+            let claims = claims::decode(&v.keys);
+            live.insert(id, Peer { member: v.member, digest, info, claims });
         }
         let addrs: BTreeSet<SocketAddr> = live.values().map(|p| p.member.gossip_addr).collect();
-        let new_peers = !addrs.is_subset(&self.files.peers);
+        let mut new_peers = !addrs.is_subset(&self.files.peers);
         if new_peers {
             self.files.peers.extend(addrs);
+        }
+        for id in live.keys().chain([&self.me]) {
+            if !self.files.members.contains(&id.0) && !self.files.settings.revoked.contains(&id.0) {
+                self.files.members.insert(id.0.clone());
+                new_peers = true;
+            }
         }
         if settings_changed {
             self.apply_settings();
@@ -414,6 +425,49 @@ impl Cluster {
                     }
                 }
                 Err(e) => tracing::warn!("encoding node info: {e}"),
+            }
+        }
+    }
+
+    /// Publishes what this node runs, if it changed since the last call.
+    pub async fn publish_claims(&mut self, claims: &claims::Claims) {
+        let Some(m) = self.membership.as_ref() else { return };
+        let chunks = claims::encode(claims);
+        let old = self.published_claims.as_ref().map_or(0, Vec::len);
+        if self.published_claims.as_ref() == Some(&chunks) {
+            return;
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            if self.published_claims.as_ref().and_then(|p| p.get(i)) == Some(chunk) {
+                continue;
+            }
+            if let Err(e) = m.set_self_key(&claims::key(i), chunk).await {
+                tracing::warn!("publishing claims: {e}");
+            }
+        }
+        for i in chunks.len()..old {
+            m.delete_self_key(&claims::key(i)).await;
+        }
+        self.published_claims = Some(chunks);
+    }
+
+    /// Whether this node sees a quorum of the cluster's members (itself included).
+    pub fn quorum(&self) -> bool {
+        let known = self.files.members.len().max(1);
+        protocol::fence::has_quorum(self.live.len() + 1, known)
+    }
+
+    /// Forgets members that left gracefully or were removed: they no longer count
+    /// towards the quorum.
+    pub async fn forget_departed(&mut self) {
+        let Some(m) = self.membership.as_ref() else { return };
+        let left = m.left_nodes().await;
+        let before = self.files.members.len();
+        let revoked = &self.files.settings.revoked;
+        self.files.members.retain(|id| !left.contains(id) && !revoked.contains(id));
+        if self.files.members.len() != before {
+            if let Err(e) = self.files.save() {
+                tracing::warn!("saving cluster members: {e:#}");
             }
         }
     }

@@ -97,7 +97,7 @@ fn exited(pod: &mut ObservedPod, code: i32, finished_at_ms: u64, failures: u32) 
 
 #[test]
 fn creates_missing_replicas() {
-    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")]);
+    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[]);
     check(
         &desired,
         &BTreeMap::new(),
@@ -113,7 +113,7 @@ fn creates_missing_replicas() {
 
 #[test]
 fn steady_state_does_nothing() {
-    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")]);
+    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")], &[]);
     let observed = observe(desired.iter().map(running));
     check(
         &desired,
@@ -127,9 +127,9 @@ fn steady_state_does_nothing() {
 
 #[test]
 fn scale_down_removes_highest_indices() {
-    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")]);
+    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[]);
     let observed = observe(three.iter().map(running));
-    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
+    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[]);
     check(
         &one,
         &observed,
@@ -144,8 +144,8 @@ fn scale_down_removes_highest_indices() {
 
 #[test]
 fn template_change_recreates_after_old_replicas_are_gone() {
-    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")]);
-    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")]);
+    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")], &[]);
+    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[]);
     let observed = observe(v1.iter().map(running));
     // Old replicas stop first; no new one starts while an old one is left.
     check(
@@ -172,7 +172,7 @@ fn template_change_recreates_after_old_replicas_are_gone() {
 
 #[test]
 fn first_restart_is_immediate_then_backs_off() {
-    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 1_000, 0);
     check(
@@ -213,7 +213,7 @@ fn restart_policies() {
     let mut never = deployment("job", 1, "peer-demo:latest");
     never.key.kind = Kind::Pod;
     never.template.restart_policy = RestartPolicy::Never;
-    let desired = desired_pods([&never]);
+    let desired = desired_pods([&never], &[]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 0, 0);
     check(
@@ -228,7 +228,7 @@ fn restart_policies() {
 
     let mut on_failure = never.clone();
     on_failure.template.restart_policy = RestartPolicy::OnFailure;
-    let desired = desired_pods([&on_failure]);
+    let desired = desired_pods([&on_failure], &[]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 0, 0, 0);
     check(
@@ -254,7 +254,7 @@ fn restart_policies() {
 
 #[test]
 fn removed_workload_deletes_its_pods_once() {
-    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")]);
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[]);
     let mut pod = running(&desired[0]);
     check(
         &[],
@@ -278,7 +278,7 @@ fn removed_workload_deletes_its_pods_once() {
 
 #[test]
 fn waiting_container_is_retried_when_due() {
-    let desired = desired_pods([&deployment("web", 1, "missing:v1")]);
+    let desired = desired_pods([&deployment("web", 1, "missing:v1")], &[]);
     let mut pod = running(&desired[0]);
     pod.containers.get_mut("web").expect("web").state = ContainerState::Waiting {
         reason: "ErrImageNeverPull".into(),

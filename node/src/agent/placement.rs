@@ -1,0 +1,242 @@
+//! This node's share of the cluster's pods.
+//!
+//! Every node expands the same desired state into all pods (`reconcile::desired_pods`),
+//! builds the same placement inputs from its live view (nodes with their gossiped
+//! capacity, labels, taints and cordon; every live node's claims), runs the pure
+//! `protocol::placement::place_with_claims`, and keeps the pods assigned to itself. On
+//! top: StatefulSet ordinals start in order and pass `protocol::fence`; a starting node
+//! waits for its first view of the cluster before it decides anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::fence::Fence;
+use protocol::placement::{self, Claim, NodeView, ReplicaReq, Resources, Taint, TaintEffect};
+use protocol::spec::Kind;
+
+use crate::cluster::claims::{ClaimState, Claims};
+use crate::cluster::NodeInfo;
+use crate::reconcile::{self, pod_key, DesiredPod, ObservedPod};
+
+/// How long a starting node that knows of peers waits to hear from one before it places
+/// pods on its own view (it may be cut off, or the only one up).
+pub const SETTLE_MS: u64 = 3_000;
+
+/// One live node as this node sees it, with what it claims.
+pub struct LiveNode<'a> {
+    pub id: &'a str,
+    pub info: &'a NodeInfo,
+    pub claims: &'a Claims,
+}
+
+/// The outcome for this node.
+#[derive(Debug, Default)]
+pub struct Share {
+    /// The pods this node should run now.
+    pub mine: Vec<DesiredPod>,
+    /// StatefulSet pods this node must stop at once (no quorum).
+    pub fenced: BTreeSet<String>,
+    /// When to decide again at the latest (a fence delay ending).
+    pub wake_at_ms: Option<u64>,
+}
+
+pub struct Placement {
+    fence: Fence,
+    /// Until then, a node that knows of peers and has not heard from one decides nothing.
+    settle_until_ms: Option<u64>,
+    /// Pod key → why it fits nowhere, from the last plan.
+    pub unschedulable: BTreeMap<String, String>,
+    /// Every pod of the last plan (pod key →), for `peer get`.
+    pub planned: BTreeMap<String, Planned>,
+}
+
+/// A pod of the last plan.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub workload: protocol::spec::ObjectKey,
+    pub revision: String,
+    /// Its node; `None` when it fits nowhere.
+    pub node: Option<String>,
+}
+
+impl Placement {
+    pub fn new(now_ms: u64, has_known_peers: bool) -> Placement {
+        Placement {
+            fence: Fence::new(protocol::fence::DEFAULT_FENCE_DELAY_MS),
+            settle_until_ms: has_known_peers.then_some(now_ms + SETTLE_MS),
+            unschedulable: BTreeMap::new(),
+            planned: BTreeMap::new(),
+        }
+    }
+
+    /// Whether this node still waits for its first view of the cluster; when it does,
+    /// the time to stop waiting.
+    pub fn settling(&mut self, now_ms: u64, peers_seen: bool) -> Option<u64> {
+        if peers_seen || self.settle_until_ms.is_some_and(|t| now_ms >= t) {
+            self.settle_until_ms = None;
+        }
+        self.settle_until_ms
+    }
+
+    /// Decides this node's share. `nodes` are the live nodes, this one included.
+    pub fn decide(
+        &mut self,
+        me: &str,
+        all: &[DesiredPod],
+        nodes: &[LiveNode<'_>],
+        quorum: bool,
+        now_ms: u64,
+    ) -> Share {
+        let running: BTreeSet<&str> = nodes
+            .iter()
+            .flat_map(|n| n.claims.iter().filter(|(_, c)| c.running).map(|(p, _)| p.as_str()))
+            .collect();
+        let pods: Vec<&DesiredPod> = all.iter().filter(|d| ordered_ready(d, all, &running)).collect();
+        let reqs: Vec<ReplicaReq> = pods.iter().map(|d| replica_req(d)).collect();
+        let wanted: BTreeSet<&str> = reqs.iter().map(|r| r.identity.as_str()).collect();
+        let claims: Vec<Claim> = nodes
+            .iter()
+            .flat_map(|n| {
+                n.claims
+                    .keys()
+                    .filter(|p| wanted.contains(p.as_str()))
+                    .map(|p| Claim { node: n.id.to_owned(), replica: p.clone() })
+            })
+            .collect();
+        let views: Vec<NodeView> = nodes.iter().map(|n| node_view(n.id, n.info)).collect();
+        let plan = placement::place_with_claims(&views, &reqs, &claims);
+
+        let stateful = |d: &DesiredPod| d.workload.kind == Kind::StatefulSet;
+        let others_stateful = nodes
+            .iter()
+            .filter(|n| n.id != me)
+            .flat_map(|n| n.claims.keys())
+            .filter(|p| pods.iter().any(|d| stateful(d) && pod_key(&d.namespace, &d.name) == **p));
+        self.fence.observe(now_ms, quorum, others_stateful.map(String::as_str));
+        let held = nodes.iter().find(|n| n.id == me).map(|n| n.claims);
+
+        let mut share = Share::default();
+        for d in &pods {
+            let key = pod_key(&d.namespace, &d.name);
+            if plan.assignments.get(&key).map(String::as_str) != Some(me) {
+                continue;
+            }
+            if stateful(d) {
+                let holds = held.is_some_and(|c| c.contains_key(&key));
+                let ok = if holds { self.fence.may_run() } else { self.fence.may_start(now_ms, &key) };
+                if !ok {
+                    if holds {
+                        share.fenced.insert(key);
+                    } else if let Some(t) = self.fence.next_change_ms(now_ms) {
+                        share.wake_at_ms = Some(share.wake_at_ms.map_or(t, |w| w.min(t)));
+                    }
+                    continue;
+                }
+            }
+            share.mine.push((*d).clone());
+        }
+        if !self.fence.may_run() {
+            if let Some(held) = held {
+                share.fenced.extend(
+                    held.keys()
+                        .filter(|k| pods.iter().any(|d| stateful(d) && pod_key(&d.namespace, &d.name) == **k))
+                        .cloned(),
+                );
+            }
+        }
+        // A DaemonSet pod for a node it does not match is not wanted, not unschedulable.
+        let daemon =
+            |key: &str| pods.iter().any(|d| d.node_name.is_some() && pod_key(&d.namespace, &d.name) == key);
+        self.unschedulable = plan
+            .unschedulable
+            .into_iter()
+            .filter(|(k, why)| !daemon(k) || why.contains("Insufficient"))
+            .collect();
+        self.planned = pods
+            .iter()
+            .filter(|d| {
+                d.node_name.is_none() || plan.assignments.contains_key(&pod_key(&d.namespace, &d.name))
+            })
+            .map(|d| {
+                let key = pod_key(&d.namespace, &d.name);
+                let node = plan.assignments.get(&key).cloned();
+                (key, Planned { workload: d.workload.clone(), revision: d.revision.clone(), node })
+            })
+            .collect();
+        share
+    }
+}
+
+/// An `OrderedReady` StatefulSet's ordinal `i` is wanted only once `0..i` run somewhere.
+fn ordered_ready(d: &DesiredPod, all: &[DesiredPod], running: &BTreeSet<&str>) -> bool {
+    if !d.ordered || d.ordinal == 0 {
+        return true;
+    }
+    all.iter()
+        .filter(|o| o.workload == d.workload && o.ordinal < d.ordinal)
+        .all(|o| running.contains(pod_key(&o.namespace, &o.name).as_str()))
+}
+
+/// This node's claims: its pods that are not being deleted. A pod whose containers do
+/// not run is not claimed while a live peer claims a running copy (a node back from a
+/// crash does not take a replica back from the node that replaced it).
+pub fn my_claims(pods: &BTreeMap<String, ObservedPod>, peers_running: &BTreeSet<&str>) -> Claims {
+    pods.iter()
+        .filter(|(_, p)| !p.deleting)
+        .filter_map(|(k, p)| {
+            let running = reconcile::pod_phase(p) == "Running";
+            let claim = ClaimState { running, revision: p.revision.clone() };
+            (running || !peers_running.contains(k.as_str())).then(|| (k.clone(), claim))
+        })
+        .collect()
+}
+
+pub fn replica_req(d: &DesiredPod) -> ReplicaReq {
+    let s = &d.template.scheduling;
+    let mut requests = Resources::default();
+    for c in &d.template.containers {
+        let r = &c.resources;
+        requests.cpu_millis += r.requests.cpu_millis.or(r.limits.cpu_millis).unwrap_or(0);
+        requests.memory_bytes += r.requests.memory_bytes.or(r.limits.memory_bytes).unwrap_or(0);
+    }
+    ReplicaReq {
+        workload: d.workload.to_string(),
+        identity: pod_key(&d.namespace, &d.name),
+        requests,
+        node_selector: s.node_selector.clone(),
+        tolerations: s.tolerations.clone(),
+        required_affinity: s.required_affinity.clone(),
+        preferred_affinity: s.preferred_affinity.clone(),
+        // Replicas of a workload spread over nodes by default, as Kubernetes' default
+        // topology spread on the hostname does; the explicit podAntiAffinity says the same.
+        anti_affinity_by_hostname: true,
+        topology_spread: s.topology_spread.clone(),
+        node_name: d.node_name.clone(),
+    }
+}
+
+/// A node as placement sees it. Like Kubernetes, the node's name is also its
+/// `kubernetes.io/hostname` label.
+pub fn node_view(id: &str, info: &NodeInfo) -> NodeView {
+    let mut labels = info.labels.clone();
+    labels.entry("kubernetes.io/hostname".to_owned()).or_insert_with(|| id.to_owned());
+    NodeView {
+        id: id.to_owned(),
+        labels,
+        taints: info.taints.iter().filter_map(|t| parse_taint(t)).collect(),
+        capacity: Resources { cpu_millis: info.cpu_millis, memory_bytes: info.memory_bytes },
+        cordoned: info.cordoned,
+    }
+}
+
+/// `key=value:Effect` or `key:Effect` (checked when set, see `nodecfg::check_taint`).
+fn parse_taint(t: &str) -> Option<Taint> {
+    let (kv, effect) = t.rsplit_once(':')?;
+    let effect = match effect {
+        "NoSchedule" => TaintEffect::NoSchedule,
+        "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+        "NoExecute" => TaintEffect::NoExecute,
+        _ => return None,
+    };
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    Some(Taint { key: key.to_owned(), value: value.to_owned(), effect })
+}

@@ -64,6 +64,9 @@ fn a_dead_nodes_replicas_run_on_the_survivors_and_its_return_leaves_exactly_ten(
     std::thread::sleep(Duration::from_secs(3));
     let settled = running(&all);
     assert_eq!(settled.len(), 10, "still exactly 10: {settled:?}");
+    let spread: Vec<usize> = nodes.iter().map(|n| n.running_pods().len()).collect();
+    eprintln!("replicas per node after the return: {spread:?}");
+    assert_eq!(spread[victim], 0, "the returning node takes nothing back: {spread:?}");
 }
 
 /// A workload of the demo image: `kind` StatefulSet or DaemonSet (no `replicas` for the

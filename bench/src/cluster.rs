@@ -43,6 +43,13 @@ pub struct ClusterArgs {
     /// Seconds of soak with two CPU burners (0 skips it).
     #[arg(long, default_value_t = 0)]
     pub soak_secs: u64,
+    /// SIGKILLs of an agent and its containers while a 10-replica Deployment runs, timed
+    /// until every replica runs again on the survivors (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub heal_kills: usize,
+    /// The demo image archive (`scripts/demo-image`) each node imports for `--heal-kills`.
+    #[arg(long, default_value = "target/demo-image.tar")]
+    pub image: PathBuf,
     /// Prefix of the nodes' cgroup parents (`PREFIX-nK`).
     #[arg(long, default_value = "peer-bench-cl")]
     pub cgroup_prefix: String,
@@ -57,6 +64,13 @@ pub struct ClusterReport {
     pub victims: Vec<String>,
     /// Per apply: ms from `peer apply` returning until all nodes show the deployment.
     pub spread_ms: Vec<f64>,
+    /// Per heal kill: ms from SIGKILL of an agent and its containers until all 10
+    /// replicas run again, one copy each.
+    #[serde(default)]
+    pub heal_ms: Vec<f64>,
+    /// Per heal kill: replicas the victim ran.
+    #[serde(default)]
+    pub heal_moved: Vec<usize>,
     pub soak_secs: u64,
     /// `node is no longer live` lines in all agent logs after the soak.
     pub soak_false_deaths: Option<usize>,
@@ -168,12 +182,18 @@ fn rows_of(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
-/// One request over the agent's socket; returns the answer's `data`.
+/// One request without fields over the agent's socket; returns the answer's `data`.
 fn request(socket: &Path, op: &str) -> anyhow::Result<Value> {
+    request_json(socket, &serde_json::json!({ "op": op }))
+}
+
+/// One request over the agent's socket; returns the answer's `data`.
+fn request_json(socket: &Path, req: &Value) -> anyhow::Result<Value> {
+    let op = req.get("op").and_then(Value::as_str).unwrap_or("?");
     let mut stream =
         UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).context("setting a socket timeout")?;
-    stream.write_all(format!("{{\"op\":\"{op}\"}}\n").as_bytes()).context("sending a request")?;
+    stream.write_all(format!("{req}\n").as_bytes()).context("sending a request")?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).context("reading the answer")?;
     let answer: Value = serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))?;
@@ -285,10 +305,74 @@ impl Fleet {
         let start = Instant::now();
         let sockets: Vec<PathBuf> = self.agents.iter().map(Agent::socket).collect();
         let times = poll_all(&sockets, start, Duration::from_millis(20), Duration::from_secs(30), |s| {
-            let rows = request(s, "get_deployments")?;
+            let rows = request_json(s, &serde_json::json!({"op": "get_workloads", "kind": "Deployment"}))?;
             Ok(rows_of(&rows).iter().any(|r| r.get("name").and_then(Value::as_str) == Some(name)))
         })?;
         Ok(times.into_iter().fold(0.0, f64::max))
+    }
+}
+
+impl Agent {
+    /// Pods this agent runs with every container running.
+    fn running(&self) -> anyhow::Result<Vec<String>> {
+        let rows = request(&self.socket(), "get_pods")?;
+        Ok(rows_of(&rows)
+            .iter()
+            .filter(|r| r.get("local") == Some(&Value::Bool(true)))
+            .filter(|r| r.get("status").and_then(Value::as_str) == Some("Running"))
+            .filter(|r| {
+                let ready = r.get("ready").and_then(Value::as_str).unwrap_or("");
+                ready.split_once('/').is_some_and(|(a, b)| a == b && a != "0")
+            })
+            .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+}
+
+impl Fleet {
+    /// Running pods per agent (`None` for a stopped one).
+    fn running(&self, skip: Option<usize>) -> Vec<Vec<String>> {
+        self.agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| if Some(i) == skip { Vec::new() } else { a.running().unwrap_or_default() })
+            .collect()
+    }
+
+    /// Waits until exactly `n` distinct pods run, one copy each, on the agents but `skip`.
+    fn wait_exactly(&self, n: usize, skip: Option<usize>, limit: Duration) -> anyhow::Result<Vec<Vec<String>>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let per = self.running(skip);
+            let all: Vec<&String> = per.iter().flatten().collect();
+            let distinct: std::collections::BTreeSet<&&String> = all.iter().collect();
+            if all.len() == n && distinct.len() == n {
+                return Ok(per);
+            }
+            if Instant::now() > deadline {
+                bail!("not exactly {n} running replicas within {limit:?}: {per:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the agent and containers of the busiest node; ms until 10 replicas run on
+    /// the survivors. Then restarts it and waits for exactly 10 again.
+    fn heal(&mut self, replicas: usize) -> anyhow::Result<(f64, usize, String)> {
+        let per = self.wait_exactly(replicas, None, Duration::from_secs(60))?;
+        let victim = (0..per.len()).max_by_key(|i| per[*i].len()).unwrap_or(0);
+        let moved = per[victim].len();
+        self.agents[victim].kill();
+        let start = Instant::now();
+        runtime::kill_all_under(&self.agents[victim].cgroup_parent);
+        self.wait_exactly(replicas, Some(victim), Duration::from_secs(60))?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let peer = self.peer.clone();
+        self.agents[victim].start(&peer)?;
+        self.wait_all_live(Duration::from_secs(30))?;
+        std::thread::sleep(Duration::from_secs(5));
+        self.wait_exactly(replicas, None, Duration::from_secs(60))?;
+        Ok((ms, moved, self.agents[victim].name.clone()))
     }
 }
 
@@ -389,7 +473,7 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<ClusterReport> {
             let _ = fs::remove_dir_all(args.work.join(format!("n{a}")));
         }
     }
-    if args.kills == 0 && args.spreads == 0 {
+    if args.kills == 0 && args.spreads == 0 && args.heal_kills == 0 {
         return Ok(report);
     }
     let mut fleet = Fleet::start(args)?;
@@ -414,7 +498,37 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<ClusterReport> {
         fleet.wait_all_live(Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_secs(3));
     }
+    if args.heal_kills > 0 {
+        let image = args.image.to_string_lossy().into_owned();
+        for a in &fleet.agents {
+            a.cli_ok(&fleet.peer, &["image", "import", &image])?;
+        }
+        let first = &fleet.agents[0];
+        let file = first.data.parent().unwrap_or(&first.data).join("heal.yaml");
+        fs::write(&file, heal_deployment(HEAL_REPLICAS)).with_context(|| format!("writing {}", file.display()))?;
+        first.cli_ok(&fleet.peer, &["apply", "-f", &file.to_string_lossy()])?;
+        for i in 0..args.heal_kills {
+            let (ms, moved, victim) = fleet.heal(HEAL_REPLICAS)?;
+            eprintln!("heal {i}: {moved} replicas of {victim} running elsewhere after {ms:.0} ms");
+            report.heal_ms.push(ms);
+            report.heal_moved.push(moved);
+        }
+        let _ = fleet.agents[0].cli(&fleet.peer, &["delete", "deployment", "heal"]);
+        let _ = fleet.wait_exactly(0, None, Duration::from_secs(30));
+    }
     Ok(report)
+}
+
+const HEAL_REPLICAS: usize = 10;
+
+/// The demo HTTP server with small limits and a 1 s grace period.
+fn heal_deployment(replicas: usize) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: heal}}\nspec:\n  replicas: {replicas}\n  \
+         template:\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n        - name: main\n          \
+         image: peer-demo:latest\n          args: [serve]\n          \
+         resources:\n            limits: {{cpu: \"100m\", memory: \"32Mi\"}}\n"
+    )
 }
 
 fn loadavg() -> String {
@@ -448,7 +562,7 @@ pub fn markdown(r: &ClusterReport) -> String {
         }
         None => String::new(),
     };
-    if !r.detect_ms.is_empty() || !r.spread_ms.is_empty() {
+    if !r.detect_ms.is_empty() || !r.spread_ms.is_empty() || !r.heal_ms.is_empty() {
         out.push_str(&format!("{} real agents (`peer up`, release build) on loopback, ms:\n\n", r.nodes));
         out.push_str("| what | runs | median | max | target | poll period | all samples |\n");
         out.push_str("|---|---:|---:|---:|---|---|---|\n");
@@ -462,6 +576,12 @@ pub fn markdown(r: &ClusterReport) -> String {
             "spec spread: `peer apply` on n1 returned → `get deployments` shows it on all nodes",
             &r.spread_ms,
             "–",
+            "20 ms",
+        ));
+        out.push_str(&row(
+            "self-healing: SIGKILL of the busiest node's agent and containers → all 10 replicas running on the survivors",
+            &r.heal_ms,
+            "≤ 3000 median",
             "20 ms",
         ));
         out.push('\n');

@@ -179,25 +179,7 @@ impl Node {
     /// SIGKILLs every process in this node's cgroups (its containers), as a power cut
     /// would; returns how many it killed.
     pub fn kill_containers(&self) -> usize {
-        let mut pids = std::collections::BTreeSet::new();
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .map(|hs| hs.flatten().map(|h| h.path().join(&self.cgroup_parent)).collect())
-            .unwrap_or_default();
-        dirs.push(Path::new("/sys/fs/cgroup").join(&self.cgroup_parent));
-        while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for e in entries.flatten() {
-                if e.path().is_dir() {
-                    dirs.push(e.path());
-                }
-            }
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        }
-        for pid in &pids {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-        pids.len()
+        runtime::kill_all_under(&self.cgroup_parent)
     }
 
     /// Runs a `peer` CLI command against this node.

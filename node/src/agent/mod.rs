@@ -305,7 +305,12 @@ impl Agent {
     fn reconcile(&mut self) -> Option<tokio::time::Instant> {
         let now = now_ms();
         let at = |t: u64| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now));
-        let peers_seen = self.cluster.live_peers().any(|p| p.info.is_some());
+        // The view is complete enough once every live peer's info and claims arrived:
+        // deciding earlier would take back replicas others replaced while this node was away.
+        let peers_seen = {
+            let mut peers = self.cluster.live_peers().peekable();
+            peers.peek().is_some() && peers.all(|p| p.info.is_some() && p.claims_known)
+        };
         if let Some(until) = self.placement.settling(now, peers_seen) {
             return Some(at(until));
         }
@@ -354,7 +359,7 @@ impl Agent {
             .live_peers()
             .flat_map(|p| p.claims.iter().filter(|(_, c)| c.running).map(|(k, _)| k.as_str()))
             .collect();
-        placement::my_claims(&self.pods, &peers_running)
+        placement::my_claims(&self.pods, &peers_running, self.placement.is_settling())
     }
 
     async fn publish_claims(&mut self) {

@@ -77,6 +77,11 @@ impl Placement {
         self.settle_until_ms
     }
 
+    /// Whether this node still waits for its first complete view.
+    pub fn is_settling(&self) -> bool {
+        self.settle_until_ms.is_some()
+    }
+
     /// Decides this node's share. `nodes` are the live nodes, this one included.
     pub fn decide(
         &mut self,
@@ -177,15 +182,17 @@ fn ordered_ready(d: &DesiredPod, all: &[DesiredPod], running: &BTreeSet<&str>) -
 }
 
 /// This node's claims: its pods that are not being deleted. A pod whose containers do
-/// not run is not claimed while a live peer claims a running copy (a node back from a
-/// crash does not take a replica back from the node that replaced it).
-pub fn my_claims(pods: &BTreeMap<String, ObservedPod>, peers_running: &BTreeSet<&str>) -> Claims {
+/// not run is not claimed while a live peer claims a running copy, nor while this node
+/// has not yet seen its peers' claims (`settling`): a node back from a crash does not
+/// take a replica back from the node that replaced it.
+pub fn my_claims(pods: &BTreeMap<String, ObservedPod>, peers_running: &BTreeSet<&str>, settling: bool) -> Claims {
     pods.iter()
         .filter(|(_, p)| !p.deleting)
         .filter_map(|(k, p)| {
             let running = reconcile::pod_phase(p) == "Running";
             let claim = ClaimState { running, revision: p.revision.clone() };
-            (running || !peers_running.contains(k.as_str())).then(|| (k.clone(), claim))
+            let claim_pending = !settling && !peers_running.contains(k.as_str());
+            (running || claim_pending).then(|| (k.clone(), claim))
         })
         .collect()
 }

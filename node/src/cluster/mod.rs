@@ -72,6 +72,8 @@ pub struct Peer {
     pub digest: Option<u64>,
     pub info: Option<NodeInfo>,
     pub claims: claims::Claims,
+    /// Whether the peer's claims have arrived (it always publishes `claims.0`).
+    pub claims_known: bool,
 }
 
 pub struct Cluster {
@@ -211,7 +213,8 @@ impl Cluster {
             let digest = v.keys.get(KEY_DIGEST).and_then(|d| u64::from_str_radix(d, 16).ok());
             let info = v.keys.get(KEY_NODE).and_then(|i| serde_json::from_str(i).ok());
             let claims = claims::decode(&v.keys);
-            live.insert(id, Peer { member: v.member, digest, info, claims });
+            let claims_known = v.keys.contains_key(&claims::key(0));
+            live.insert(id, Peer { member: v.member, digest, info, claims, claims_known });
         }
         let addrs: BTreeSet<SocketAddr> = live.values().map(|p| p.member.gossip_addr).collect();
         let mut new_peers = !addrs.is_subset(&self.files.peers);

@@ -92,9 +92,7 @@ async fn accept(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     match alpn(&conn).as_deref() {
         Some(tls::ALPN_PEER) => match peer_node_id(&conn) {
-            Some(node) => {
-                shared.registry.insert(addr, conn, node);
-            }
+            Some(node) => shared.registry.insert_accepted(addr, conn, node),
             None => refuse(&shared, &conn, b"client certificate required"),
         },
         Some(tls::ALPN_JOIN) => join::serve(&shared, conn).await,

@@ -2,7 +2,8 @@
 //!
 //! A connection enters through [`Registry::insert`], which also hands it to the supervisor
 //! task that serves the peer's streams on it. Two nodes that dial each other at once end up
-//! with two connections; both are served, the registry keeps the first that is still open.
+//! with two connections; both are served. A dialed connection is kept only if none is open
+//! for the address; an accepted one replaces what is held (the peer may have restarted).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +56,14 @@ impl Registry {
                 conn
             }
         }
+    }
+
+    /// Registers a connection the peer at `addr` just dialed, has it served, and makes it
+    /// the one used for `addr`: a peer that dials anew may have restarted, and the
+    /// connection held to its old process would only fail at its idle timeout.
+    pub(super) fn insert_accepted(&self, addr: SocketAddr, conn: quinn::Connection, node: String) {
+        let _ = self.serve.send((conn.clone(), node.clone()));
+        self.lock().insert(addr, (conn, node));
     }
 
     /// Drops `conn` from the registry if it is the one held for `addr`.

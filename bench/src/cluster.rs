@@ -340,7 +340,12 @@ impl Fleet {
     }
 
     /// Waits until exactly `n` distinct pods run, one copy each, on the agents but `skip`.
-    fn wait_exactly(&self, n: usize, skip: Option<usize>, limit: Duration) -> anyhow::Result<Vec<Vec<String>>> {
+    fn wait_exactly(
+        &self,
+        n: usize,
+        skip: Option<usize>,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<Vec<String>>> {
         let deadline = Instant::now() + limit;
         loop {
             let per = self.running(skip);
@@ -505,7 +510,8 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<ClusterReport> {
         }
         let first = &fleet.agents[0];
         let file = first.data.parent().unwrap_or(&first.data).join("heal.yaml");
-        fs::write(&file, heal_deployment(HEAL_REPLICAS)).with_context(|| format!("writing {}", file.display()))?;
+        fs::write(&file, heal_deployment(HEAL_REPLICAS))
+            .with_context(|| format!("writing {}", file.display()))?;
         first.cli_ok(&fleet.peer, &["apply", "-f", &file.to_string_lossy()])?;
         for i in 0..args.heal_kills {
             let (ms, moved, victim) = fleet.heal(HEAL_REPLICAS)?;

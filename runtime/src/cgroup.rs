@@ -129,6 +129,25 @@ pub(crate) fn swap_accounting(version: CgroupVersion) -> bool {
     }
 }
 
+/// SIGKILLs every process in the cgroups under `parent` in every hierarchy (a power cut
+/// for one node's containers; benchmarks and tests use it). Returns how many it signalled.
+pub fn kill_all_under(parent: &str) -> usize {
+    let root = Path::new(CGROUP_ROOT);
+    let mut dirs: Vec<PathBuf> = vec![root.join(parent)];
+    if let Ok(hierarchies) = fs::read_dir(root) {
+        dirs.extend(hierarchies.flatten().map(|h| h.path().join(parent)));
+    }
+    let mut pids = std::collections::BTreeSet::new();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    let signal = nix::sys::signal::Signal::SIGKILL;
+    pids.iter().filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(**p), signal).is_ok()).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,23 +172,4 @@ mod tests {
         assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
         assert_eq!(parse_oom_kill("oom_kill x\n"), None);
     }
-}
-
-/// SIGKILLs every process in the cgroups under `parent` in every hierarchy (a power cut
-/// for one node's containers; benchmarks and tests use it). Returns how many it signalled.
-pub fn kill_all_under(parent: &str) -> usize {
-    let root = Path::new(CGROUP_ROOT);
-    let mut dirs: Vec<PathBuf> = vec![root.join(parent)];
-    if let Ok(hierarchies) = fs::read_dir(root) {
-        dirs.extend(hierarchies.flatten().map(|h| h.path().join(parent)));
-    }
-    let mut pids = std::collections::BTreeSet::new();
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
-        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-    }
-    let signal = nix::sys::signal::Signal::SIGKILL;
-    pids.iter().filter(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(**p), signal).is_ok()).count()
 }

@@ -18,8 +18,8 @@ mod overlay;
 mod process;
 mod spec;
 
-pub use cgroup::kill_all_under;
 pub use bundle::{mounts as container_mounts, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
+pub use cgroup::kill_all_under;
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::Error;
 pub use exec::exec;

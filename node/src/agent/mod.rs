@@ -318,7 +318,12 @@ impl Agent {
         let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
         let claims = self.claims();
         let mut nodes = vec![placement::LiveNode { id: &me, info: &info, claims: &claims }];
+        let mut hold_until: Option<u64> = None;
         for p in self.cluster.live_peers() {
+            if !p.counts(now) {
+                hold_until = p.counts_from_ms().map(|t| hold_until.map_or(t, |h| h.min(t)));
+                continue;
+            }
             if let Some(info) = &p.info {
                 nodes.push(placement::LiveNode { id: &p.member.node_id, info, claims: &p.claims });
             }
@@ -336,6 +341,21 @@ impl Agent {
         }
         let plan = reconcile::reconcile(&share.mine, &self.pods, now);
         for mut action in plan.actions {
+            match &action {
+                reconcile::Action::CreatePod(d) => {
+                    tracing::info!(pod = %reconcile::pod_key(&d.namespace, &d.name), "placed on this node; creating");
+                }
+                reconcile::Action::DeletePod { pod, .. } => {
+                    let to = self.placement.planned.get(pod).and_then(|p| p.node.as_deref());
+                    match to {
+                        Some(node) if node != me => {
+                            tracing::info!(%pod, %node, "placed on another node; stopping this copy")
+                        }
+                        _ => tracing::info!(%pod, "no longer wanted here; stopping"),
+                    }
+                }
+                reconcile::Action::StartContainer { .. } => {}
+            }
             if let reconcile::Action::DeletePod { pod, grace } = &mut action {
                 if share.fenced.contains(pod) {
                     tracing::warn!(%pod, "no quorum: fencing this StatefulSet pod (killed at once)");
@@ -345,11 +365,7 @@ impl Agent {
             }
             self.execute(action);
         }
-        let wake = match (plan.wake_at_ms, share.wake_at_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        wake.map(at)
+        [plan.wake_at_ms, share.wake_at_ms, hold_until].into_iter().flatten().min().map(at)
     }
 
     /// What this node claims to run (see `placement::my_claims`).

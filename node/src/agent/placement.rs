@@ -15,7 +15,7 @@ use protocol::spec::Kind;
 
 use crate::cluster::claims::{ClaimState, Claims};
 use crate::cluster::NodeInfo;
-use crate::reconcile::{self, pod_key, DesiredPod, ObservedPod};
+use crate::reconcile::{self, pod_key, ContainerState, DesiredPod, ObservedPod};
 
 /// How long a starting node that knows of peers waits to hear from one before it places
 /// pods on its own view (it may be cut off, or the only one up).
@@ -98,17 +98,19 @@ impl Placement {
         let pods: Vec<&DesiredPod> = all.iter().filter(|d| ordered_ready(d, all, &running)).collect();
         let reqs: Vec<ReplicaReq> = pods.iter().map(|d| replica_req(d)).collect();
         let wanted: BTreeSet<&str> = reqs.iter().map(|r| r.identity.as_str()).collect();
-        let claims: Vec<Claim> = nodes
-            .iter()
-            .flat_map(|n| {
-                n.claims
-                    .keys()
-                    .filter(|p| wanted.contains(p.as_str()))
-                    .map(|p| Claim { node: n.id.to_owned(), replica: p.clone() })
-            })
-            .collect();
+        let (mut running_claims, mut pending_claims) = (Vec::new(), Vec::new());
+        for n in nodes {
+            for (p, c) in n.claims.iter().filter(|(p, _)| wanted.contains(p.as_str())) {
+                let claim = Claim { node: n.id.to_owned(), replica: p.clone() };
+                if c.running {
+                    running_claims.push((claim, c.since_ms));
+                } else {
+                    pending_claims.push(claim);
+                }
+            }
+        }
         let views: Vec<NodeView> = nodes.iter().map(|n| node_view(n.id, n.info)).collect();
-        let plan = placement::place_with_claims(&views, &reqs, &claims);
+        let plan = placement::place_with_phased_claims(&views, &reqs, &running_claims, &pending_claims);
 
         let stateful = |d: &DesiredPod| d.workload.kind == Kind::StatefulSet;
         let others_stateful = nodes
@@ -185,12 +187,30 @@ fn ordered_ready(d: &DesiredPod, all: &[DesiredPod], running: &BTreeSet<&str>) -
 /// not run is not claimed while a live peer claims a running copy, nor while this node
 /// has not yet seen its peers' claims (`settling`): a node back from a crash does not
 /// take a replica back from the node that replaced it.
-pub fn my_claims(pods: &BTreeMap<String, ObservedPod>, peers_running: &BTreeSet<&str>, settling: bool) -> Claims {
+pub fn my_claims(
+    pods: &BTreeMap<String, ObservedPod>,
+    peers_running: &BTreeSet<&str>,
+    settling: bool,
+) -> Claims {
     pods.iter()
         .filter(|(_, p)| !p.deleting)
         .filter_map(|(k, p)| {
             let running = reconcile::pod_phase(p) == "Running";
-            let claim = ClaimState { running, revision: p.revision.clone() };
+            // Running since the latest (re)start of one of its containers.
+            let since_ms = p
+                .containers
+                .values()
+                .filter_map(|c| match c.state {
+                    ContainerState::Running { started_at_ms, .. } => Some(started_at_ms),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let claim = ClaimState {
+                running,
+                revision: p.revision.clone(),
+                since_ms: if running { since_ms } else { 0 },
+            };
             let claim_pending = !settling && !peers_running.contains(k.as_str());
             (running || claim_pending).then(|| (k.clone(), claim))
         })

@@ -74,6 +74,27 @@ pub struct Peer {
     pub claims: claims::Claims,
     /// Whether the peer's claims have arrived (it always publishes `claims.0`).
     pub claims_known: bool,
+    /// When this node last saw the peer become live.
+    pub live_since_ms: u64,
+    /// Whether the peer had been seen dead before it became live (again).
+    pub returned: bool,
+}
+
+/// How long a peer that came back from the dead must stay live before placement counts it.
+/// Gossip can briefly revive a dead process's old state (a peer relays heartbeats it heard
+/// late), and its stale claims would otherwise take replicas from their new nodes.
+pub const RETURN_HOLD_MS: u64 = 3_000;
+
+impl Peer {
+    /// Whether placement counts this peer now.
+    pub fn counts(&self, now_ms: u64) -> bool {
+        !self.returned || now_ms.saturating_sub(self.live_since_ms) >= RETURN_HOLD_MS
+    }
+
+    /// When a held-back peer starts to count.
+    pub fn counts_from_ms(&self) -> Option<u64> {
+        self.returned.then_some(self.live_since_ms + RETURN_HOLD_MS)
+    }
 }
 
 pub struct Cluster {
@@ -92,6 +113,8 @@ pub struct Cluster {
     tasks: JoinSet<()>,
     published_digest: Option<u64>,
     published_claims: Option<Vec<String>>,
+    /// Peers seen going from live to not live (see [`RETURN_HOLD_MS`]).
+    died: BTreeSet<NodeId>,
 }
 
 /// Options of `peer up` that concern the cluster.
@@ -178,6 +201,7 @@ impl Cluster {
             tasks,
             published_digest: None,
             published_claims: None,
+            died: BTreeSet::new(),
         })
     }
 
@@ -214,7 +238,14 @@ impl Cluster {
             let info = v.keys.get(KEY_NODE).and_then(|i| serde_json::from_str(i).ok());
             let claims = claims::decode(&v.keys);
             let claims_known = v.keys.contains_key(&claims::key(0));
-            live.insert(id, Peer { member: v.member, digest, info, claims, claims_known });
+            let (live_since_ms, returned) = match self.live.get(&id) {
+                Some(p) => (p.live_since_ms, p.returned),
+                None => (now_ms, self.died.contains(&id)),
+            };
+            live.insert(
+                id,
+                Peer { member: v.member, digest, info, claims, claims_known, live_since_ms, returned },
+            );
         }
         let addrs: BTreeSet<SocketAddr> = live.values().map(|p| p.member.gossip_addr).collect();
         let mut new_peers = !addrs.is_subset(&self.files.peers);
@@ -237,6 +268,7 @@ impl Cluster {
         }
         for gone in self.live.keys().filter(|id| !live.contains_key(*id)) {
             tracing::warn!(node = %gone, "node is no longer live");
+            self.died.insert(gone.clone());
         }
         for new in live.keys().filter(|id| !self.live.contains_key(*id)) {
             tracing::info!(node = %new, "node is live");

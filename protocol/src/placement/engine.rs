@@ -37,6 +37,23 @@ pub fn place(nodes: &[NodeView], replicas: &[ReplicaReq]) -> Plan {
 /// have room. The rest are placed on the room left. Pure: the same sets of nodes,
 /// replicas and claims give the same plan.
 pub fn place_with_claims(nodes: &[NodeView], replicas: &[ReplicaReq], claims: &[Claim]) -> Plan {
+    place_with_phased_claims(nodes, replicas, &[], claims)
+}
+
+/// Like [`place_with_claims`], with claims of copies that run (`running`, each with when
+/// it started running, in the claimant's milliseconds) and of copies that are still
+/// starting (`pending`). Among a replica's claimants a running copy is kept before a
+/// pending one, the longest-running first, then the smallest race time decides: a node
+/// that comes back and restarts its old copies does not take a replica back from the node
+/// whose copy already runs. The start times only break ties between copies, so clocks
+/// that disagree cost at most an extra move, never a second copy: every node reads the
+/// same claims and so keeps the same copy.
+pub fn place_with_phased_claims(
+    nodes: &[NodeView],
+    replicas: &[ReplicaReq],
+    running: &[(Claim, u64)],
+    pending: &[Claim],
+) -> Plan {
     let nodes = canonical_nodes(nodes);
     let mut state: Vec<NodeState> = nodes
         .iter()
@@ -47,7 +64,7 @@ pub fn place_with_claims(nodes: &[NodeView], replicas: &[ReplicaReq], claims: &[
         })
         .collect();
     let ordered = ordered_replicas(replicas);
-    let claims = live_claims(&nodes, claims);
+    let claims = live_claims(&nodes, running, pending);
     let mut assigned: Vec<(&ReplicaReq, usize)> = Vec::with_capacity(ordered.len());
 
     // Claimed replicas stay where they run. Claims are sorted like `ordered`, so one pass
@@ -65,9 +82,10 @@ pub fn place_with_claims(nodes: &[NodeView], replicas: &[ReplicaReq], claims: &[
         }
         let keeper = claims[first..next_claim]
             .iter()
-            .map(|&(_, _, i)| i)
-            .filter(|&i| may_keep(nodes[i], r) && fits(&state[i].free, &r.requests))
-            .min_by_key(|&i| (race_rotated(rh, state[i].rotated, state[i].weight), i));
+            .map(|&(_, _, phase, i)| (phase, i))
+            .filter(|&(_, i)| may_keep(nodes[i], r) && fits(&state[i].free, &r.requests))
+            .min_by_key(|&(phase, i)| (phase, race_rotated(rh, state[i].rotated, state[i].weight), i))
+            .map(|(_, i)| i);
         match keeper {
             Some(i) => {
                 take(&mut state[i].free, &r.requests);
@@ -371,14 +389,18 @@ fn ordered_replicas(replicas: &[ReplicaReq]) -> Vec<(u64, &ReplicaReq)> {
     ordered
 }
 
-/// Claims by live nodes as (replica hash, replica, node index), sorted like
-/// `ordered_replicas`.
-fn live_claims<'c>(nodes: &[&NodeView], claims: &'c [Claim]) -> Vec<(u64, &'c str, usize)> {
-    let mut live: Vec<(u64, &str, usize)> = claims
-        .iter()
-        .filter_map(|c| {
+/// Claims by live nodes as (replica hash, replica, seniority: the running copy's start time
+/// or `u64::MAX` for a pending one, node index), sorted like `ordered_replicas`.
+fn live_claims<'c>(
+    nodes: &[&NodeView],
+    running: &'c [(Claim, u64)],
+    pending: &'c [Claim],
+) -> Vec<(u64, &'c str, u64, usize)> {
+    let phased = running.iter().map(|(c, since)| (*since, c)).chain(pending.iter().map(|c| (u64::MAX, c)));
+    let mut live: Vec<(u64, &str, u64, usize)> = phased
+        .filter_map(|(phase, c)| {
             let i = nodes.binary_search_by(|n| n.id.as_str().cmp(&c.node)).ok()?;
-            Some((key_hash(&c.replica), c.replica.as_str(), i))
+            Some((key_hash(&c.replica), c.replica.as_str(), phase, i))
         })
         .collect();
     live.sort_unstable();

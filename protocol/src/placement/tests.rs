@@ -289,6 +289,35 @@ fn duplicate_claims_leave_one_copy_by_one_rule() {
 }
 
 #[test]
+fn a_running_copy_is_kept_before_a_pending_one() {
+    let nodes: Vec<NodeView> = (0..4).map(|i| node(&format!("n{i}"), 8000, 8192, &[])).collect();
+    let rs = replicas("web", 8, 100, 64);
+    let ideal = place(&nodes, &rs);
+    // Each replica runs on a node that is not its first choice; its first choice restarts
+    // an old copy (pending). The running copies stay.
+    let elsewhere = |r: &str| {
+        let best = &ideal.assignments[r];
+        nodes.iter().map(|n| n.id.clone()).find(|n| n != best).expect("four nodes")
+    };
+    let running: Vec<(Claim, u64)> = rs
+        .iter()
+        .map(|r| (Claim { node: elsewhere(&r.identity), replica: r.identity.clone() }, 1_000))
+        .collect();
+    let pending: Vec<Claim> = claims_of(&ideal);
+    let plan = place_with_phased_claims(&nodes, &rs, &running, &pending);
+    for (c, _) in &running {
+        assert_eq!(plan.assignments[&c.replica], c.node, "{} stays where it runs", c.replica);
+    }
+    // Both running: the copy running longer stays, whatever the rank.
+    let newer: Vec<(Claim, u64)> = pending.iter().map(|c| (c.clone(), 2_000)).collect();
+    let both: Vec<(Claim, u64)> = running.iter().chain(&newer).cloned().collect();
+    assert_eq!(place_with_phased_claims(&nodes, &rs, &both, &[]), plan);
+    // Both pending: the rank decides, as with unphased claims.
+    let both: Vec<Claim> = running.iter().map(|(c, _)| c).chain(&pending).cloned().collect();
+    assert_eq!(place_with_phased_claims(&nodes, &rs, &[], &both), place_with_claims(&nodes, &rs, &both));
+}
+
+#[test]
 fn claims_yield_to_no_execute_taints_and_capacity() {
     let mut nodes = vec![node("a", 1000, 1024, &[]), node("b", 1000, 1024, &[])];
     let rs = replicas("web", 3, 400, 64);

@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use engine::{place, place_with_claims, place_with_phased_claims};
+pub use filter::tolerates;
 
 /// CPU and memory, as a node's capacity or a replica's requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

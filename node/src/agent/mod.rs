@@ -105,6 +105,8 @@ pub struct Agent {
     placement: placement::Placement,
     /// The placement inputs last seen from gossip, to skip reconciling when none changed.
     view_key: u64,
+    /// This node's taints and when this agent first saw each (for `tolerationSeconds`).
+    taints_seen: BTreeMap<String, u64>,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -177,6 +179,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         creates: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CREATES)),
         placement: placement::Placement::new(started_at_ms, known_peers),
         view_key: 0,
+        taints_seen: BTreeMap::new(),
     };
     agent.adopt().await;
 
@@ -332,7 +335,21 @@ impl Agent {
         ids.sort();
         let all = reconcile::desired_pods(self.store.workloads(), &ids);
         let before = std::mem::take(&mut self.placement.unschedulable);
-        let share = self.placement.decide(&me, &all, &nodes, self.cluster.quorum(), now);
+        let mut share = self.placement.decide(&me, &all, &nodes, self.cluster.quorum(), now);
+        let taints = self.node.taints();
+        self.taints_seen.retain(|t, _| taints.contains(t));
+        for t in &taints {
+            self.taints_seen.entry(t.clone()).or_insert(now);
+        }
+        let seen: Vec<_> =
+            self.taints_seen.iter().filter_map(|(t, at)| Some((placement::parse_taint(t)?, *at))).collect();
+        let (evicted, evict_at) = placement::evict_for_taints(&mut share.mine, &seen, now);
+        for pod in evicted.iter().filter(|p| self.pods.get(*p).is_some_and(|o| !o.deleting)) {
+            let msg = "the node's NoExecute taint outlasted the pod's tolerationSeconds";
+            tracing::info!(%pod, "{msg}; evicting");
+            self.events.warning(&pod_object(pod), "TaintManagerEviction", msg);
+        }
+        share.wake_at_ms = [share.wake_at_ms, evict_at].into_iter().flatten().min();
         for (pod, why) in &self.placement.unschedulable {
             if before.get(pod) != Some(why) {
                 tracing::warn!(%pod, "FailedScheduling: {why}");

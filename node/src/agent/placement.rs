@@ -256,7 +256,7 @@ pub fn node_view(id: &str, info: &NodeInfo) -> NodeView {
 }
 
 /// `key=value:Effect` or `key:Effect` (checked when set, see `nodecfg::check_taint`).
-fn parse_taint(t: &str) -> Option<Taint> {
+pub fn parse_taint(t: &str) -> Option<Taint> {
     let (kv, effect) = t.rsplit_once(':')?;
     let effect = match effect {
         "NoSchedule" => TaintEffect::NoSchedule,
@@ -266,4 +266,80 @@ fn parse_taint(t: &str) -> Option<Taint> {
     };
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
     Some(Taint { key: key.to_owned(), value: value.to_owned(), effect })
+}
+
+/// `NoExecute` taints on this node that a pod tolerates only for `tolerationSeconds`: the
+/// pod leaves once that long has passed since the taint appeared (Kubernetes' taint
+/// manager). Removes such pods from `mine` and returns the pods evicted and the next
+/// deadline still ahead. `taints` are this node's taints with when it first saw each.
+pub fn evict_for_taints(
+    mine: &mut Vec<DesiredPod>,
+    taints: &[(Taint, u64)],
+    now_ms: u64,
+) -> (Vec<String>, Option<u64>) {
+    let mut evicted = Vec::new();
+    let mut next: Option<u64> = None;
+    mine.retain(|d| {
+        let tolerations = &d.template.scheduling.tolerations;
+        for (taint, since) in taints.iter().filter(|(t, _)| t.effect == TaintEffect::NoExecute) {
+            let matching = tolerations.iter().filter(|t| placement::tolerates(t, taint));
+            // The longest bound applies; any unbounded toleration means "stay".
+            let bound = matching.map(|t| t.toleration_seconds).max_by_key(|s| s.map_or(u64::MAX, |s| s));
+            let Some(Some(seconds)) = bound else { continue };
+            let deadline = since.saturating_add(seconds.saturating_mul(1000));
+            if now_ms >= deadline {
+                evicted.push(pod_key(&d.namespace, &d.name));
+                return false;
+            }
+            next = Some(next.map_or(deadline, |n| n.min(deadline)));
+        }
+        true
+    });
+    (evicted, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::placement::{Toleration, TolerationOperator};
+    use protocol::spec::ObjectKey;
+
+    fn pod(name: &str, seconds: Option<u64>) -> DesiredPod {
+        let mut template: protocol::spec::PodTemplate = serde_json::from_value(serde_json::json!({
+            "labels": {}, "containers": [], "restart_policy": "Always",
+            "termination_grace_period_seconds": 1, "host_network": false
+        }))
+        .expect("a template");
+        template.scheduling.tolerations = vec![Toleration {
+            key: "maintenance".into(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: Some(TaintEffect::NoExecute),
+            toleration_seconds: seconds,
+        }];
+        DesiredPod {
+            namespace: "default".into(),
+            name: name.into(),
+            workload: ObjectKey { kind: Kind::Pod, namespace: "default".into(), name: name.into() },
+            revision: "r".into(),
+            template,
+            ordinal: 0,
+            node_name: None,
+            ordered: false,
+        }
+    }
+
+    #[test]
+    fn toleration_seconds_bound_the_stay_after_a_no_execute_taint() {
+        let taint = Taint { key: "maintenance".into(), value: String::new(), effect: TaintEffect::NoExecute };
+        let mut mine = vec![pod("bounded", Some(60)), pod("forever", None)];
+        let (evicted, next) = evict_for_taints(&mut mine, &[(taint.clone(), 1_000)], 30_000);
+        assert!(evicted.is_empty());
+        assert_eq!(next, Some(61_000));
+        let (evicted, next) = evict_for_taints(&mut mine, &[(taint, 1_000)], 61_000);
+        assert_eq!(evicted, vec!["default/bounded".to_owned()]);
+        assert_eq!(next, None);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].name, "forever");
+    }
 }

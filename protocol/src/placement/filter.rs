@@ -108,7 +108,7 @@ fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
 }
 
 /// Kubernetes' `Toleration.ToleratesTaint`.
-pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     if t.effect.is_some_and(|e| e != taint.effect) {
         return false;
     }

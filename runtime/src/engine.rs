@@ -336,16 +336,21 @@ impl Runtime {
         let paths = self.bundle_paths(id);
         let cgroup = self.cgroup(id);
         let owned = id.to_owned();
-        blocking(move || {
+        let result = blocking(move || {
             let object = format!("container {owned}");
-            if dir.exists() {
-                let mut container = load(&owned, dir.clone())?;
-                container.delete(true).map_err(|source| Error::Libcontainer {
-                    id: owned.clone(),
-                    action: "delete",
-                    source: Box::new(source),
-                })?;
-            }
+            // A failed libcontainer delete (e.g. its cgroup already gone) must not leave the
+            // rootfs mounted: the rest of the cleanup runs, then the error is reported.
+            let deleted = if dir.exists() {
+                load(&owned, dir.clone()).and_then(|mut container| {
+                    container.delete(true).map_err(|source| Error::Libcontainer {
+                        id: owned.clone(),
+                        action: "delete",
+                        source: Box::new(source),
+                    })
+                })
+            } else {
+                Ok(())
+            };
             overlay::unmount(&paths.rootfs).map_err(|e| Error::io(&object, "unmount", &paths.rootfs, e))?;
             if overlay::is_mounted(&paths.rootfs).unwrap_or(true) && paths.rootfs.exists() {
                 return Err(Error::StillMounted { id: owned, path: paths.rootfs });
@@ -356,11 +361,12 @@ impl Runtime {
                 }
                 _ => {}
             }
-            cgroup.remove_leftovers().map_err(|e| Error::io(&object, "remove cgroup", &cgroup.path, e))
+            cgroup.remove_leftovers().map_err(|e| Error::io(&object, "remove cgroup", &cgroup.path, e))?;
+            deleted
         })
-        .await?;
+        .await;
         self.watchers.forget(id);
-        Ok(())
+        result
     }
 
     /// Ids of the containers that have libcontainer state or a bundle under the root,

@@ -253,3 +253,26 @@ async fn stop_escalates_restart_keeps_writes_and_exec_joins() {
     assert_eq!(f.log("stop1"), "ready\ndata\n");
     f.cleanup(&["stop1"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delete_still_unmounts_the_rootfs_and_removes_the_bundle() {
+    let Some(mut f) = fixture("faildel") else { return };
+    f.runtime.run_container(&f.spec("gone1", "sleep 1000"), &f.image).await.expect("run");
+    assert_eq!(runtime::kill_all_under(&f.cgroup_parent), 1);
+    f.next_exit("gone1").await;
+    // libcontainer cannot read its state any more (a torn write, a disk error): its
+    // delete fails, and the rest of the cleanup must still happen.
+    let state = fs::read_dir(f.base.join("root"))
+        .expect("runtime root")
+        .flatten()
+        .map(|e| e.path().join("gone1/state.json"))
+        .find(|p| p.exists())
+        .expect("libcontainer state of gone1");
+    fs::write(&state, "{").expect("corrupt the state");
+    let result = f.runtime.remove_container("gone1").await;
+    assert!(result.is_err(), "the delete error is reported");
+    let bundle = f.base.join("root/containers/gone1");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mountinfo.contains(&bundle.display().to_string()), "rootfs still mounted after {result:?}");
+    assert!(!bundle.exists(), "bundle left behind after {result:?}");
+}

@@ -179,6 +179,44 @@ impl World {
         }
     }
 
+    /// Starts the fleet at rest (after `preload`): every node runs its part of the plan of
+    /// all nodes and knows every node's heartbeat and claims, as in a cluster that has
+    /// been up for a while.
+    pub fn start_at_rest(&mut self) {
+        let exp = self.expansion(0);
+        let plan = protocol::placement::place(&self.fleet, &exp.reqs);
+        for r in &exp.reqs {
+            let Some(node) = plan.assignments.get(&r.identity) else { continue };
+            let i = index_of(node);
+            let run = super::node::Run {
+                phase: Phase::Running,
+                requests: r.requests,
+                stateful: fleet::is_stateful(r),
+            };
+            self.nodes[i].runs.insert(r.identity.clone(), run);
+            self.nodes[i].target.insert(r.identity.clone(), (r.requests, fleet::is_stateful(r)));
+            *self.copies.entry(r.identity.clone()).or_insert(0) += 1;
+            self.last_ran_on.insert(r.identity.clone(), i);
+        }
+        let mut seen = Vec::with_capacity(self.nodes.len());
+        for n in &mut self.nodes {
+            n.run_ver = 1;
+            n.beat();
+            seen.push(Seen {
+                gen: n.gen,
+                hb: n.hb,
+                heard_at: 0,
+                digest: n.digest,
+                claims_ver: n.published_ver,
+                claims: n.published.clone(),
+            });
+        }
+        for n in &mut self.nodes {
+            n.view = seen.clone();
+            n.refresh_live(0);
+        }
+    }
+
     pub fn at(&mut self, time: u64, e: Event) {
         self.seq += 1;
         self.queue.push(Reverse(Queued(time, self.seq, e)));

@@ -43,8 +43,12 @@
 mod check;
 #[path = "fleet_sim/fleet.rs"]
 mod fleet;
+#[path = "fleet_sim/ledger.rs"]
+mod ledger;
 #[path = "fleet_sim/node.rs"]
 mod node;
+#[path = "fleet_sim/plans.rs"]
+mod plans;
 #[path = "fleet_sim/rng.rs"]
 mod rng;
 #[path = "fleet_sim/world.rs"]
@@ -111,6 +115,7 @@ struct Report {
     moves: u64,
     stateful_overlaps: u64,
     plans: (u64, u64),
+    messages: u64,
     wall_s: f64,
 }
 
@@ -258,6 +263,7 @@ fn run(s: &Scenario, seed: u64) -> Report {
         moves: w.metrics.moves,
         stateful_overlaps: w.stateful_overlaps,
         plans: (w.metrics.plans_computed, w.metrics.plans_reused),
+        messages: w.metrics.messages,
         wall_s: wall.elapsed().as_secs_f64(),
     }
 }
@@ -282,7 +288,7 @@ fn run_seeds(s: &Scenario, default_seeds: u64) -> Vec<Report> {
             println!(
                 "{} seed {seed}: {} nodes, {} replicas; last fault ({}) at {:.1} s, converged {:.1} s later; \
                  {:.1} duplicate replica-s; {} moves; {} StatefulSet overlaps; plans {} computed, {} shared; \
-                 wall {:.1} s",
+                 {} messages; wall {:.1} s",
                 s.name,
                 s.nodes,
                 report.replicas,
@@ -294,6 +300,7 @@ fn run_seeds(s: &Scenario, default_seeds: u64) -> Vec<Report> {
                 report.stateful_overlaps,
                 report.plans.0,
                 report.plans.1,
+                report.messages,
                 report.wall_s,
             );
             report

@@ -13,30 +13,42 @@
 //! - Sync rounds and pushes run over ordered, reliable streams: a lost packet costs a
 //!   200 ms retransmission; a partition or crash cuts the stream (the round times out).
 //! - Claims: the replicas a node starts or runs, published with its next heartbeat.
-//! - Agent: a node acts 1.5 s after it (re)starts; it recomputes its plan when its view
-//!   changed, at most every 500 ms; stops at once what the plan no longer gives it (50 ms);
-//!   starts what it gives (100 ms) when it has room next to everything it still runs or
-//!   stops; and, for StatefulSet replicas, only while the fence allows (quorum over all
-//!   members, a member list that survives restarts like the node's cluster files).
+//! - Agent: a node acts 1.5 s after it (re)starts; it recomputes its plan when its view of
+//!   the live nodes, their claims or the desired state changed, at most every 500 ms (not
+//!   for its own starts and stops, which follow the plan); stops at once what the plan no
+//!   longer gives it (50 ms); starts what it gives (100 ms) when it has room next to
+//!   everything it still runs or stops; and, for StatefulSet replicas, only as the fence
+//!   allows (`node::Fencing`): quorum over all members (a member list that survives
+//!   restarts, like the node's cluster files), `protocol::fence` rules 1 and 2, and rule 3,
+//!   which the simulation adds: the node's own plan has given it the replica for the
+//!   fence delay. Replicas map to `ReplicaReq` as in the node agent (`fleet::replicas`).
 //!
 //! Invariants asserted at every instant: no node runs (starting, running or stopping) more
 //! requests than its capacity; a node starts or runs only replicas its latest plan gives
-//! it; no plan any node computes puts more than capacity on a node; with fencing, no
-//! StatefulSet replica ever has two copies (any phase). At the end, after the faults and a
-//! settle time, `check::converged` and `check::assert_at_rest`: one desired state
-//! everywhere, every desired replica running on exactly one live node, views and plans
-//! agreed.
+//! it; no plan any node computes puts more than capacity on a node; with the full fence,
+//! no StatefulSet replica ever has two copies (in any phase) — checked at every start.
+//! At the end, after the faults and a settle time, `check::converged` and
+//! `check::assert_at_rest`: one desired state everywhere, every desired replica running on
+//! exactly one live node, views and plans agreed.
 //!
-//! A failure prints its seed; `PEER_SIM_SEED=<seed>` replays only that seed,
-//! `PEER_SIM_SEEDS=N` runs seeds 1..=N, `PEER_FLEET_SIM_LONG=1` runs the 1,000-node fleet
-//! (use `--release`).
+//! Each run prints the time from the last fault to convergence, the duplicate
+//! replica-seconds of Deployments from the first fault on (two copies for a second count
+//! one), and the moves (starts of a replica that last ran on another node). A failure
+//! prints its seed; `PEER_SIM_SEED=<seed>` replays only that seed, `PEER_SIM_SEEDS=N` runs
+//! seeds 1..=N, `PEER_SIM_TRACE=<text>` prints the starts and stops of matching replicas
+//! and the faults, and `PEER_FLEET_SIM_LONG=1` runs the 1,000-node fleet (with `--release`;
+//! `PEER_SIM_PROGRESS=1` shows its progress).
 
 #[path = "fleet_sim/check.rs"]
 mod check;
 #[path = "fleet_sim/fleet.rs"]
 mod fleet;
+#[path = "fleet_sim/ledger.rs"]
+mod ledger;
 #[path = "fleet_sim/node.rs"]
 mod node;
+#[path = "fleet_sim/plans.rs"]
+mod plans;
 #[path = "fleet_sim/rng.rs"]
 mod rng;
 #[path = "fleet_sim/world.rs"]
@@ -65,6 +77,8 @@ struct Scenario {
     stateful_replicas: u32,
     /// Every node starts with the desired state (else node 0 writes it at 100 ms).
     preload: bool,
+    /// And runs its part of the plan, with a converged view (a cluster up for a while).
+    at_rest: bool,
     fencing: Fencing,
     faults: Faults,
     /// How long after the last fault the fleet may take to converge.
@@ -101,6 +115,7 @@ struct Report {
     moves: u64,
     stateful_overlaps: u64,
     plans: (u64, u64),
+    messages: u64,
     wall_s: f64,
 }
 
@@ -206,6 +221,9 @@ fn run(s: &Scenario, seed: u64) -> Report {
             state.put(wl.clone(), &mut clock).expect("simulated workloads are small");
         }
         w.preload(&state);
+        if s.at_rest {
+            w.start_at_rest();
+        }
     } else {
         for (k, chunk) in all.chunks(50).enumerate() {
             w.at(100 + k as u64, Event::Write { node: 0, workloads: chunk.to_vec() });
@@ -245,6 +263,7 @@ fn run(s: &Scenario, seed: u64) -> Report {
         moves: w.metrics.moves,
         stateful_overlaps: w.stateful_overlaps,
         plans: (w.metrics.plans_computed, w.metrics.plans_reused),
+        messages: w.metrics.messages,
         wall_s: wall.elapsed().as_secs_f64(),
     }
 }
@@ -269,7 +288,7 @@ fn run_seeds(s: &Scenario, default_seeds: u64) -> Vec<Report> {
             println!(
                 "{} seed {seed}: {} nodes, {} replicas; last fault ({}) at {:.1} s, converged {:.1} s later; \
                  {:.1} duplicate replica-s; {} moves; {} StatefulSet overlaps; plans {} computed, {} shared; \
-                 wall {:.1} s",
+                 {} messages; wall {:.1} s",
                 s.name,
                 s.nodes,
                 report.replicas,
@@ -281,6 +300,7 @@ fn run_seeds(s: &Scenario, default_seeds: u64) -> Vec<Report> {
                 report.stateful_overlaps,
                 report.plans.0,
                 report.plans.1,
+                report.messages,
                 report.wall_s,
             );
             report
@@ -297,6 +317,7 @@ fn deployments_scenario() -> Scenario {
         statefulsets: 0,
         stateful_replicas: 0,
         preload: false,
+        at_rest: false,
         fencing: Fencing::StableAssignment,
         faults: Faults {
             from_ms: 8_000,
@@ -324,6 +345,7 @@ fn statefulsets_scenario() -> Scenario {
         statefulsets: 10,
         stateful_replicas: 3,
         preload: false,
+        at_rest: false,
         fencing: Fencing::StableAssignment,
         faults: Faults {
             from_ms: 15_000,
@@ -382,7 +404,8 @@ fn fence_rules_one_and_two_alone_admit_a_second_copy() {
     assert!(overlaps > 0, "rules 1 and 2 alone kept one copy: is rule 3 in protocol::fence now?");
 }
 
-/// 1,000 nodes, 2,000 Deployments of 5 replicas, 10 % of the nodes crash and stay down.
+/// 1,000 nodes, 2,000 Deployments of 5 replicas; 10 % of the nodes crash within 2 s (a
+/// rack losing power) and stay down, with 1 % loss meanwhile.
 #[test]
 fn long_thousand_nodes_ten_percent_crash() {
     if std::env::var_os("PEER_FLEET_SIM_LONG").is_none() {
@@ -397,10 +420,11 @@ fn long_thousand_nodes_ten_percent_crash() {
         statefulsets: 0,
         stateful_replicas: 0,
         preload: true,
+        at_rest: true,
         fencing: Fencing::StableAssignment,
         faults: Faults {
             from_ms: 10_000,
-            until_ms: 20_000,
+            until_ms: 12_000,
             loss: 0.01,
             crashes: 100,
             restart_ms: None,

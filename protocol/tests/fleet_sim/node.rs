@@ -11,7 +11,7 @@ use protocol::placement::{NodeView, Resources};
 use protocol::replicate::{ReplicateConfig, Replicator};
 use protocol::sync::SyncSession;
 
-use super::world::Expansion;
+use super::plans::Expansion;
 
 /// Gossip interval: every node bumps its heartbeat and gossips this often.
 pub const TICK_MS: u64 = 200;

@@ -1,21 +1,23 @@
-//! The simulated world: a discrete-event loop in virtual time over a network with per-message
-//! latency, loss and partitions, the nodes, the faults, and the bookkeeping behind the
-//! invariants (who runs which copy of which replica, at every instant).
+//! The simulated world: a discrete-event loop in virtual time over a network with
+//! per-message latency, loss and partitions; the nodes' gossip, pushes and sync rounds;
+//! and the faults. Plans are in `plans`, what runs where in `ledger`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 use protocol::desired::DesiredState;
-use protocol::placement::{place_with_claims, Claim, NodeView, ReplicaReq};
+use protocol::placement::NodeView;
 use protocol::spec::{ObjectKey, Workload};
 use protocol::sync::{SyncMessage, SyncSession};
 
 use super::fleet::{self, index_of};
+use super::ledger::Metrics;
+use super::node::TICK_MS;
 use super::node::{
     Fencing, Node, Phase, Seen, Session, GOSSIP_FANOUT, PLAN_EVERY_MS, QUIET_MS, ROUND_TIMEOUT_MS,
 };
-use super::node::{START_MS, STOP_MS, TICK_MS};
+use super::plans::{Expansion, PlanInfo, PlanKey};
 use super::rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -68,36 +70,6 @@ impl Ord for Queued {
     }
 }
 
-/// The replicas of one desired state, in identity order (shared by every node holding
-/// that state).
-pub struct Expansion {
-    pub reqs: Vec<ReplicaReq>,
-}
-
-/// A computed plan: per node index, its replicas (indices into the expansion).
-pub struct PlanInfo {
-    pub exp: Rc<Expansion>,
-    pub by_node: BTreeMap<usize, Vec<usize>>,
-    pub unschedulable: BTreeMap<String, String>,
-}
-
-/// Everything a plan depends on: the desired state's digest and, per live node, the
-/// version of its claims (a node's own claims are its current running set).
-type PlanKey = (u64, Vec<(usize, u64, u64)>);
-
-/// What the run measured.
-#[derive(Debug, Default, Clone)]
-pub struct Metrics {
-    /// Sum over time of extra copies of Deployment replicas (copies beyond the first).
-    pub duplicate_ms: u64,
-    /// Starts of a replica that last ran on another node (counted after `count_from`).
-    pub moves: u64,
-    pub starts: u64,
-    pub plans_computed: u64,
-    pub plans_reused: u64,
-    pub messages: u64,
-}
-
 pub struct World {
     pub now: u64,
     pub rng: Rng,
@@ -106,19 +78,21 @@ pub struct World {
     pub net: Net,
     pub fleet: Vec<NodeView>,
     pub nodes: Vec<Node>,
-    side: Vec<u8>,
+    pub side: Vec<u8>,
     loss: f64,
     fencing: (Fencing, u64),
-    expansions: BTreeMap<u64, Rc<Expansion>>,
-    plans: BTreeMap<PlanKey, Rc<PlanInfo>>,
-    plan_order: VecDeque<PlanKey>,
+    /// Replicas per desired-state digest, and plans by their inputs (see `plans`).
+    pub expansions: BTreeMap<u64, Rc<Expansion>>,
+    pub plans: BTreeMap<PlanKey, Rc<PlanInfo>>,
+    pub plan_order: VecDeque<PlanKey>,
     /// Copies of each replica on up nodes, in any phase (starting, running, stopping).
     pub copies: BTreeMap<String, u32>,
     /// StatefulSet replicas ever started (their copies are never "extra": they are fenced).
-    stateful: BTreeSet<String>,
-    excess: u64,
-    excess_since: u64,
-    last_ran_on: BTreeMap<String, usize>,
+    pub stateful: BTreeSet<String>,
+    /// Extra copies of Deployment replicas now, and since when (see `ledger`).
+    pub excess: u64,
+    pub excess_since: u64,
+    pub last_ran_on: BTreeMap<String, usize>,
     pub metrics: Metrics,
     /// Moves and duplicates are counted from this time on (the first fault).
     pub count_from: u64,
@@ -129,7 +103,7 @@ pub struct World {
     pub seed: u64,
     /// `PEER_SIM_TRACE=<text>`: print starts and stops of replicas whose identity contains
     /// it, and every fault.
-    trace: Option<String>,
+    pub trace: Option<String>,
 }
 
 impl World {
@@ -477,185 +451,6 @@ impl World {
         }
     }
 
-    /// The replicas of a node's desired state (computed once per distinct state).
-    fn expansion(&mut self, i: usize) -> Rc<Expansion> {
-        let n = &self.nodes[i];
-        self.expansions
-            .entry(n.digest)
-            .or_insert_with(|| Rc::new(Expansion { reqs: fleet::replicas(&n.state) }))
-            .clone()
-    }
-
-    /// Everything node `i`'s plan depends on, as it sees it now.
-    fn plan_key(&self, i: usize) -> (PlanKey, Vec<usize>) {
-        let n = &self.nodes[i];
-        let live: Vec<usize> = (0..n.live.len()).filter(|&x| n.live[x]).collect();
-        let versions = live
-            .iter()
-            .map(|&x| if x == i { (x, n.gen, n.run_ver) } else { (x, n.view[x].gen, n.view[x].claims_ver) })
-            .collect();
-        ((n.digest, versions), live)
-    }
-
-    /// The plan node `i` computes from its own view with the real placement. Nodes with
-    /// the same view share the computation (placement is pure).
-    pub fn plan_of(&mut self, i: usize) -> Rc<PlanInfo> {
-        let (key, live) = self.plan_key(i);
-        if let Some(info) = self.plans.get(&key) {
-            self.metrics.plans_reused += 1;
-            return info.clone();
-        }
-        self.metrics.plans_computed += 1;
-        let exp = self.expansion(i);
-        let info = Rc::new(self.compute_plan(i, &live, exp));
-        self.plans.insert(key.clone(), info.clone());
-        self.plan_order.push_back(key);
-        if self.plan_order.len() > 64 {
-            let old = self.plan_order.pop_front().expect("not empty");
-            self.plans.remove(&old);
-        }
-        info
-    }
-
-    /// Node `i` takes its part of its plan.
-    fn plan(&mut self, i: usize) {
-        let info = self.plan_of(i);
-        let mine = info.by_node.get(&i).map_or(&[][..], Vec::as_slice);
-        let now = self.now;
-        self.nodes[i].set_target(&info.exp, mine, now);
-    }
-
-    fn compute_plan(&self, i: usize, live: &[usize], exp: Rc<Expansion>) -> PlanInfo {
-        let n = &self.nodes[i];
-        let views: Vec<NodeView> = live.iter().map(|&x| self.fleet[x].clone()).collect();
-        let own = n.claims_now();
-        let mut claims = Vec::new();
-        for &x in live {
-            let list = if x == i { &own.all } else { &n.view[x].claims.all };
-            let node = &self.fleet[x].id;
-            claims.extend(list.iter().map(|r| Claim { node: node.clone(), replica: r.clone() }));
-        }
-        let plan = place_with_claims(&views, &exp.reqs, &claims);
-        // Both are in identity order: walk them together.
-        let mut by_node: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        let mut load = vec![protocol::placement::Resources::default(); self.fleet.len()];
-        let mut k = 0;
-        for (r, node) in &plan.assignments {
-            while exp.reqs[k].identity != *r {
-                k += 1;
-            }
-            let x = index_of(node);
-            by_node.entry(x).or_default().push(k);
-            load[x].cpu_millis += exp.reqs[k].requests.cpu_millis;
-            load[x].memory_bytes += exp.reqs[k].requests.memory_bytes;
-        }
-        // Placement's own promise, checked on every plan any node computes.
-        for (x, load) in load.iter().enumerate() {
-            let cap = self.fleet[x].capacity;
-            assert!(
-                load.cpu_millis <= cap.cpu_millis && load.memory_bytes <= cap.memory_bytes,
-                "seed {}: a plan puts more than its capacity on {}",
-                self.seed,
-                self.fleet[x].id
-            );
-        }
-        PlanInfo { exp, by_node, unschedulable: plan.unschedulable }
-    }
-
-    fn reconcile(&mut self, i: usize) {
-        let now = self.now;
-        let (started, stopped) = self.nodes[i].reconcile(now);
-        let gen = self.nodes[i].gen;
-        if let Some(t) = &self.trace {
-            let n = &self.nodes[i];
-            let quorum = n.fence.as_ref().map(protocol::fence::Fence::may_run);
-            let live = n.live.iter().filter(|l| **l).count();
-            for r in started.iter().filter(|r| r.contains(t.as_str())) {
-                eprintln!(
-                    "{now} {} (side {}, {live} live, quorum {quorum:?}) starts {r}",
-                    n.id, self.side[i]
-                );
-            }
-            for r in stopped.iter().filter(|r| r.contains(t.as_str())) {
-                eprintln!("{now} {} (side {}, {live} live, quorum {quorum:?}) stops {r}", n.id, self.side[i]);
-            }
-        }
-        for r in stopped {
-            self.at(now + STOP_MS, Event::StopDone { node: i, gen, replica: r });
-        }
-        for r in started {
-            self.copy_started(i, &r);
-            self.at(now + START_MS, Event::StartDone { node: i, gen, replica: r });
-        }
-        // What a node starts or runs is what its own plan gives it (stops are immediate).
-        let n = &self.nodes[i];
-        for r in n.active() {
-            assert!(n.target.contains_key(r), "seed {}: {} runs {r} outside its plan", self.seed, n.id);
-        }
-    }
-
-    /// Adds the extra copies' time since the last change (only from `count_from` on).
-    fn account(&mut self) {
-        let from = self.excess_since.max(self.count_from);
-        if self.now > from {
-            self.metrics.duplicate_ms += self.excess * (self.now - from);
-        }
-        self.excess_since = self.now;
-    }
-
-    fn copy_started(&mut self, node: usize, r: &str) {
-        self.account();
-        let stateful = self.nodes[node].runs[r].stateful;
-        let copies = self.copies.entry(r.to_owned()).or_insert(0);
-        *copies += 1;
-        if stateful {
-            let copies = *copies;
-            if copies > 1 {
-                self.stateful_overlaps += 1;
-                assert!(
-                    !self.strict,
-                    "seed {}: StatefulSet replica {r} starts on {} while another copy runs (t = {} ms): {}",
-                    self.seed,
-                    self.nodes[node].id,
-                    self.now,
-                    self.describe(node, r)
-                );
-            }
-            self.stateful.insert(r.to_owned());
-        } else if *copies > 1 {
-            self.excess += 1;
-        }
-        self.metrics.starts += 1;
-        if self.now >= self.count_from && self.last_ran_on.get(r).is_some_and(|&on| on != node) {
-            self.metrics.moves += 1;
-        }
-        // Everything a node starts, runs or stops fits its capacity, at every instant.
-        let n = &self.nodes[node];
-        let (cpu, mem) = n
-            .runs
-            .values()
-            .fold((0, 0), |(c, m), run| (c + run.requests.cpu_millis, m + run.requests.memory_bytes));
-        assert!(
-            cpu <= n.capacity.cpu_millis && mem <= n.capacity.memory_bytes,
-            "seed {}: {} runs {cpu} m CPU and {mem} bytes, over its capacity {:?}",
-            self.seed,
-            n.id,
-            n.capacity
-        );
-    }
-
-    fn copy_gone(&mut self, r: &str) {
-        self.account();
-        let copies = self.copies.get_mut(r).expect("a stopping replica was counted");
-        if *copies > 1 && !self.stateful.contains(r) {
-            self.excess -= 1;
-        }
-        *copies -= 1;
-        if *copies == 0 {
-            self.copies.remove(r);
-        }
-    }
-
     fn fault(&mut self, f: Fault) {
         if self.trace.is_some() {
             eprintln!("{} fault {f:?}", self.now);
@@ -686,36 +481,5 @@ impl World {
             Fault::Heal => self.side = vec![0; self.nodes.len()],
             Fault::Loss(p) => self.loss = p,
         }
-    }
-
-    /// Who else runs `r`, and how `node` sees them: for failure messages.
-    fn describe(&self, node: usize, r: &str) -> String {
-        let me = &self.nodes[node];
-        let mut out = format!("{} (side {}, up since {} ms)", me.id, self.side[node], me.started_at);
-        for (x, other) in self.nodes.iter().enumerate() {
-            if x == node || !other.up {
-                continue;
-            }
-            if let Some(run) = other.runs.get(r) {
-                let seen = &me.view[x];
-                out += &format!(
-                    "; {} has it {:?} (side {}, gen {}), seen by {} at gen {} heard {} ms ago, claims {:?}",
-                    other.id,
-                    run.phase,
-                    self.side[x],
-                    other.gen,
-                    me.id,
-                    seen.gen,
-                    self.now.saturating_sub(seen.heard_at),
-                    seen.claims.stateful
-                );
-            }
-        }
-        out
-    }
-
-    /// Closes the duplicate accounting at the current time.
-    pub fn settle_metrics(&mut self) {
-        self.account();
     }
 }

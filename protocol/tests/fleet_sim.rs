@@ -33,7 +33,8 @@
 //!
 //! Each run prints the time from the last fault to convergence, the duplicate
 //! replica-seconds of Deployments from the first fault on (two copies for a second count
-//! one), and the moves (starts of a replica that last ran on another node). A failure
+//! one), the moves (starts of a replica that last ran on another node) next to the copies
+//! lost in crashes (each needs one move), and how many plans were computed. A failure
 //! prints its seed; `PEER_SIM_SEED=<seed>` replays only that seed, `PEER_SIM_SEEDS=N` runs
 //! seeds 1..=N, `PEER_SIM_TRACE=<text>` prints the starts and stops of matching replicas
 //! and the faults, and `PEER_FLEET_SIM_LONG=1` runs the 1,000-node fleet (with `--release`;
@@ -113,6 +114,7 @@ struct Report {
     replicas: usize,
     duplicate_replica_s: f64,
     moves: u64,
+    lost: u64,
     stateful_overlaps: u64,
     plans: (u64, u64),
     messages: u64,
@@ -261,6 +263,7 @@ fn run(s: &Scenario, seed: u64) -> Report {
         replicas,
         duplicate_replica_s: w.metrics.duplicate_ms as f64 / 1000.0,
         moves: w.metrics.moves,
+        lost: w.metrics.lost,
         stateful_overlaps: w.stateful_overlaps,
         plans: (w.metrics.plans_computed, w.metrics.plans_reused),
         messages: w.metrics.messages,
@@ -287,7 +290,7 @@ fn run_seeds(s: &Scenario, default_seeds: u64) -> Vec<Report> {
             });
             println!(
                 "{} seed {seed}: {} nodes, {} replicas; last fault ({}) at {:.1} s, converged {:.1} s later; \
-                 {:.1} duplicate replica-s; {} moves; {} StatefulSet overlaps; plans {} computed, {} shared; \
+                 {:.1} duplicate replica-s; {} moves ({} copies lost in crashes); {} StatefulSet overlaps; plans {} computed, {} shared; \
                  {} messages; wall {:.1} s",
                 s.name,
                 s.nodes,
@@ -297,6 +300,7 @@ fn run_seeds(s: &Scenario, default_seeds: u64) -> Vec<Report> {
                 report.converged_after_ms as f64 / 1000.0,
                 report.duplicate_replica_s,
                 report.moves,
+                report.lost,
                 report.stateful_overlaps,
                 report.plans.0,
                 report.plans.1,

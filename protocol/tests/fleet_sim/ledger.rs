@@ -12,6 +12,8 @@ pub struct Metrics {
     pub duplicate_ms: u64,
     /// Starts of a replica that last ran on another node (counted after `count_from`).
     pub moves: u64,
+    /// Copies that died with their node (crashes happen after `count_from`).
+    pub lost: u64,
     pub starts: u64,
     pub plans_computed: u64,
     pub plans_reused: u64,

@@ -463,6 +463,7 @@ impl World {
                 }
                 n.up = false;
                 let gone: Vec<String> = std::mem::take(&mut n.runs).into_keys().collect();
+                self.metrics.lost += gone.len() as u64;
                 for r in gone {
                     self.copy_gone(&r);
                 }

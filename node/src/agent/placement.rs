@@ -119,6 +119,13 @@ impl Placement {
             .flat_map(|n| n.claims.keys())
             .filter(|p| pods.iter().any(|d| stateful(d) && pod_key(&d.namespace, &d.name) == **p));
         self.fence.observe(now_ms, quorum, others_stateful.map(String::as_str));
+        let mine_stateful = pods
+            .iter()
+            .filter(|d| stateful(d))
+            .map(|d| pod_key(&d.namespace, &d.name))
+            .filter(|k| plan.assignments.get(k).map(String::as_str) == Some(me));
+        let mine_stateful: Vec<String> = mine_stateful.collect();
+        self.fence.assigned(now_ms, mine_stateful.iter().map(String::as_str));
         let held = nodes.iter().find(|n| n.id == me).map(|n| n.claims);
 
         let mut share = Share::default();

@@ -78,13 +78,14 @@ pub struct Session {
 pub enum Fencing {
     /// Not at all: the control run, where second copies must show.
     Off,
-    /// `protocol::fence` as it is: (1) run only with a quorum, (2) start only after a
-    /// quorum and no other claim of the replica for the fence delay.
+    /// `protocol::fence` rules 1 and 2 only (`Fence::without_stable_assignment`): (1) run
+    /// only with a quorum, (2) start only after a quorum and no other claim of the replica
+    /// for the fence delay. The control that shows why rule 3 exists.
     Rules,
-    /// Rules 1 and 2, and (3) start only once the node's own plan has given it the replica
-    /// continuously for the fence delay. Without it a node whose quorum is stale (cut off
-    /// for less than the detection time) can start a replica the other side has just
-    /// started, and two nodes of one majority whose views briefly disagree can both start.
+    /// `protocol::fence` as the node uses it (`Fence::new`): rules 1 and 2, and (3) start
+    /// only once the node's own plan has given it the replica continuously for the fence
+    /// delay. Without it a node whose quorum is stale (cut off for less than the detection
+    /// time) can start a replica the other side has just started.
     StableAssignment,
 }
 
@@ -115,11 +116,7 @@ pub struct Node {
     pub target: Target,
     pub plan_dirty: bool,
     pub last_plan_at: Option<u64>,
-    pub fencing: Fencing,
     pub fence: Option<Fence>,
-    fence_delay_ms: u64,
-    /// When the plan started giving this node each of its StatefulSet replicas (rule 3).
-    assigned_since: BTreeMap<String, u64>,
     snapshot: Option<Rc<Vec<Seen>>>,
 }
 
@@ -157,10 +154,11 @@ impl Node {
             target: Target::new(),
             plan_dirty: true,
             last_plan_at: None,
-            fencing,
-            fence: (fencing != Fencing::Off).then(|| Fence::new(fence_delay_ms)),
-            fence_delay_ms,
-            assigned_since: BTreeMap::new(),
+            fence: match fencing {
+                Fencing::Off => None,
+                Fencing::Rules => Some(Fence::without_stable_assignment(fence_delay_ms)),
+                Fencing::StableAssignment => Some(Fence::new(fence_delay_ms)),
+            },
             snapshot: None,
         }
     }
@@ -301,9 +299,7 @@ impl Node {
         }
         let mut started = Vec::new();
         for (r, &(requests, stateful)) in &self.target {
-            let settled = self.fencing != Fencing::StableAssignment
-                || self.assigned_since.get(r).is_some_and(|since| now >= since + self.fence_delay_ms);
-            let fenced = stateful && !(may_run && settled && fence.is_none_or(|f| f.may_start(now, r)));
+            let fenced = stateful && !(may_run && fence.is_none_or(|f| f.may_start(now, r)));
             if self.runs.contains_key(r) || fenced {
                 continue;
             }
@@ -334,11 +330,9 @@ impl Node {
                 (r.identity.clone(), (r.requests, super::fleet::is_stateful(r)))
             })
             .collect();
-        let before = std::mem::take(&mut self.assigned_since);
-        for (r, &(_, stateful)) in &self.target {
-            if stateful {
-                self.assigned_since.insert(r.clone(), before.get(r).copied().unwrap_or(now));
-            }
+        if let Some(fence) = &mut self.fence {
+            let stateful = self.target.iter().filter(|(_, (_, s))| *s).map(|(r, _)| r.as_str());
+            fence.assigned(now, stateful);
         }
         self.plan_dirty = false;
         self.last_plan_at = Some(now);

@@ -175,6 +175,42 @@ pub struct ResourceList {
 }
 
 impl PodTemplate {
+    /// What one replica asks of a node: the sum of its containers' requests, where a
+    /// container gives a limit but no request, the limit (Kubernetes' defaulting).
+    pub fn requests(&self) -> crate::placement::Resources {
+        let mut sum = crate::placement::Resources::default();
+        for c in &self.containers {
+            let r = &c.resources;
+            sum.cpu_millis += r.requests.cpu_millis.or(r.limits.cpu_millis).unwrap_or(0);
+            sum.memory_bytes += r.requests.memory_bytes.or(r.limits.memory_bytes).unwrap_or(0);
+        }
+        sum
+    }
+
+    /// One replica of this template as placement sees it. Replicas of a workload spread
+    /// over nodes by default, as Kubernetes' default hostname spread does (an explicit
+    /// hostname podAntiAffinity says the same).
+    pub fn replica_req(
+        &self,
+        workload: String,
+        identity: String,
+        node_name: Option<String>,
+    ) -> crate::placement::ReplicaReq {
+        let s = &self.scheduling;
+        crate::placement::ReplicaReq {
+            workload,
+            identity,
+            requests: self.requests(),
+            node_selector: s.node_selector.clone(),
+            tolerations: s.tolerations.clone(),
+            required_affinity: s.required_affinity.clone(),
+            preferred_affinity: s.preferred_affinity.clone(),
+            anti_affinity_by_hostname: true,
+            topology_spread: s.topology_spread.clone(),
+            node_name,
+        }
+    }
+
     /// A stable hash of the template, used as the revision of a Deployment:
     /// FNV-1a over the canonical JSON encoding (field order is declaration
     /// order and maps are BTreeMaps, so the bytes are deterministic).

@@ -225,27 +225,7 @@ pub fn my_claims(
 }
 
 pub fn replica_req(d: &DesiredPod) -> ReplicaReq {
-    let s = &d.template.scheduling;
-    let mut requests = Resources::default();
-    for c in &d.template.containers {
-        let r = &c.resources;
-        requests.cpu_millis += r.requests.cpu_millis.or(r.limits.cpu_millis).unwrap_or(0);
-        requests.memory_bytes += r.requests.memory_bytes.or(r.limits.memory_bytes).unwrap_or(0);
-    }
-    ReplicaReq {
-        workload: d.workload.to_string(),
-        identity: pod_key(&d.namespace, &d.name),
-        requests,
-        node_selector: s.node_selector.clone(),
-        tolerations: s.tolerations.clone(),
-        required_affinity: s.required_affinity.clone(),
-        preferred_affinity: s.preferred_affinity.clone(),
-        // Replicas of a workload spread over nodes by default, as Kubernetes' default
-        // topology spread on the hostname does; the explicit podAntiAffinity says the same.
-        anti_affinity_by_hostname: true,
-        topology_spread: s.topology_spread.clone(),
-        node_name: d.node_name.clone(),
-    }
+    d.template.replica_req(d.workload.to_string(), pod_key(&d.namespace, &d.name), d.node_name.clone())
 }
 
 /// A node as placement sees it. Like Kubernetes, the node's name is also its

@@ -110,16 +110,6 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
 
 /// The sum of the containers' requests (a container without a request counts its limit,
 /// as the node agent does; without either, 0).
-pub fn requests(t: &PodTemplate) -> Resources {
-    let mut sum = Resources::default();
-    for c in &t.containers {
-        let r = &c.resources;
-        sum.cpu_millis += r.requests.cpu_millis.or(r.limits.cpu_millis).unwrap_or(0);
-        sum.memory_bytes += r.requests.memory_bytes.or(r.limits.memory_bytes).unwrap_or(0);
-    }
-    sum
-}
-
 /// Whether a replica belongs to a StatefulSet (fenced: at most one copy at any instant).
 pub fn is_stateful(r: &ReplicaReq) -> bool {
     r.workload.starts_with("StatefulSet/")
@@ -134,19 +124,7 @@ pub fn is_stateful(r: &ReplicaReq) -> bool {
 pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
     let mut out = Vec::new();
     for w in state.live() {
-        let s = &w.template.scheduling;
-        let base = ReplicaReq {
-            workload: w.key.to_string(),
-            identity: String::new(),
-            requests: requests(&w.template),
-            node_selector: s.node_selector.clone(),
-            tolerations: s.tolerations.clone(),
-            required_affinity: s.required_affinity.clone(),
-            preferred_affinity: s.preferred_affinity.clone(),
-            anti_affinity_by_hostname: true,
-            topology_spread: s.topology_spread.clone(),
-            node_name: None,
-        };
+        let base = w.template.replica_req(w.key.to_string(), String::new(), None);
         let ns = &w.key.namespace;
         let name = &w.key.name;
         let identities: Vec<String> = match w.key.kind {

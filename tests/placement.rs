@@ -194,3 +194,31 @@ fn a_statefulset_replica_never_runs_twice_across_a_partition() {
     }
     wait_exactly("db-0 running once", &all, 1, Duration::from_secs(30));
 }
+
+#[test]
+fn a_node_cut_off_or_rebooted_alone_keeps_its_workloads_running() {
+    if !require_root("a_node_cut_off_or_rebooted_alone_keeps_its_workloads_running") {
+        return;
+    }
+    let mut nodes = cluster(&["a1", "a2", "a3"]);
+    apply(&nodes[0], "api.yaml", &deployment("api", 3));
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_exactly("3 replicas", &all, 3, Duration::from_secs(60));
+
+    // Cut a1 off: it runs every replica itself (availability first) and restarts them.
+    let addr = |i: usize| nodes[i].listen.to_string();
+    nodes[0].peer_ok(&["block", &addr(1), &addr(2)]);
+    nodes[1].peer_ok(&["block", &addr(0)]);
+    nodes[2].peer_ok(&["block", &addr(0)]);
+    wait_exactly("all 3 on the cut-off node", &[&nodes[0]], 3, Duration::from_secs(30));
+    assert!(nodes[0].kill_containers() >= 3);
+    wait_exactly("all 3 restarted on the cut-off node", &[&nodes[0]], 3, Duration::from_secs(30));
+
+    // The others stop; a1 reboots (agent and containers killed) with no peer reachable.
+    nodes[1].kill_agent();
+    nodes[2].kill_agent();
+    nodes[0].kill_agent();
+    nodes[0].kill_containers();
+    nodes[0].start_agent();
+    wait_exactly("all 3 back after a reboot alone", &[&nodes[0]], 3, Duration::from_secs(30));
+}

@@ -158,6 +158,16 @@ impl Drop for Fixture {
         for mount in mounts {
             let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
         }
+        // Container cgroups the runtime could not remove, then the parent.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let parent = hierarchy.path().join(&self.cgroup_parent);
+            for container in fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if container.path().is_dir() {
+                    let _ = fs::remove_dir(container.path());
+                }
+            }
+            let _ = fs::remove_dir(parent);
+        }
         let _ = fs::remove_dir_all(&self.base);
     }
 }

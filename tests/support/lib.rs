@@ -288,19 +288,46 @@ impl Drop for Node {
             }
             self.kill_agent();
         }
-        // libcontainer leaves the parent cgroup directories behind; remove this node's.
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let _ = std::fs::remove_dir(h.path().join(&self.cgroup_parent));
-            }
+        // What a dead agent left (a test killed it): its containers, their rootfs mounts.
+        self.kill_containers();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", m]).status();
         }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.cgroup_parent));
+        // libcontainer leaves the parent cgroup directories behind (and a dead agent its
+        // containers' too); remove this node's, deepest first.
+        let mut roots = vec![Path::new("/sys/fs/cgroup").join(&self.cgroup_parent)];
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            roots.extend(hierarchies.flatten().map(|h| h.path().join(&self.cgroup_parent)));
+        }
+        for root in roots {
+            remove_cgroup_tree(&root);
+        }
         if std::thread::panicking() {
             eprintln!("--- agent log of node {} ---\n{}", self.name, self.agent_log());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Removes a cgroup directory and its children, deepest first (cgroup files cannot be
+/// deleted, only their empty directories).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn ready_all(ready: &Value) -> bool {

@@ -410,7 +410,7 @@ fn live_claims<'c>(
 
 /// `0/5 nodes are available: 2 Insufficient memory, 3 node(s) didn't match ...`: the
 /// counted reasons as `"<count> <reason>"`, sorted as strings like Kubernetes' FitError.
-fn failed_scheduling(total: usize, reasons: &BTreeMap<Reason, usize>) -> String {
+pub(super) fn failed_scheduling(total: usize, reasons: &BTreeMap<Reason, usize>) -> String {
     if total == 0 {
         return "0/0 nodes are available: no live nodes".to_owned();
     }

@@ -5,6 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
+use crate::placement::engine::failed_scheduling;
 use crate::placement::filter::{may_keep, prefer_no_schedule, preferred_weight, static_fit, Reason};
 use crate::placement::hrw::{key_hash, race, weight};
 use crate::placement::{
@@ -208,15 +209,4 @@ fn domain_counts<'a>(
         }
     }
     counts
-}
-
-/// `0/5 nodes are available: 2 Insufficient memory, 3 node(s) didn't match ...`: the
-/// counted reasons as `"<count> <reason>"`, sorted as strings like Kubernetes' FitError.
-fn failed_scheduling(total: usize, reasons: &BTreeMap<Reason, usize>) -> String {
-    if total == 0 {
-        return "0/0 nodes are available: no live nodes".to_owned();
-    }
-    let mut parts: Vec<String> = reasons.iter().map(|(reason, n)| format!("{n} {reason}")).collect();
-    parts.sort();
-    format!("0/{total} nodes are available: {}", parts.join(", "))
 }

@@ -133,6 +133,12 @@ fn cordon_and_selectors_keep_pods_off_and_unschedulable_pods_say_why() {
     let all: Vec<&Node> = nodes.iter().collect();
     wait_exactly("2 web replicas", &all, 2, Duration::from_secs(30));
     assert!(nodes[0].running_pods().is_empty(), "nothing new on a cordoned node");
+    // Any node describes a pod from the runner's claim.
+    let pod = nodes[1].running_pods().pop().expect("a web pod on c2");
+    wait_for("c1 to describe the pod running on c2", Duration::from_secs(5), || {
+        let d = nodes[0].describe(&pod);
+        (d["node"] == "c2" && d["status"] == "Running").then_some(())
+    });
     nodes[0].peer_ok(&["uncordon"]);
     wait_for("c1 shown schedulable on c2", Duration::from_secs(10), || {
         let rows = tests::nodes_json(&nodes[1]);

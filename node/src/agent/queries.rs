@@ -154,8 +154,27 @@ impl Agent {
             return err(format!("pod {key} not found"));
         };
         match &planned.node {
+            // What this node knows of another node's pod: where it is and what its claim says.
             Some(node) => {
-                err(format!("pod {key} is placed on node {node}; run `peer describe pod {name}` there"))
+                let claim = self
+                    .cluster
+                    .live_peers()
+                    .find(|p| p.member.node_id == *node)
+                    .and_then(|p| p.claims.get(key).cloned());
+                let status = match &claim {
+                    Some(c) if c.running => "Running",
+                    _ => "Pending",
+                };
+                ok(json!({
+                    "name": name,
+                    "node": node,
+                    "status": status,
+                    "controlledBy": planned.workload.to_string(),
+                    "revision": claim.as_ref().map_or(planned.revision.clone(), |c| c.revision.clone()),
+                    "runningSinceMs": claim.as_ref().filter(|c| c.running).map(|c| c.since_ms),
+                    "conditions": [{ "type": "PodScheduled", "status": "True" }],
+                    "details": format!("containers, restarts and logs: `peer describe pod {name}` on node {node}"),
+                }))
             }
             None => ok(json!({
                 "name": name,

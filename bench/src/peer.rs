@@ -39,10 +39,14 @@ impl Agent {
              spec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {NAME}}}}}\n  template:\n    \
              metadata: {{labels: {{app: {NAME}}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      \
              containers:\n        - name: demo\n          image: {image}\n          resources:\n            \
+             requests: {{cpu: 10m, memory: {req_mem}Mi}}\n            \
              limits: {{cpu: {cpu}m, memory: {mem}Mi}}\n",
             image = self.image,
             cpu = self.cpu_millis,
             mem = self.memory_mib,
+            // Small requests, so that placement (requests against the node's capacity, as
+            // Kubernetes does) admits every replica of the largest N on a 2-core machine.
+            req_mem = self.memory_mib.min(16),
         )
     }
 

@@ -370,7 +370,7 @@ fn take(free: &mut Resources, requests: &Resources) {
 }
 
 /// Nodes sorted by id, one per id.
-fn canonical_nodes(nodes: &[NodeView]) -> Vec<&NodeView> {
+pub(super) fn canonical_nodes(nodes: &[NodeView]) -> Vec<&NodeView> {
     let mut sorted: Vec<&NodeView> = nodes.iter().collect();
     sorted.sort();
     sorted.dedup_by(|b, a| a.id == b.id);

@@ -10,7 +10,7 @@ use crate::placement::hrw::{key_hash, rotated, weight};
 use crate::placement::{NodeSelectorTerm, NodeView, PreferredTerm, ReplicaReq, Toleration};
 
 /// The per-node constraints of a replica, the key of a [`Group`].
-type Constraints<'a> = (
+pub(super) type Constraints<'a> = (
     &'a BTreeMap<String, String>,
     &'a [Toleration],
     &'a [NodeSelectorTerm],

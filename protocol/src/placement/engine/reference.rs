@@ -5,23 +5,11 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use crate::placement::engine::failed_scheduling;
+use crate::placement::engine::groups::Constraints;
+use crate::placement::engine::{canonical_nodes, failed_scheduling};
 use crate::placement::filter::{may_keep, prefer_no_schedule, preferred_weight, static_fit, Reason};
 use crate::placement::hrw::{key_hash, race, weight};
-use crate::placement::{
-    Claim, NodeSelectorTerm, NodeView, Plan, PreferredTerm, ReplicaReq, Resources, Toleration,
-};
-
-/// The per-node constraints of a replica; replicas of one workload share them, so their
-/// per-node results are computed once per distinct value (the 1,000-node recompute is
-/// dominated by this otherwise).
-type Constraints<'a> = (
-    &'a BTreeMap<String, String>,
-    &'a [Toleration],
-    &'a [NodeSelectorTerm],
-    &'a [PreferredTerm],
-    Option<&'a str>,
-);
+use crate::placement::{Claim, NodeView, Plan, ReplicaReq, Resources};
 
 /// A node's static result for a set of constraints: a reason it is out, or its scores.
 type Static = Result<(u32, Reverse<u64>), Reason>;
@@ -167,14 +155,6 @@ struct Key {
     prefer_no_schedule: u32,
     preferred: Reverse<u64>,
     race: u64,
-}
-
-/// Nodes sorted by id, one per id.
-fn canonical_nodes(nodes: &[NodeView]) -> Vec<&NodeView> {
-    let mut sorted: Vec<&NodeView> = nodes.iter().collect();
-    sorted.sort();
-    sorted.dedup_by(|b, a| a.id == b.id);
-    sorted
 }
 
 /// Replicas in processing order: by stable hash of the identity (independent of the node

@@ -137,6 +137,65 @@ pub struct Container {
     pub working_dir: Option<String>,
     pub ports: Vec<ContainerPort>,
     pub resources: Resources,
+    /// Kubernetes' `livenessProbe`, `readinessProbe` and `startupProbe`.
+    #[serde(default)]
+    pub probes: Probes,
+}
+
+/// A container's probes; `None` where the manifest gives none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probes {
+    /// Failing restarts the container.
+    pub liveness: Option<Probe>,
+    /// Failing takes the pod out of Ready (no traffic, holds rollouts back); no restart.
+    pub readiness: Option<Probe>,
+    /// Until it passes, liveness and readiness are not run; failing restarts the container.
+    pub startup: Option<Probe>,
+}
+
+/// One probe with Kubernetes' timing fields, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub action: ProbeAction,
+    pub initial_delay_seconds: u32,
+    /// Default 10.
+    pub period_seconds: u32,
+    /// Default 1.
+    pub timeout_seconds: u32,
+    /// Consecutive successes after a failure to count as passing again (default 1; 1 for
+    /// liveness and startup probes).
+    pub success_threshold: u32,
+    /// Consecutive failures to count as failed (default 3).
+    pub failure_threshold: u32,
+    /// Overrides the pod's grace period when this probe's failure kills the container.
+    pub termination_grace_period_seconds: Option<u64>,
+}
+
+/// What a probe checks. Ports are numbers here: a named port is resolved against the
+/// container's ports when the manifest is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAction {
+    /// Runs `command` inside the container; exit code 0 passes.
+    Exec { command: Vec<String> },
+    /// `GET path` on the pod's loopback; a status from 200 to 399 passes.
+    HttpGet { path: String, port: u16, headers: Vec<(String, String)> },
+    /// A TCP connection to the port on the pod's loopback is accepted.
+    TcpSocket { port: u16 },
+}
+
+impl Probe {
+    /// A probe with Kubernetes' default timing.
+    pub fn new(action: ProbeAction) -> Probe {
+        Probe {
+            action,
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+            termination_grace_period_seconds: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

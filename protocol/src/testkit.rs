@@ -33,6 +33,7 @@ pub fn workload(i: u8, variant: u32) -> Workload {
                 working_dir: None,
                 ports: vec![],
                 resources: Resources::default(),
+                probes: Default::default(),
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,

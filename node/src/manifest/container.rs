@@ -53,6 +53,8 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
             ))
         }
     };
+    let ports = ports(path, c.ports.as_deref().unwrap_or_default())?;
+    let probes = super::probe::probes(path, c, &ports, notes)?;
     Ok(Container {
         name: c.name.clone(),
         image,
@@ -60,8 +62,9 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
         args: c.args.clone().unwrap_or_default(),
         env: env(path, c.env.as_deref().unwrap_or_default())?,
         working_dir: c.working_dir.clone().filter(|d| !d.is_empty()),
-        ports: ports(path, c.ports.as_deref().unwrap_or_default())?,
+        ports,
         resources: resources(&format!("{path}.resources"), c.resources.as_ref(), notes)?,
+        probes,
     })
 }
 

@@ -117,6 +117,10 @@ const POD_SPEC: &[(&str, Rule)] = &[
     // Resource names other than cpu and memory are warned about in `convert`.
     ("containers[].resources.requests", Rule::Use),
     ("containers[].resources.limits", Rule::Use),
+    // What peer does with each probe field (hosts, HTTPS, grpc) is said in `probe`.
+    ("containers[].livenessProbe", Rule::Walk),
+    ("containers[].readinessProbe", Rule::Walk),
+    ("containers[].startupProbe", Rule::Walk),
     ("restartPolicy", Rule::Use),
     ("terminationGracePeriodSeconds", Rule::Use),
     ("hostNetwork", Rule::Use),
@@ -183,8 +187,33 @@ const POD_AFFINITY_TERM: &[(&str, Rule)] = &[
     ("mismatchLabelKeys", Rule::Use),
 ];
 
+/// A probe's fields, relative to each of the container's three probes.
+const PROBE: &[(&str, Rule)] = &[
+    ("exec", Rule::Walk),
+    ("exec.command", Rule::Use),
+    ("httpGet", Rule::Walk),
+    ("httpGet.path", Rule::Use),
+    ("httpGet.port", Rule::Use),
+    ("httpGet.host", Rule::Use),
+    ("httpGet.scheme", Rule::Use),
+    ("httpGet.httpHeaders", Rule::Use),
+    ("tcpSocket", Rule::Walk),
+    ("tcpSocket.port", Rule::Use),
+    ("tcpSocket.host", Rule::Use),
+    ("grpc", Rule::Use),
+    ("initialDelaySeconds", Rule::Use),
+    ("periodSeconds", Rule::Use),
+    ("timeoutSeconds", Rule::Use),
+    ("successThreshold", Rule::Use),
+    ("failureThreshold", Rule::Use),
+    ("terminationGracePeriodSeconds", Rule::Use),
+];
+
 /// Tables used at several places of the pod spec: (pattern of the place, table).
 const NESTED: &[(&str, &[(&str, Rule)])] = &[
+    ("containers[].livenessProbe", PROBE),
+    ("containers[].readinessProbe", PROBE),
+    ("containers[].startupProbe", PROBE),
     (
         "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[]",
         NODE_SELECTOR_TERM,

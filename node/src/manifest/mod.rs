@@ -18,6 +18,7 @@ mod container;
 mod convert;
 mod diagnostic;
 mod fields;
+mod probe;
 mod quantity;
 mod scheduling;
 #[cfg(test)]

@@ -119,6 +119,11 @@ fn seed_example() {
                         "cpu_millis": 500,
                         "memory_bytes": 536870912
                       }
+                    },
+                    "probes": {
+                      "liveness": null,
+                      "readiness": null,
+                      "startup": null
                     }
                   }
                 ],
@@ -246,6 +251,11 @@ spec:
                         "cpu_millis": 500,
                         "memory_bytes": 1073741824
                       }
+                    },
+                    "probes": {
+                      "liveness": null,
+                      "readiness": null,
+                      "startup": null
                     }
                   },
                   {
@@ -265,6 +275,11 @@ spec:
                         "cpu_millis": null,
                         "memory_bytes": null
                       }
+                    },
+                    "probes": {
+                      "liveness": null,
+                      "readiness": null,
+                      "startup": null
                     }
                   }
                 ],
@@ -338,6 +353,11 @@ spec:
                         "cpu_millis": null,
                         "memory_bytes": null
                       }
+                    },
+                    "probes": {
+                      "liveness": null,
+                      "readiness": null,
+                      "startup": null
                     }
                   }
                 ],
@@ -506,7 +526,7 @@ spec:
           image: peer-demo:latest
           imagee: typo
           imagePullPolicy: IfNotPresent
-          livenessProbe: {httpGet: {path: /, port: 8080}}
+          livenessProbe: {httpGet: {path: /, port: 8080}, perodSeconds: 5}
           env:
             - name: POD
               valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -522,7 +542,7 @@ status: {}
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.volumes: not implemented by peer yet, ignored
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].imagee: unknown field, ignored (not part of the Kubernetes API peer knows)
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].imagePullPolicy: not implemented by peer yet, ignored
-            warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].livenessProbe: not implemented by peer yet, ignored
+            warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].livenessProbe.perodSeconds: unknown field, ignored (not part of the Kubernetes API peer knows)
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].env[0].valueFrom: not implemented by peer yet: the variable is not set
             warning: test.yaml: document 1 (Deployment api): status: status is written by the cluster, not read from manifests; ignored
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"]: resource "nvidia.com/gpu" is not implemented by peer yet, ignored (only cpu and memory are)
@@ -1043,6 +1063,11 @@ spec:
                         "cpu_millis": null,
                         "memory_bytes": null
                       }
+                    },
+                    "probes": {
+                      "liveness": null,
+                      "readiness": null,
+                      "startup": null
                     }
                   }
                 ],
@@ -1152,6 +1177,11 @@ spec:
                         "cpu_millis": null,
                         "memory_bytes": null
                       }
+                    },
+                    "probes": {
+                      "liveness": null,
+                      "readiness": null,
+                      "startup": null
                     }
                   }
                 ],
@@ -1275,6 +1305,97 @@ metadata: {name: old}
             error: test.yaml: document 7 (DaemonSet stuck): spec.updateStrategy.rollingUpdate.maxUnavailable: may not be 0 when maxSurge is 0
             error: test.yaml: document 8 (DaemonSet ondelete): spec.updateStrategy.rollingUpdate: may not be specified when updateStrategy type is OnDelete
             error: test.yaml: document 9 (DaemonSet old): apiVersion: expected apps/v1 for kind DaemonSet, got "apps/v1beta2"
+        "#]],
+    );
+}
+
+/// Like [`check`], but of each workload only its containers' probes, then warnings and errors.
+fn check_probes(yaml: &str, expect: Expect) {
+    let result = parse_file("test.yaml", yaml);
+    let mut out = String::new();
+    for workload in result.workloads() {
+        for c in &workload.template.containers {
+            let json = serde_json::to_string(&c.probes).expect("probes are JSON");
+            writeln!(out, "{}/{}: {json}", workload.key, c.name).expect("writing to a String");
+        }
+    }
+    render_messages(&result, &mut out);
+    expect.assert_eq(&out);
+}
+
+#[test]
+fn probes_are_converted_with_kubernetes_defaults() {
+    check_probes(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+    - name: web
+      image: peer-demo:latest
+      ports: [{name: http, containerPort: 8080}]
+      livenessProbe:
+        httpGet: {path: /healthz, port: http, httpHeaders: [{name: X-Probe, value: "1"}]}
+        periodSeconds: 5
+        failureThreshold: 2
+      readinessProbe: {tcpSocket: {port: 8080}, successThreshold: 2, initialDelaySeconds: 3}
+      startupProbe: {exec: {command: [cat, /tmp/started]}, failureThreshold: 30, terminationGracePeriodSeconds: 5}
+    - name: side
+      image: peer-demo:latest
+      livenessProbe: {grpc: {port: 9000}}
+      readinessProbe: {httpGet: {port: 8443, scheme: HTTPS, host: example.com}}
+"#,
+        expect![[r#"
+            Pod/default/web/web: {"liveness":{"action":{"HttpGet":{"path":"/healthz","port":8080,"headers":[["X-Probe","1"]]}},"initial_delay_seconds":0,"period_seconds":5,"timeout_seconds":1,"success_threshold":1,"failure_threshold":2,"termination_grace_period_seconds":null},"readiness":{"action":{"TcpSocket":{"port":8080}},"initial_delay_seconds":3,"period_seconds":10,"timeout_seconds":1,"success_threshold":2,"failure_threshold":3,"termination_grace_period_seconds":null},"startup":{"action":{"Exec":{"command":["cat","/tmp/started"]}},"initial_delay_seconds":0,"period_seconds":10,"timeout_seconds":1,"success_threshold":1,"failure_threshold":30,"termination_grace_period_seconds":5}}
+            Pod/default/web/side: {"liveness":null,"readiness":{"action":{"TcpSocket":{"port":8443}},"initial_delay_seconds":0,"period_seconds":10,"timeout_seconds":1,"success_threshold":1,"failure_threshold":3,"termination_grace_period_seconds":null},"startup":null}
+            warning: test.yaml: document 1 (Pod web): spec.containers[1].livenessProbe.grpc: not implemented by peer yet, ignored: the container runs without this probe
+            warning: test.yaml: document 1 (Pod web): spec.containers[1].readinessProbe.httpGet.host: not implemented by peer yet, ignored: the probe connects to the pod's own loopback
+            warning: test.yaml: document 1 (Pod web): spec.containers[1].readinessProbe.httpGet.scheme: HTTPS is not implemented by peer yet: the probe only checks that the port accepts TCP connections
+        "#]],
+    );
+}
+
+#[test]
+fn bad_probes_name_the_field() {
+    check_messages(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec:
+  containers: [{name: a, image: x, livenessProbe: {tcpSocket: {port: 80}, exec: {command: ["true"]}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+spec:
+  containers: [{name: a, image: x, livenessProbe: {httpGet: {port: metrics}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c}
+spec:
+  containers: [{name: a, image: x, startupProbe: {exec: {command: ["true"]}, successThreshold: 2}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d}
+spec:
+  containers: [{name: a, image: x, readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 0}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: e}
+spec:
+  containers: [{name: a, image: x, readinessProbe: {exec: {}}}]
+"#,
+        expect![[r#"
+            error: test.yaml: document 1 (Pod a): spec.containers[0].livenessProbe: expected exactly one of exec, httpGet, tcpSocket or grpc
+            error: test.yaml: document 2 (Pod b): spec.containers[0].livenessProbe.httpGet.port: expected a port number or the name of one of the container's ports (it names none), got "metrics"
+            error: test.yaml: document 3 (Pod c): spec.containers[0].startupProbe.successThreshold: expected 1 for a startupProbe (as Kubernetes requires), got 2
+            error: test.yaml: document 4 (Pod d): spec.containers[0].readinessProbe.periodSeconds: expected an integer of at least 1, got 0
+            error: test.yaml: document 5 (Pod e): spec.containers[0].readinessProbe.exec.command: required field is missing, expected a command such as [cat, /tmp/healthy]
         "#]],
     );
 }

@@ -291,6 +291,7 @@ fn workload(name: &str, replicas: u32) -> Workload {
                 working_dir: None,
                 ports: vec![],
                 resources: Resources::default(),
+                probes: Default::default(),
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,

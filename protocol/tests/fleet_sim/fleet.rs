@@ -71,6 +71,7 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
             requests: ResourceList { cpu_millis: Some(cpu), memory_bytes: Some(mem) },
             limits: ResourceList::default(),
         },
+        probes: Default::default(),
     };
     let mut scheduling = Scheduling {
         anti_affinity_by_hostname: w % 5 == 0,

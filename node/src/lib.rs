@@ -10,6 +10,7 @@ pub mod folder;
 pub mod identity;
 pub mod manifest;
 pub mod nodecfg;
+pub mod probe;
 pub mod reconcile;
 pub mod server;
 pub mod store;

@@ -19,6 +19,7 @@ fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
             working_dir: None,
             ports: vec![],
             resources: Resources::default(),
+            probes: Default::default(),
         }],
         restart_policy: policy,
         termination_grace_period_seconds: 30,

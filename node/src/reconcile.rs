@@ -53,6 +53,33 @@ pub struct ObservedContainer {
     /// Consecutive restarts without a run of [`BACKOFF_RESET`]; drives the back-off.
     pub failures: u32,
     pub last_termination: Option<Terminated>,
+    /// The startup probe passed (or there is none) since the container last started.
+    #[serde(default)]
+    pub started: bool,
+    /// Running, started, and its readiness probe passes (or there is none).
+    #[serde(default)]
+    pub ready: bool,
+}
+
+impl ObservedContainer {
+    /// A container not created yet.
+    pub fn creating() -> ObservedContainer {
+        ObservedContainer {
+            state: ContainerState::Creating,
+            restart_count: 0,
+            failures: 0,
+            last_termination: None,
+            started: false,
+            ready: false,
+        }
+    }
+
+    /// Moves to `state`; probe results belong to the instance that ran, so they reset.
+    pub fn set_state(&mut self, state: ContainerState) {
+        self.state = state;
+        self.started = false;
+        self.ready = false;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -392,7 +392,7 @@ impl Agent {
             .live_peers()
             .flat_map(|p| p.claims.iter().filter(|(_, c)| c.running).map(|(k, _)| k.as_str()))
             .collect();
-        placement::my_claims(&self.pods, &peers_running, self.placement.is_settling())
+        placement::my_claims(&self.pods, &peers_running, self.placement.is_settling(), now_ms())
     }
 
     async fn publish_claims(&mut self) {
@@ -409,6 +409,7 @@ impl Agent {
             for (k, c) in &p.claims {
                 text.push_str(k);
                 text.push(if c.running { 'R' } else { 'P' });
+                text.push(if c.is_ready() { 'r' } else { 'u' });
                 text.push_str(&c.revision);
             }
             text.push('\n');

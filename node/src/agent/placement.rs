@@ -91,11 +91,10 @@ impl Placement {
         quorum: bool,
         now_ms: u64,
     ) -> Share {
-        let running: BTreeSet<&str> = nodes
-            .iter()
-            .flat_map(|n| n.claims.iter().filter(|(_, c)| c.running).map(|(p, _)| p.as_str()))
-            .collect();
-        let pods: Vec<&DesiredPod> = all.iter().filter(|d| ordered_ready(d, all, &running)).collect();
+        let claims = || nodes.iter().flat_map(|n| n.claims.iter());
+        let ready: BTreeSet<&str> = claims().filter(|(_, c)| c.is_ready()).map(|(p, _)| p.as_str()).collect();
+        let claimed: BTreeSet<&str> = claims().map(|(p, _)| p.as_str()).collect();
+        let pods: Vec<&DesiredPod> = all.iter().filter(|d| ordered_ready(d, all, &ready, &claimed)).collect();
         let reqs: Vec<ReplicaReq> = pods.iter().map(|d| replica_req(d)).collect();
         let wanted: BTreeSet<&str> = reqs.iter().map(|r| r.identity.as_str()).collect();
         let (mut running_claims, mut pending_claims) = (Vec::new(), Vec::new());
@@ -180,14 +179,21 @@ impl Placement {
     }
 }
 
-/// An `OrderedReady` StatefulSet's ordinal `i` is wanted only once `0..i` run somewhere.
-fn ordered_ready(d: &DesiredPod, all: &[DesiredPod], running: &BTreeSet<&str>) -> bool {
-    if !d.ordered || d.ordinal == 0 {
+/// An `OrderedReady` StatefulSet's ordinal `i` is created only once `0..i` are Running and
+/// Ready somewhere; as in Kubernetes, one that exists (is claimed) is kept even when a
+/// lower ordinal fails later: ordering holds back creation, it never removes a pod.
+fn ordered_ready(
+    d: &DesiredPod,
+    all: &[DesiredPod],
+    ready: &BTreeSet<&str>,
+    claimed: &BTreeSet<&str>,
+) -> bool {
+    if !d.ordered || d.ordinal == 0 || claimed.contains(pod_key(&d.namespace, &d.name).as_str()) {
         return true;
     }
     all.iter()
         .filter(|o| o.workload == d.workload && o.ordinal < d.ordinal)
-        .all(|o| running.contains(pod_key(&o.namespace, &o.name).as_str()))
+        .all(|o| ready.contains(pod_key(&o.namespace, &o.name).as_str()))
 }
 
 /// This node's claims: its pods that are not being deleted. A pod whose containers do
@@ -198,6 +204,7 @@ pub fn my_claims(
     pods: &BTreeMap<String, ObservedPod>,
     peers_running: &BTreeSet<&str>,
     settling: bool,
+    now_ms: u64,
 ) -> Claims {
     pods.iter()
         .filter(|(_, p)| !p.deleting)
@@ -217,6 +224,12 @@ pub fn my_claims(
                 running,
                 revision: p.revision.clone(),
                 since_ms: if running { since_ms } else { 0 },
+                status: crate::status::pod_status(p, now_ms),
+                ready: {
+                    let (ready, all) = crate::status::ready_counts(p);
+                    (ready as u32, all as u32)
+                },
+                restarts: p.containers.values().map(|c| c.restart_count).sum(),
             };
             let claim_pending = !settling && !peers_running.contains(k.as_str());
             (running || claim_pending).then(|| (k.clone(), claim))

@@ -225,7 +225,7 @@ impl Agent {
                     c.restart_count += 1;
                 }
                 c.failures += 1;
-                c.state = ContainerState::Creating;
+                c.set_state(ContainerState::Creating);
                 self.events.normal(
                     &format!("pod/{}", p.name),
                     "Restarting",
@@ -240,20 +240,8 @@ impl Agent {
 
     fn create_pod(&mut self, d: DesiredPod) {
         let key = reconcile::pod_key(&d.namespace, &d.name);
-        let containers = d
-            .template
-            .containers
-            .iter()
-            .map(|c| {
-                let obs = ObservedContainer {
-                    state: ContainerState::Creating,
-                    restart_count: 0,
-                    failures: 0,
-                    last_termination: None,
-                };
-                (c.name.clone(), obs)
-            })
-            .collect();
+        let containers =
+            d.template.containers.iter().map(|c| (c.name.clone(), ObservedContainer::creating())).collect();
         let pod = ObservedPod {
             namespace: d.namespace,
             name: d.name,
@@ -279,7 +267,7 @@ impl Agent {
         pod.deleting = true;
         for c in pod.containers.values_mut() {
             if matches!(c.state, ContainerState::Running { .. } | ContainerState::Creating) {
-                c.state = ContainerState::Stopping;
+                c.set_state(ContainerState::Stopping);
             }
         }
         let ids: Vec<String> =
@@ -347,7 +335,7 @@ impl Agent {
                 self.runtime.watch(&id, pid, start_time);
                 let Some(c) = p.containers.get_mut(&container) else { return };
                 if matches!(c.state, ContainerState::Creating) {
-                    c.state = ContainerState::Running { pid, start_time, started_at_ms: now_ms() };
+                    c.set_state(ContainerState::Running { pid, start_time, started_at_ms: now_ms() });
                     self.events.normal(
                         &format!("pod/{}", p.name),
                         "Started",
@@ -364,11 +352,11 @@ impl Agent {
                 }
                 c.failures += 1;
                 let delay = reconcile::backoff(c.failures).max(Duration::from_secs(1));
-                c.state = ContainerState::Waiting {
+                c.set_state(ContainerState::Waiting {
                     reason: reason.clone(),
                     message: message.clone(),
                     retry_at_ms: now_ms() + delay.as_millis() as u64,
-                };
+                });
                 tracing::warn!(pod = %pod, container = %container, "{reason}: {message}");
                 self.events.warning(&format!("pod/{}", p.name), &reason, &message);
                 self.persist(&pod);
@@ -418,13 +406,13 @@ impl Agent {
             c.failures = 0;
         }
         let exit_code = e.exit_code.or(e.signal.map(|s| 128 + s));
-        c.state = ContainerState::Terminated(Terminated {
+        c.set_state(ContainerState::Terminated(Terminated {
             exit_code,
             signal: e.signal,
             reason: reason.to_owned(),
             started_at_ms,
             finished_at_ms: now,
-        });
+        }));
         let msg = format!("container {name} exited (code {exit_code:?}, reason {reason})");
         tracing::info!(pod = %key, "{msg}");
         if reason == "Completed" {
@@ -481,13 +469,13 @@ impl Agent {
                             ContainerState::Running { started_at_ms, .. } => *started_at_ms,
                             _ => now,
                         };
-                        c.state = ContainerState::Terminated(Terminated {
+                        c.set_state(ContainerState::Terminated(Terminated {
                             exit_code: None,
                             signal: None,
                             reason: "Unknown".to_owned(),
                             started_at_ms,
                             finished_at_ms: now,
-                        });
+                        }));
                         // Gone while the agent was down (often a reboot): start it again
                         // at once rather than after an old crash loop's back-off.
                         c.failures = 0;

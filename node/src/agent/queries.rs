@@ -10,31 +10,8 @@ use super::{now_ms, Agent};
 use crate::api::{DeploymentRow, ExecTarget, LogTarget, PodRow, Request, Response};
 use crate::manifest::{self, DocResult};
 use crate::reconcile::{self, ContainerState, ObservedPod};
+use crate::status::{self, pod_status};
 use crate::store::Source;
-
-/// The STATUS column of `peer get pods`, as kubectl shows it.
-pub fn pod_status(pod: &ObservedPod, now: u64) -> String {
-    if pod.deleting {
-        return "Terminating".into();
-    }
-    for c in pod.containers.values() {
-        match &c.state {
-            ContainerState::Waiting { reason, .. } => return reason.clone(),
-            ContainerState::Creating => return "ContainerCreating".into(),
-            ContainerState::Terminated(_)
-                if reconcile::restart_due_ms(pod.template.restart_policy, c).is_some_and(|due| due > now) =>
-            {
-                return "CrashLoopBackOff".into();
-            }
-            _ => {}
-        }
-    }
-    reconcile::pod_phase(pod).into()
-}
-
-fn ready_count(pod: &ObservedPod) -> usize {
-    pod.containers.values().filter(|c| matches!(c.state, ContainerState::Running { .. })).count()
-}
 
 fn ok(data: impl serde::Serialize) -> Response {
     match serde_json::to_value(data) {
@@ -69,7 +46,10 @@ impl Agent {
             .map(|p| PodRow {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
-                ready: format!("{}/{}", ready_count(p), p.containers.len()),
+                ready: {
+                    let (ready, all) = status::ready_counts(p);
+                    format!("{ready}/{all}")
+                },
                 status: pod_status(p, now),
                 restarts: p.containers.values().map(|c| c.restart_count).sum(),
                 age_secs: now.saturating_sub(p.created_at_ms) / 1000,
@@ -86,18 +66,17 @@ impl Agent {
             }
             let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
             let claim = planned.node.as_deref().and_then(|n| peers.get(n)).and_then(|c| c.get(key));
-            let status = match (&planned.node, claim) {
-                (_, Some(c)) if c.running => "Running",
-                (Some(_), _) => "Pending",
-                (None, _) => "Pending",
+            let (status, ready) = match claim {
+                Some(c) => (c.status.clone(), format!("{}/{}", c.ready.0, c.ready.1)),
+                None => ("Pending".to_owned(), "-".to_owned()),
             };
             rows.push(PodRow {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
-                ready: "-".into(),
-                status: status.into(),
-                restarts: 0,
-                age_secs: 0,
+                ready,
+                status,
+                restarts: claim.map_or(0, |c| c.restarts),
+                age_secs: claim.filter(|c| c.running).map_or(0, |c| now.saturating_sub(c.since_ms) / 1000),
                 workload: planned.workload.to_string(),
                 node: planned.node.clone().unwrap_or_else(|| "<none>".into()),
                 local: false,
@@ -161,10 +140,7 @@ impl Agent {
                     .live_peers()
                     .find(|p| p.member.node_id == *node)
                     .and_then(|p| p.claims.get(key).cloned());
-                let status = match &claim {
-                    Some(c) if c.running => "Running",
-                    _ => "Pending",
-                };
+                let status = claim.as_ref().map_or("Pending".to_owned(), |c| c.status.clone());
                 ok(json!({
                     "name": name,
                     "node": node,
@@ -172,7 +148,12 @@ impl Agent {
                     "controlledBy": planned.workload.to_string(),
                     "revision": claim.as_ref().map_or(planned.revision.clone(), |c| c.revision.clone()),
                     "runningSinceMs": claim.as_ref().filter(|c| c.running).map(|c| c.since_ms),
-                    "conditions": [{ "type": "PodScheduled", "status": "True" }],
+                    "ready": claim.as_ref().is_some_and(|c| c.is_ready()),
+                    "readyContainers": claim.as_ref().map(|c| format!("{}/{}", c.ready.0, c.ready.1)),
+                    "conditions": [
+                        { "type": "PodScheduled", "status": "True" },
+                        { "type": "Ready", "status": if claim.as_ref().is_some_and(|c| c.is_ready()) { "True" } else { "False" } },
+                    ],
                     "details": format!("containers, restarts and logs: `peer describe pod {name}` on node {node}"),
                 }))
             }
@@ -213,9 +194,12 @@ impl Agent {
                             "name": c.name,
                             "id": container_id(&pod.namespace, &pod.name, &c.name),
                             "image": c.image,
-                            "state": obs.map(|o| &o.state),
+                            "ready": obs.is_some_and(status::container_ready),
+                            "started": obs.is_some_and(|o| o.started),
+                            "state": obs.map(|o| status::container_state(pod, o, now)),
                             "restartCount": obs.map_or(0, |o| o.restart_count),
-                            "lastState": obs.and_then(|o| o.last_termination.as_ref()),
+                            "lastState": obs.and_then(|o| o.last_termination.as_ref()).map(|t| json!({"terminated": status::terminated(t)})),
+                            "probes": c.probes,
                             "requests": c.resources.requests,
                             "limits": super::pods::limits_for(c, self.cfg.default_limits),
                             "limitsDefaulted": c.resources.limits.cpu_millis.is_none() || c.resources.limits.memory_bytes.is_none(),
@@ -229,6 +213,8 @@ impl Agent {
                     "node": self.cluster.me().0,
                     "status": pod_status(pod, now),
                     "phase": reconcile::pod_phase(pod),
+                    "ready": status::pod_ready(pod),
+                    "conditions": status::conditions(pod),
                     "controlledBy": pod.workload.to_string(),
                     "revision": pod.revision,
                     "createdAtMs": pod.created_at_ms,

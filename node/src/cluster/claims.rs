@@ -2,8 +2,10 @@
 //!
 //! A claim is a pod key (`namespace/name`), the pod's template revision, whether its
 //! containers run yet and since when (the claimant's clock, ms; it only breaks ties between
-//! two running copies). Each key holds lines `R namespace/name revision since` (running)
-//! or `P namespace/name revision 0` (pending), at most
+//! two running copies), its status as `peer get pods` shows it, and how many of its
+//! containers are ready. Each key holds lines `R namespace/name revision since status
+//! ready/all restarts` (running) or `P namespace/name revision 0 status ready/all restarts`
+//! (pending), at most
 //! [`CHUNK_BYTES`] per key, so a node with many pods stays under the gossip key limit.
 //! Claims only inform placement; they vanish with their node, which is what they mean.
 
@@ -16,6 +18,19 @@ pub struct ClaimState {
     pub revision: String,
     /// When the copy last started running (ms since the epoch on the claimant); 0 if pending.
     pub since_ms: u64,
+    /// The STATUS column (Running, ContainerCreating, CrashLoopBackOff, …), one word.
+    pub status: String,
+    /// Ready containers and all containers; the pod is Ready when they are equal and not 0.
+    pub ready: (u32, u32),
+    /// Restarts of its containers, summed.
+    pub restarts: u32,
+}
+
+impl ClaimState {
+    /// Kubernetes' Ready condition of the pod.
+    pub fn is_ready(&self) -> bool {
+        self.running && self.ready.1 > 0 && self.ready.0 == self.ready.1
+    }
 }
 
 /// Pod key → its state.
@@ -29,7 +44,17 @@ pub const CHUNK_BYTES: usize = 12 * 1024;
 pub fn encode(claims: &Claims) -> Vec<String> {
     let mut chunks = vec![String::new()];
     for (pod, c) in claims {
-        let line = format!("{} {pod} {} {}\n", if c.running { 'R' } else { 'P' }, c.revision, c.since_ms);
+        let status =
+            if c.status.is_empty() || c.status.contains(char::is_whitespace) { "-" } else { &c.status };
+        let line = format!(
+            "{} {pod} {} {} {status} {}/{} {}\n",
+            if c.running { 'R' } else { 'P' },
+            c.revision,
+            c.since_ms,
+            c.ready.0,
+            c.ready.1,
+            c.restarts,
+        );
         let last = chunks.last_mut().expect("never empty");
         if !last.is_empty() && last.len() + line.len() > CHUNK_BYTES {
             chunks.push(line);
@@ -45,20 +70,31 @@ pub fn decode(keys: &BTreeMap<String, String>) -> Claims {
     let mut claims = Claims::new();
     for (_, chunk) in keys.range(KEY_PREFIX.to_owned()..).take_while(|(k, _)| k.starts_with(KEY_PREFIX)) {
         for line in chunk.lines() {
-            let mut parts = line.split(' ');
-            let fields = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next());
-            let (Some(phase), Some(pod), Some(revision), Some(since), None) = fields else {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let [phase, pod, revision, since, status, ready, restarts] = parts[..] else { continue };
+            let (Ok(since_ms), Ok(restarts)) = (since.parse::<u64>(), restarts.parse::<u32>()) else {
                 continue;
             };
-            let Ok(since_ms) = since.parse::<u64>() else { continue };
+            let Some(ready) =
+                ready.split_once('/').and_then(|(r, a)| Some((r.parse().ok()?, a.parse().ok()?)))
+            else {
+                continue;
+            };
             let running = match phase {
                 "R" => true,
                 "P" => false,
                 _ => continue,
             };
             if !pod.is_empty() {
-                claims
-                    .insert(pod.to_owned(), ClaimState { running, revision: revision.to_owned(), since_ms });
+                let state = ClaimState {
+                    running,
+                    revision: revision.to_owned(),
+                    since_ms,
+                    status: status.to_owned(),
+                    ready,
+                    restarts,
+                };
+                claims.insert(pod.to_owned(), state);
             }
         }
     }
@@ -77,8 +113,14 @@ mod tests {
     fn round_trips_through_chunks() {
         let claims: Claims = (0..2000)
             .map(|i| {
-                let state =
-                    ClaimState { running: i % 3 == 0, revision: "abcdef0123".into(), since_ms: i * 7 };
+                let state = ClaimState {
+                    running: i % 3 == 0,
+                    revision: "abcdef0123".into(),
+                    since_ms: i * 7,
+                    status: if i % 3 == 0 { "Running" } else { "ContainerCreating" }.into(),
+                    ready: (i as u32 % 2, 1),
+                    restarts: i as u32 % 4,
+                };
                 (format!("default/web-abcdef0123-{i}"), state)
             })
             .collect();
@@ -95,16 +137,19 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_skipped() {
-        let text = "R default/a r1 5\nX default/b r1 0\nP  r1 0\nnonsense\nR default/d r1\nR default/e r1 x\nR default/f r1 1 2\nP default/c r2 0\n";
+        let text = "R default/a r1 5 Running 1/1 3\nX default/b r1 0 - 0/1 0\nP  r1 0 - 0/1 0\nnonsense\nR default/d r1 Running 1/1 0\nR default/e r1 x Running 1/1 0\nR default/f r1 1 Running 1/1 2 3\nR default/g r1 1 Running 1 0\nR default/h r1 1 Running 1/1 -1\nP default/c r2 0 ImagePullBackOff 0/2 0\n";
         let keys = BTreeMap::from([(key(0), text.to_owned())]);
-        let state = |running: bool, revision: &str, since_ms| ClaimState {
+        let state = |running: bool, revision: &str, since_ms, status: &str, ready, restarts| ClaimState {
             running,
             revision: revision.into(),
             since_ms,
+            status: status.into(),
+            ready,
+            restarts,
         };
         let want = Claims::from([
-            ("default/a".to_owned(), state(true, "r1", 5)),
-            ("default/c".to_owned(), state(false, "r2", 0)),
+            ("default/a".to_owned(), state(true, "r1", 5, "Running", (1, 1), 3)),
+            ("default/c".to_owned(), state(false, "r2", 0, "ImagePullBackOff", (0, 2), 0)),
         ]);
         assert_eq!(decode(&keys), want);
     }

@@ -56,6 +56,8 @@ fn running(d: &DesiredPod) -> ObservedPod {
                 restart_count: 0,
                 failures: 0,
                 last_termination: None,
+                started: true,
+                ready: true,
             },
         )]),
     }

@@ -101,12 +101,16 @@ fn create(request: &str) -> Result<String, String> {
     let mut container = match built {
         Ok(c) => c,
         Err(e) => {
+            // The processes libcontainer started are our children; unreaped they would
+            // become zombies of the agent (a child subreaper) when we exit.
+            exit::reap_children(exit::FAILED_BUILD_PATIENCE);
             discard(&req.state_root, id);
             return Err(format!("container {id}: create: {e}"));
         }
     };
     if let Err(e) = container.start() {
         let _ = container.delete(true);
+        exit::reap_children(exit::FAILED_BUILD_PATIENCE);
         discard(&req.state_root, id);
         return Err(format!("container {id}: start: {e}"));
     }

@@ -125,3 +125,17 @@ async fn a_failed_delete_still_unmounts_the_rootfs_and_removes_the_bundle() {
     assert!(!mountinfo.contains(&bundle.display().to_string()), "rootfs still mounted after {result:?}");
     assert!(!bundle.exists(), "bundle left behind after {result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_create_leaves_no_zombie_behind() {
+    let Some(f) = fixture("failcreate") else { return };
+    let mut spec = f.spec("bad1", "true");
+    spec.working_dir = Some("/no/such/dir".into());
+    let err = f.runtime.run_container(&spec, &f.image).await.expect_err("chdir fails in build");
+    assert!(err.to_string().starts_with("container bad1: helper failed"), "{err}");
+    // libcontainer returns the error without the pids of the intermediate and init
+    // processes it started; the helper must reap them, or this process, a child
+    // subreaper like the agent, inherits them as zombies.
+    assert_eq!(support::zombie_children_named("youki:"), Vec::<String>::new());
+    f.cleanup(&["bad1"]).await;
+}

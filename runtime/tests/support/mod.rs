@@ -173,3 +173,21 @@ impl Drop for Fixture {
         let _ = fs::remove_dir_all(&self.base);
     }
 }
+
+/// Zombie children of this process (a child subreaper, like the agent) whose command
+/// name starts with `prefix`. Live ones are left out: another test's container init
+/// may be reparented to us before it has exec'd.
+pub fn zombie_children_named(prefix: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let mut fields = stat[close + 1..].split_whitespace();
+            let (state, ppid) = (fields.next(), fields.next());
+            stat[open + 1..close].starts_with(prefix) && state == Some("Z") && ppid == Some(me.as_str())
+        })
+        .collect()
+}

@@ -1,10 +1,12 @@
 //! What container probes need from the runtime: exec probes (a command inside a running
-//! container, run by the helper process with a deadline and bounded output).
+//! container, run by the helper process with a deadline and bounded output) and TCP
+//! connects from inside a pod's network namespace.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Runtime;
 use crate::error::{validate_id, Error};
 use crate::exec::{self, TenantStdio};
-use crate::exit;
 use crate::spec::ContainerStatus;
+use crate::{exit, netns};
 
 /// How much of an exec probe's output is kept (Kubernetes keeps 10 KiB too); the rest
 /// is read and dropped so the command never blocks on a full pipe.
@@ -122,6 +124,51 @@ impl Runtime {
         let stdout = String::from_utf8_lossy(&output.stdout);
         serde_json::from_str(stdout.trim())
             .map_err(|e| failed(format!("bad exec probe reply {stdout:?}: {e}")))
+    }
+
+    /// Connects to `addr` over TCP from inside the network namespace at `netns` (a pod's,
+    /// see [`Runtime::pod_netns_path`]), or from the host's namespace for `None`, waiting
+    /// at most `timeout`.
+    ///
+    /// The socket keeps the namespace it was created in, so it is created on a
+    /// short-lived thread of its own that joins the namespace and exits after. Errors
+    /// keep the `io::ErrorKind` (`ConnectionRefused`, `TimedOut`, ...) and name the
+    /// namespace and address. Needs a tokio runtime.
+    pub async fn connect_tcp(
+        &self,
+        netns: Option<&Path>,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<tokio::net::TcpStream> {
+        let Some(path) = netns else {
+            let context = |e: io::Error| io::Error::new(e.kind(), format!("connect to {addr}: {e}"));
+            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                Ok(result) => result.map_err(context),
+                Err(_) => Err(context(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))),
+            };
+        };
+        let context = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("connect to {addr} in network namespace {}: {e}", path.display()),
+            )
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let target = path.to_owned();
+        // setns moves only the calling thread; a pooled tokio thread would stay in the
+        // pod's namespace, so a thread of our own does it and ends.
+        std::thread::Builder::new()
+            .name("peer-probe-net".into())
+            .spawn(move || {
+                let _ = tx.send(netns::connect_in(&target, addr, timeout));
+            })
+            .map_err(context)?;
+        let stream = rx
+            .await
+            .map_err(|_| context(io::Error::other("connect thread ended without an answer")))?
+            .map_err(context)?;
+        stream.set_nonblocking(true).map_err(context)?;
+        tokio::net::TcpStream::from_std(stream).map_err(context)
     }
 }
 

@@ -1,15 +1,19 @@
-//! Exec probes against real containers: the probe runs inside the container
-//! (filesystem, namespaces, cgroup) and timeouts kill it.
+//! Exec probes and TCP connects in pod network namespaces, against real containers:
+//! the probe runs inside the container (filesystem, namespaces, cgroup), timeouts kill
+//! it, and connects reach the pod's loopback, not the host's.
 //! Needs root; skipped (with a message) otherwise unless `PEER_REQUIRE_ROOT_TESTS=1`.
 
 mod support;
 
 use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use runtime::{Error, ExecOutcome, Network, PROBE_OUTPUT_LIMIT};
 use support::{fixture, Fixture};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -135,4 +139,76 @@ async fn exec_probe_timeout_kills_the_command() {
     f.runtime.stop_container("slow1", Duration::from_millis(100)).await.expect("stop");
     f.next_exit("slow1").await;
     f.cleanup(&["slow1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tcp_reaches_the_pods_loopback_only() {
+    let Some(mut f) = fixture("probetcp") else { return };
+    // A host listener holds a port; the container serves on the same port of its own
+    // loopback. Reaching the server's answer proves the connect ran in the pod.
+    let host = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("host listener");
+    let port = host.local_addr().expect("host addr").port();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let netns = f.runtime.ensure_pod_netns("tcppod").await.expect("netns");
+    let script = format!(
+        "mkdir /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
+    let mut spec = f.spec("web1", &script);
+    spec.network = Network::Namespace(netns.clone());
+    f.runtime.run_container(&spec, &f.image).await.expect("run");
+
+    // httpd binds shortly after the container starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match f.runtime.connect_tcp(Some(&netns), addr, Duration::from_secs(1)).await {
+            Ok(stream) => break stream,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("connect in the pod: {e}; log: {}", f.log("web1")),
+        }
+    };
+    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await.expect("send request");
+    let mut answer = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.") && answer.ends_with("hello-from-pod\n"), "{answer}");
+
+    // A closed port in the pod is refused, and the error says where.
+    let closed = SocketAddr::from((Ipv4Addr::LOCALHOST, port.wrapping_add(1).max(1)));
+    let err =
+        f.runtime.connect_tcp(Some(&netns), closed, Duration::from_secs(1)).await.expect_err("closed port");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&closed.to_string()) && text.contains(&netns.display().to_string()), "{text}");
+
+    // The host's namespace reaches the host listener instead.
+    let mut on_host =
+        f.runtime.connect_tcp(None, addr, Duration::from_secs(1)).await.expect("connect on host");
+    let (mut accepted, _) = host.accept().expect("host listener accepts");
+    on_host.write_all(b"ping").await.expect("send");
+    let mut got = [0u8; 4];
+    io::Read::read_exact(&mut accepted, &mut got).expect("host listener reads");
+    assert_eq!(&got, b"ping");
+    // A host port that is bound but not listening is refused. (A port merely closed
+    // again could be taken by any other process on the machine in the meantime.)
+    let bound = tokio::net::TcpSocket::new_v4().expect("socket");
+    bound.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind");
+    let silent = bound.local_addr().expect("bound addr");
+    let err = f.runtime.connect_tcp(None, silent, Duration::from_secs(1)).await.expect_err("not listening");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(err.to_string().contains(&silent.to_string()), "{err}");
+
+    // A path that is no namespace is an error naming it.
+    let bogus = f.base.join("not-a-netns");
+    let err =
+        f.runtime.connect_tcp(Some(&bogus), addr, Duration::from_secs(1)).await.expect_err("bogus netns");
+    assert!(err.to_string().contains(&bogus.display().to_string()), "{err}");
+
+    f.runtime.stop_container("web1", Duration::from_millis(300)).await.expect("stop");
+    f.next_exit("web1").await;
+    f.runtime.remove_pod_netns("tcppod").await.expect("remove netns");
+    f.cleanup(&["web1"]).await;
 }

@@ -83,8 +83,21 @@ impl Runtime {
         })
     }
 
-    fn state_dir(&self) -> PathBuf {
+    /// libcontainer's state root.
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.cfg.root.join("state")
+    }
+
+    /// The helper executable, for error messages.
+    pub(crate) fn helper_exe(&self) -> &std::path::Path {
+        &self.cfg.helper_exe
+    }
+
+    /// A command that runs the helper process; add the helper's own arguments.
+    pub(crate) fn helper_command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.cfg.helper_exe);
+        command.args(&self.cfg.helper_args);
+        command
     }
 
     fn bundle_paths(&self, id: &str) -> BundlePaths {
@@ -212,8 +225,7 @@ impl Runtime {
 
     /// Starts a helper that waits for one create request on stdin.
     fn spawn_spare(&self) -> std::io::Result<tokio::process::Child> {
-        tokio::process::Command::new(&self.cfg.helper_exe)
-            .args(&self.cfg.helper_args)
+        self.helper_command()
             .arg("create-stdin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

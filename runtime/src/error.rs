@@ -81,6 +81,11 @@ pub enum Error {
     #[error("container {id}: exec failed: {message}")]
     Exec { id: String, message: String },
 
+    /// An exec or exec probe was asked of a container whose process does not run
+    /// (`state` is e.g. `stopped` or `missing`). Nothing runs.
+    #[error("container {id} is not running: it is {state}")]
+    NotRunning { id: String, state: String },
+
     /// The container's rootfs is still mounted, so its directories were kept.
     #[error("container {id}: rootfs {path} is still mounted")]
     StillMounted { id: String, path: PathBuf },

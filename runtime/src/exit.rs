@@ -55,6 +55,31 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// How long a helper whose libcontainer `build()` failed waits for the processes it
+/// started to exit (see [`reap_children`]).
+pub(crate) const FAILED_BUILD_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Reaps every child of the calling process, waiting at most `patience` for them to
+/// exit. For the helper after a failed libcontainer `build()`: the intermediate and
+/// init processes were started, libcontainer returns an error without their pids, and
+/// unreaped they would become zombies of the agent (a child subreaper) once the helper
+/// exits. Call only in a process that has no other children.
+pub(crate) fn reap_children(patience: Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(WaitStatus::StillAlive) => return,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // ECHILD: none left.
+            Err(_) => return,
+        }
+    }
+}
+
 /// How a process ended, as far as we could see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ended {

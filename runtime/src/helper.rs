@@ -2,9 +2,12 @@
 //! and exits. libcontainer's `build()` changes the working directory of the whole
 //! process and clones without exec, so it never runs inside the multi-threaded agent.
 //!
-//! Protocol: the agent runs `<helper_exe> <helper_args...> create <json CreateRequest>` or
-//! `... netns <path>`. On success the helper prints its answer (JSON for `create`) on
-//! stdout and exits 0; on failure it prints one error line on stderr and exits 1.
+//! It also runs exec probes: libcontainer's tenant builder has the same constraints.
+//!
+//! Protocol: the agent runs `<helper_exe> <helper_args...> create <json CreateRequest>`,
+//! `... exec-probe <json request>` or `... netns <path>`. On success the helper prints
+//! its answer (JSON for `create` and `exec-probe`) on stdout and exits 0; on failure it
+//! prints one error line on stderr and exits 1.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,7 +19,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::{exit, netns, overlay};
+use crate::{exit, netns, overlay, probe};
 
 /// What the agent asks the helper to create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,10 +58,11 @@ pub fn main(args: &[String]) -> i32 {
                 Err(e) => Err(format!("reading the create request: {e}")),
             }
         }
+        [cmd, request] if cmd == "exec-probe" => probe::helper_main(request),
         [cmd, path] if cmd == "netns" => {
             netns::create(Path::new(path)).map(|()| String::new()).map_err(|e| format!("netns {path}: {e}"))
         }
-        _ => Err(format!("usage: create <request-json> | create-stdin | netns <path>; got {args:?}")),
+        _ => Err(format!("usage: create <request-json> | create-stdin | exec-probe <request-json> | netns <path>; got {args:?}")),
     };
     match result {
         Ok(out) => {
@@ -101,12 +105,16 @@ fn create(request: &str) -> Result<String, String> {
     let mut container = match built {
         Ok(c) => c,
         Err(e) => {
+            // The processes libcontainer started are our children; unreaped they would
+            // become zombies of the agent (a child subreaper) when we exit.
+            exit::reap_children(exit::FAILED_BUILD_PATIENCE);
             discard(&req.state_root, id);
             return Err(format!("container {id}: create: {e}"));
         }
     };
     if let Err(e) = container.start() {
         let _ = container.delete(true);
+        exit::reap_children(exit::FAILED_BUILD_PATIENCE);
         discard(&req.state_root, id);
         return Err(format!("container {id}: start: {e}"));
     }

@@ -15,6 +15,7 @@ mod exec;
 mod exit;
 mod netns;
 mod overlay;
+mod probe;
 mod process;
 mod spec;
 
@@ -24,4 +25,5 @@ pub use engine::{Runtime, RuntimeConfig};
 pub use error::Error;
 pub use exec::exec;
 pub use image::{ImageConfig, ResolvedImage};
+pub use probe::{ExecOutcome, PROBE_OUTPUT_LIMIT};
 pub use spec::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Started};

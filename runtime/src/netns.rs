@@ -1,13 +1,16 @@
 //! Persistent pod network namespaces: created on a throw-away thread, kept alive by a
-//! bind mount of the namespace file, joined by every container of the pod.
+//! bind mount of the namespace file, joined by every container of the pod; TCP
+//! connects from inside one.
 
 use std::fs;
 use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 
 /// Whether `path` is a bind mount of a namespace file.
 // The field and constant types differ between libc targets (glibc, musl); the casts
@@ -38,6 +41,18 @@ pub(crate) fn create(path: &Path) -> io::Result<()> {
         |e| io::Error::new(io::Error::from(e).kind(), format!("bind mount on {}: {e}", path.display())),
     )?;
     loopback_up().map_err(|e| io::Error::new(e.kind(), format!("set lo up: {e}")))
+}
+
+/// Moves the calling thread into the network namespace at `path` and connects a TCP
+/// socket to `addr` there, waiting at most `timeout` (which must not be zero). The
+/// socket stays in that namespace for its whole life.
+///
+/// The thread stays in the namespace too: call it on a thread that exits right after.
+pub(crate) fn connect_in(path: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let ns = fs::File::open(path)?;
+    setns(&ns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("setns: {e}")))?;
+    TcpStream::connect_timeout(&addr, timeout)
 }
 
 /// Brings `lo` up in the current network namespace.

@@ -2,175 +2,14 @@
 //! restart, exec, pod network namespaces, and that limits cannot be raised from inside.
 //! Needs root; skipped (with a message) otherwise unless `PEER_REQUIRE_ROOT_TESTS=1`.
 
+mod support;
+
 use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use runtime::{
-    ContainerSpec, ContainerStatus, ExitEvent, ImageConfig, Limits, Network, ResolvedImage, Runtime,
-    RuntimeConfig,
-};
-use tokio::sync::mpsc::UnboundedReceiver;
-
-const HELPER: &str = env!("CARGO_BIN_EXE_runtime-helper");
-
-/// A runtime with its own root directory, cgroup parent and busybox image.
-struct Fixture {
-    base: PathBuf,
-    cgroup_parent: String,
-    runtime: Runtime,
-    exits: UnboundedReceiver<ExitEvent>,
-    image: ResolvedImage,
-}
-
-/// `None` (after printing why) when not root and root tests are not required.
-fn fixture(name: &str) -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("PEER_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-            panic!("{name}: needs root, and PEER_REQUIRE_ROOT_TESTS=1 is set");
-        }
-        eprintln!("skipping {name}: needs root (set PEER_REQUIRE_ROOT_TESTS=1 to make this a failure)");
-        return None;
-    }
-    let base = std::env::temp_dir().join(format!("peer-rt-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&base);
-    let layer = base.join("layer");
-    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "mnt"] {
-        fs::create_dir_all(layer.join(dir)).expect("create layer dir");
-    }
-    fs::copy("/usr/bin/busybox", layer.join("bin/busybox")).expect("copy busybox (install busybox-static)");
-    let list = std::process::Command::new("/usr/bin/busybox").arg("--list").output().expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
-        symlink("busybox", layer.join("bin").join(applet)).expect("symlink applet");
-    }
-    let cgroup_parent = format!("peer-test-{}-{name}", std::process::id());
-    let runtime = Runtime::new(RuntimeConfig {
-        root: base.join("root"),
-        helper_exe: PathBuf::from(HELPER),
-        helper_args: Vec::new(),
-        cgroup_parent: cgroup_parent.clone(),
-    })
-    .expect("runtime");
-    let exits = runtime.exits();
-    let image = ResolvedImage {
-        reference: "test/busybox:latest".into(),
-        id: "sha256:test".into(),
-        layers: vec![layer],
-        config: ImageConfig {
-            entrypoint: vec![],
-            cmd: vec!["sh".into()],
-            env: vec!["PATH=/bin".into(), "FROM_IMAGE=1".into()],
-            working_dir: None,
-            user: None,
-        },
-    };
-    Some(Fixture { base, cgroup_parent, runtime, exits, image })
-}
-
-impl Fixture {
-    fn spec(&self, id: &str, script: &str) -> ContainerSpec {
-        ContainerSpec {
-            id: id.into(),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            args: vec![],
-            env: vec![("GREETING".into(), "hi".into())],
-            working_dir: None,
-            hostname: format!("{id}-host"),
-            limits: Limits::default(),
-            network: Network::Host,
-            log_path: self.base.join("logs").join(format!("{id}.log")),
-        }
-    }
-
-    async fn next_exit(&mut self, id: &str) -> ExitEvent {
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(30), self.exits.recv())
-                .await
-                .expect("an exit event within 30 s")
-                .expect("exit channel open");
-            if event.id == id {
-                return event;
-            }
-        }
-    }
-
-    fn log(&self, id: &str) -> String {
-        fs::read_to_string(self.base.join("logs").join(format!("{id}.log"))).unwrap_or_default()
-    }
-
-    async fn wait_for_log(&self, id: &str, needle: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !self.log(id).contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "log of {id} never got {needle:?}: {}",
-                self.log(id)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn cleanup(self, ids: &[&str]) {
-        for id in ids {
-            self.runtime.remove_container(id).await.expect("remove container");
-            self.runtime.remove_container(id).await.expect("removing again is fine");
-            assert_eq!(self.runtime.inspect(id).expect("inspect"), ContainerStatus::Missing);
-            assert!(!self.base.join("root/containers").join(id).exists(), "bundle of {id} left behind");
-        }
-        assert!(self.runtime.list_containers().expect("list").is_empty());
-        for hierarchy in fs::read_dir("/sys/fs/cgroup").expect("cgroup root").flatten() {
-            let dir = hierarchy.path().join(&self.cgroup_parent);
-            for id in ids {
-                assert!(!dir.join(id).exists(), "cgroup {} left behind", dir.join(id).display());
-            }
-            let _ = fs::remove_dir(dir);
-        }
-        fs::remove_dir_all(&self.base).expect("remove test dir");
-    }
-}
-
-/// Best-effort cleanup when a test fails half-way: kill what runs in the test's
-/// cgroups, unmount what is mounted under the test directory, remove it.
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if !self.base.exists() {
-            return;
-        }
-        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let parent = hierarchy.path().join(&self.cgroup_parent);
-            for container in fs::read_dir(&parent).into_iter().flatten().flatten() {
-                let procs = fs::read_to_string(container.path().join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.parse().ok()) {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                }
-            }
-        }
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.base))
-            .collect();
-        // Deepest first.
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in mounts {
-            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        }
-        // Container cgroups the runtime could not remove, then the parent.
-        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let parent = hierarchy.path().join(&self.cgroup_parent);
-            for container in fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if container.path().is_dir() {
-                    let _ = fs::remove_dir(container.path());
-                }
-            }
-            let _ = fs::remove_dir(parent);
-        }
-        let _ = fs::remove_dir_all(&self.base);
-    }
-}
+use runtime::{ContainerStatus, Network};
+use support::{fixture, HELPER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_code_env_and_logs() {
@@ -285,4 +124,18 @@ async fn a_failed_delete_still_unmounts_the_rootfs_and_removes_the_bundle() {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mountinfo.contains(&bundle.display().to_string()), "rootfs still mounted after {result:?}");
     assert!(!bundle.exists(), "bundle left behind after {result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_create_leaves_no_zombie_behind() {
+    let Some(f) = fixture("failcreate") else { return };
+    let mut spec = f.spec("bad1", "true");
+    spec.working_dir = Some("/no/such/dir".into());
+    let err = f.runtime.run_container(&spec, &f.image).await.expect_err("chdir fails in build");
+    assert!(err.to_string().starts_with("container bad1: helper failed"), "{err}");
+    // libcontainer returns the error without the pids of the intermediate and init
+    // processes it started; the helper must reap them, or this process, a child
+    // subreaper like the agent, inherits them as zombies.
+    assert_eq!(support::zombie_children_named("youki:"), Vec::<String>::new());
+    f.cleanup(&["bad1"]).await;
 }

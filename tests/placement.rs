@@ -227,4 +227,20 @@ fn a_node_cut_off_or_rebooted_alone_keeps_its_workloads_running() {
     nodes[0].kill_containers();
     nodes[0].start_agent();
     wait_exactly("all 3 back after a reboot alone", &[&nodes[0]], 3, Duration::from_secs(30));
+
+    // The others come back (their containers ran on): the cut heals and the cluster
+    // converges to one copy of each replica, with no extra left running.
+    nodes[1].start_agent();
+    nodes[2].start_agent();
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("all three nodes live again", Duration::from_secs(30), || {
+        (live_nodes(&nodes[0]).len() == 3).then_some(())
+    });
+    wait_exactly("one copy of each replica after the heal", &all, 3, Duration::from_secs(60));
+    let healed = Instant::now();
+    while healed.elapsed() < Duration::from_secs(5) {
+        let copies = running(&all);
+        assert!(copies.len() <= 3, "extra replicas after the heal: {copies:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -32,7 +32,7 @@ fn container(describe: &Value) -> &Value {
 }
 
 fn running_pid(describe: &Value) -> Option<i64> {
-    container(describe)["state"]["Running"]["pid"].as_i64()
+    container(describe)["state"]["running"]["pid"].as_i64()
 }
 
 fn restarts(describe: &Value) -> u64 {
@@ -97,8 +97,8 @@ fn killed_container_restarts_at_once_then_backs_off() {
     });
     eprintln!("first restart running after {:?}", killed.elapsed());
     let d = node.describe(&pod);
-    assert_eq!(container(&d)["lastState"]["reason"], "Error", "{d:#}");
-    assert_eq!(container(&d)["lastState"]["exit_code"], 137, "{d:#}");
+    assert_eq!(container(&d)["lastState"]["terminated"]["reason"], "Error", "{d:#}");
+    assert_eq!(container(&d)["lastState"]["terminated"]["exitCode"], 137, "{d:#}");
 
     // A second crash right away waits out the back-off (10 s) in CrashLoopBackOff.
     let killed = Instant::now();
@@ -168,9 +168,9 @@ fn exceeding_the_memory_limit_is_oomkilled_and_restarted() {
     });
     let d = wait_for("an OOMKilled termination", Duration::from_secs(60), || {
         let d = node.describe(&pod);
-        (container(&d)["lastState"]["reason"] == "OOMKilled" && restarts(&d) >= 1).then_some(d)
+        (container(&d)["lastState"]["terminated"]["reason"] == "OOMKilled" && restarts(&d) >= 1).then_some(d)
     });
-    assert_eq!(container(&d)["lastState"]["exit_code"], 137, "{d:#}");
+    assert_eq!(container(&d)["lastState"]["terminated"]["exitCode"], 137, "{d:#}");
     let events = node.peer_ok(&["get", "events"]);
     assert!(events.contains("OOMKilled"), "events: {events}");
 }

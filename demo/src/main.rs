@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         Some("get") => get(&rest),
         Some("cat") => cat(&rest),
         Some("write") => write(&rest),
+        Some("mkdir") => rest.iter().try_for_each(|d| std::fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))),
+        Some("rm") => rest.iter().try_for_each(|f| std::fs::remove_file(f).map_err(|e| format!("{f}: {e}"))),
         Some("alloc") => alloc(&rest),
         Some("sleep") => sleep(&rest),
         Some("echo") => {
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
         Some("mount-cgroup") => mount_cgroup(),
         Some("exit") => return ExitCode::from(rest.first().and_then(|c| c.parse().ok()).unwrap_or(1)),
         Some(other) => Err(format!(
-            "unknown command {other:?}; expected serve, get URL, cat FILE, write FILE TEXT, alloc MIB, sleep SECS, echo ..., mount-cgroup, exit CODE"
+            "unknown command {other:?}; expected serve, get URL, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, echo ..., mount-cgroup, exit CODE"
         )),
     };
     match result {
@@ -45,7 +47,8 @@ extern "C" fn on_term(_: libc::c_int) {
     TERMINATING.store(true, Ordering::SeqCst);
 }
 
-/// Serves HTTP/1.1 on $PORT (default 8080) until SIGTERM.
+/// Serves HTTP/1.1 on $PORT (default 8080) until SIGTERM, after sleeping
+/// $START_DELAY_SECS (default 0) first, like a server with a slow start.
 ///
 /// As PID 1 of its pid namespace the process ignores signals it has no handler for,
 /// so it installs one for SIGTERM and SIGINT and exits 0 on them.
@@ -57,6 +60,11 @@ fn serve() -> Result<(), String> {
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let delay = std::env::var("START_DELAY_SECS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let ready_at = Instant::now() + Duration::from_secs(delay);
+    while Instant::now() < ready_at && !TERMINATING.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let listener =
         TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind port {port}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@ mod cluster_api;
 mod events;
 mod placement;
 mod pods;
+mod probes;
 mod queries;
 
 use std::collections::BTreeMap;
@@ -97,6 +98,8 @@ pub struct Agent {
     tasks: mpsc::UnboundedSender<TaskResult>,
     /// Executor tasks in flight; owned here so none is detached.
     jobs: JoinSet<()>,
+    /// The probe workers of running containers.
+    probes: probes::ProbeTasks,
     cluster: Cluster,
     node: NodeConfig,
     started_at_ms: u64,
@@ -173,6 +176,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         events: EventLog::new(1000),
         tasks: task_tx,
         jobs: JoinSet::new(),
+        probes: probes::ProbeTasks::default(),
         cluster,
         node: node_cfg,
         started_at_ms,
@@ -257,6 +261,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Input::Task(t) => agent.handle_task(t),
             Input::Tick => {
                 while agent.jobs.try_join_next().is_some() {}
+                agent.probes.reap();
                 agent.sync_folder();
                 agent.rotate_logs();
                 agent.cluster.tick(&mut agent.store, now_ms());
@@ -280,6 +285,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Containers keep running when the agent stops: a restarted agent adopts them.
     // Executor tasks in flight finish first so no create is cut in half.
     server.abort();
+    agent.probes.stop_all();
     while agent.jobs.join_next().await.is_some() {}
     tracing::info!("peer agent stopped; containers keep running");
     Ok(())

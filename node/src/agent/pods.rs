@@ -28,9 +28,28 @@ fn write_replace(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// What a finished executor task reports to the agent loop.
 #[derive(Debug)]
 pub enum TaskResult {
-    Started { pod: String, container: String, pid: i32, start_time: u64 },
-    StartFailed { pod: String, container: String, reason: String, message: String },
-    PodRemoved { pod: String },
+    Started {
+        pod: String,
+        container: String,
+        pid: i32,
+        start_time: u64,
+    },
+    StartFailed {
+        pod: String,
+        container: String,
+        reason: String,
+        message: String,
+    },
+    PodRemoved {
+        pod: String,
+    },
+    /// A probe worker's report about the container instance `pid`.
+    Probe {
+        pod: String,
+        container: String,
+        pid: i32,
+        report: crate::probe::Report,
+    },
 }
 
 /// The runtime's id of a container: `<namespace>_<pod>_<container>` (Kubernetes names
@@ -152,7 +171,7 @@ impl Agent {
     /// container's pid and start time, restarts what is gone and removes what no record
     /// names, so no duplicate can run. (Desired state, which users are told is saved, is
     /// fsynced: see `store.rs`.)
-    fn persist(&self, key: &str) {
+    pub(super) fn persist(&self, key: &str) {
         let path = self.record_path(key);
         let result = match self.pods.get(key) {
             Some(pod) => {
@@ -272,6 +291,9 @@ impl Agent {
         }
         let ids: Vec<String> =
             pod.containers.keys().map(|c| container_id(&pod.namespace, &pod.name, c)).collect();
+        for id in &ids {
+            self.probes.stop(id);
+        }
         let sandbox = sandbox_id(&pod.namespace, &pod.name);
         self.events.normal(
             &format!("pod/{}", pod.name),
@@ -341,6 +363,7 @@ impl Agent {
                         "Started",
                         &format!("started container {container} (pid {pid})"),
                     );
+                    self.start_probes(&pod, &container);
                 }
                 self.persist(&pod);
             }
@@ -360,6 +383,9 @@ impl Agent {
                 tracing::warn!(pod = %pod, container = %container, "{reason}: {message}");
                 self.events.warning(&format!("pod/{}", p.name), &reason, &message);
                 self.persist(&pod);
+            }
+            TaskResult::Probe { pod, container, pid, report } => {
+                self.handle_probe(&pod, &container, pid, report)
             }
             TaskResult::PodRemoved { pod } => {
                 if let Some(p) = self.pods.remove(&pod) {
@@ -389,6 +415,7 @@ impl Agent {
             return;
         };
         let now = now_ms();
+        self.probes.stop(&e.id);
         let Some(pod) = self.pods.get_mut(&key) else { return };
         let Some(c) = pod.containers.get_mut(&name) else { return };
         let ContainerState::Running { started_at_ms, .. } = c.state else { return };
@@ -486,6 +513,11 @@ impl Agent {
         }
         self.pods = records;
         for key in self.pods.keys().cloned().collect::<Vec<_>>() {
+            let names: Vec<String> =
+                self.pods.get(&key).map(|p| p.containers.keys().cloned().collect()).unwrap_or_default();
+            for name in names {
+                self.start_probes(&key, &name);
+            }
             self.persist(&key);
         }
         match self.runtime.list_containers() {

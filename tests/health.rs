@@ -106,7 +106,8 @@ fn an_exec_probe_runs_inside_the_container() {
     );
     node.write_spec("exec.yaml", &pod("exec", &probe));
     wait_for("exec to run", Duration::from_secs(30), || {
-        (container(&node.describe("exec"))["state"]["running"].is_object()).then_some(())
+        let row = node.pods().into_iter().find(|p| p["name"] == "exec")?;
+        (row["status"] == "Running").then_some(())
     });
     // Unready: the probe does not see the host's file ...
     std::thread::sleep(Duration::from_secs(3));

@@ -442,10 +442,17 @@ impl Agent {
         }));
         let msg = format!("container {name} exited (code {exit_code:?}, reason {reason})");
         tracing::info!(pod = %key, "{msg}");
+        let object = format!("pod/{}", pod.name);
         if reason == "Completed" {
-            self.events.normal(&format!("pod/{}", pod.name), reason, &msg);
+            self.events.normal(&object, reason, &msg);
         } else {
-            self.events.warning(&format!("pod/{}", pod.name), reason, &msg);
+            self.events.warning(&object, reason, &msg);
+        }
+        let delay =
+            reconcile::restart_due_ms(pod.template.restart_policy, c).map(|due| due.saturating_sub(now));
+        if let Some(delay) = delay.filter(|d| *d > 0) {
+            let msg = format!("back-off {}s restarting failed container {name}", delay.div_ceil(1000));
+            self.events.warning(&object, "BackOff", &msg);
         }
         self.persist(&key);
     }

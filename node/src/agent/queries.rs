@@ -117,7 +117,7 @@ impl Agent {
                 DeploymentRow {
                     namespace: w.key.namespace.clone(),
                     name: w.key.name.clone(),
-                    ready: current.iter().filter(|c| c.running).count() as u32,
+                    ready: current.iter().filter(|c| c.is_ready()).count() as u32,
                     desired: if kind == Kind::DaemonSet { planned.len() as u32 } else { w.replicas },
                     up_to_date: current.len() as u32,
                     source,

@@ -103,7 +103,8 @@ impl EventLog {
         if torn || lines > 2 * log.rows.cap() {
             log.compact();
         } else if let Some(f) = &mut log.file {
-            f.file = Some(open_append(path)?);
+            let file = open_append(path).with_context(|| format!("opening event log {}", path.display()))?;
+            f.file = Some(file);
         }
         Ok(log)
     }

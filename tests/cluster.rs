@@ -1,10 +1,15 @@
 //! Several real nodes on loopback: desired state spreads over gossip + QUIC, survives its
 //! author, heals after a partition, and refuses removed nodes.
 
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tests::{
-    apply, cluster, deployment, deployments, join, live_nodes, nodes_json, require_root, wait_for, Node,
+    apply, cluster, deployment, deployments, join, live_nodes, nodes_json, peer_bin, require_root, wait_for,
+    Node,
 };
 
 #[test]
@@ -193,4 +198,141 @@ fn sigterm_leaves_gracefully_and_a_restart_rejoins() {
     wait_for("lb live again", Duration::from_secs(10), || {
         (live_nodes(&nodes[0]).len() == 2 && live_nodes(&nodes[1]).len() == 2).then_some(())
     });
+}
+
+/// `peer get events -o json` on `node`: every live node's events.
+fn events(node: &Node) -> Vec<Value> {
+    node.json(&["get", "events"]).as_array().cloned().unwrap_or_default()
+}
+
+fn is_event(e: &Value, reason: &str, object: &str) -> bool {
+    e["reason"] == reason && e["object"] == object
+}
+
+#[test]
+fn events_of_every_node_are_listed_anywhere_survive_kill_9_and_a_death_is_recorded_once() {
+    if !require_root("events_of_every_node_are_listed_anywhere_survive_kill_9_and_a_death_is_recorded_once") {
+        return;
+    }
+    let mut nodes = cluster(&["ea", "eb", "ec"]);
+    apply(&nodes[0], "ev.yaml", &deployment("ev", 1));
+    let (runner, pod) = wait_for("the ev pod running", Duration::from_secs(30), || {
+        nodes.iter().enumerate().find_map(|(i, n)| n.running_pods().first().map(|p| (i, p.clone())))
+    });
+    let (name, object) = (nodes[runner].name.clone(), format!("pod/{pod}"));
+    let other = (runner + 1) % nodes.len();
+
+    // The pod's Started event, recorded on the runner, is listed on another node with its node.
+    let started = wait_for("the Started event from another node", Duration::from_secs(10), || {
+        events(&nodes[other]).into_iter().find(|e| is_event(e, "Started", &object) && e["node"] == name)
+    });
+    let table = nodes[other].peer_ok(&["get", "events"]);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "NODE", "MESSAGE"], "{table}");
+    assert!(
+        table.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.contains(&"Started") && cells.contains(&object.as_str()) && cells.contains(&name.as_str())
+        }),
+        "the table lists the Started event with NODE {name}:\n{table}"
+    );
+
+    // kill -9: until failure detection notices, the node is named as unreachable, and the
+    // read does not wait for it longer than its timeout.
+    nodes[runner].kill_agent();
+    let asked = Instant::now();
+    let out = nodes[other].peer(&["get", "events"]);
+    let took = asked.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("node {name} did not answer")), "took {took:?}, stderr: {stderr}");
+    assert!(took < Duration::from_secs(3), "a dead node blocked the read for {took:?}");
+
+    // Its death is recorded by exactly one survivor.
+    let dead_object = format!("node/{name}");
+    let dead = |n: &Node| -> Vec<Value> {
+        events(n).into_iter().filter(|e| is_event(e, "NodeDead", &dead_object)).collect()
+    };
+    wait_for("the NodeDead event", Duration::from_secs(10), || {
+        (!dead(&nodes[other]).is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for n in nodes.iter().filter(|n| n.name != name) {
+        let rows = dead(n);
+        assert_eq!(rows.len(), 1, "one NodeDead event cluster-wide, as {} lists them: {rows:?}", n.name);
+        assert_ne!(rows[0]["node"], name.as_str());
+        assert_eq!(rows[0]["kind"], "Warning");
+    }
+
+    // After a restart, the events from before the kill are still listed, from the file.
+    nodes[runner].start_agent();
+    let again = wait_for("the runner's old events back in the cluster view", Duration::from_secs(15), || {
+        events(&nodes[other]).into_iter().find(|e| e["node"] == name && e["seq"] == started["seq"])
+    });
+    assert_eq!(again["first_ms"], started["first_ms"]);
+    assert_eq!(again["reason"], "Started");
+    let local = events(&nodes[runner]);
+    assert!(local.iter().any(|e| e["node"] == name && e["seq"] == started["seq"]), "{local:?}");
+}
+
+#[test]
+fn watching_events_prints_new_ones_from_every_node_including_late_joiners() {
+    if !require_root("watching_events_prints_new_ones_from_every_node_including_late_joiners") {
+        return;
+    }
+    let mut nodes = cluster(&["wa", "wb"]);
+    let mut child = Command::new(peer_bin())
+        .args(["get", "events", "-w"])
+        .env("PEER_DATA_DIR", &nodes[0].data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting peer get events -w");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    expect_line(&rx, &mut seen, "the header", |c| c.starts_with(&["LAST", "SEEN"]));
+    let rotated = |node: &'static str| move |c: &[&str]| c.contains(&"TokenRotated") && c.contains(&node);
+    assert!(!seen.iter().any(|l| l.contains("TokenRotated")), "no rotation yet: {seen:?}");
+
+    // A new event on another node after the watch started.
+    nodes[1].peer_ok(&["token", "rotate"]);
+    expect_line(&rx, &mut seen, "wb's TokenRotated event", rotated("wb"));
+
+    // A node that joins later: its join, and then its own events.
+    let token = nodes[1].peer_ok(&["token"]).trim().to_owned();
+    let late = join("wc", &nodes[1], &token);
+    nodes.push(late);
+    expect_line(&rx, &mut seen, "wc's NodeJoined event", |c| {
+        c.contains(&"NodeJoined") && c.contains(&"node/wc")
+    });
+    nodes[2].peer_ok(&["token", "rotate"]);
+    expect_line(&rx, &mut seen, "wc's TokenRotated event", rotated("wc"));
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+}
+
+/// Reads lines of a running watch into `seen` until one's whitespace-separated cells pass
+/// `f`, or panics after 15 s with what was printed.
+fn expect_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, what: &str, f: impl Fn(&[&str]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if seen.iter().any(|l| f(&l.split_whitespace().collect::<Vec<_>>())) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("timed out waiting for {what}; the watch printed:\n{}", seen.join("\n")),
+        }
+    }
 }

@@ -20,7 +20,9 @@ pub enum Request {
     GetWorkloads {
         kind: protocol::spec::Kind,
     },
-    GetEvents,
+    GetEvents {
+        after: std::collections::BTreeMap<String, u64>,
+    },
     /// Full detail of one pod.
     DescribePod {
         namespace: String,
@@ -153,15 +155,20 @@ pub struct DeploymentRow {
     pub overwritten_by: Option<String>,
 }
 
-/// One entry of the node's event log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventRow {
-    pub time_ms: u64,
-    /// Normal or Warning, as in Kubernetes.
-    pub kind: String,
-    pub object: String,
-    pub reason: String,
-    pub message: String,
+/// One entry of a node's event log (the wire type: the same on every node).
+pub type EventRow = protocol::events::Event;
+
+/// Answer to [`Request::GetEvents`]: the events of every live node with
+/// `seq > after[node]` (all of a node's events when it is not named in `after`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventsAnswer {
+    /// Every node's events, sorted by the time they were last seen.
+    pub events: Vec<EventRow>,
+    /// Per node that answered, the newest `seq` it sent (or the `after` it was asked for):
+    /// what to ask for next.
+    pub cursors: std::collections::BTreeMap<String, u64>,
+    /// Live nodes that did not answer in time.
+    pub unreachable: Vec<String>,
 }
 
 /// A row of `peer get nodes`.

@@ -38,6 +38,9 @@ pub enum Command {
         resource: String,
         #[arg(short, long, value_enum)]
         output: Option<Output>,
+        /// Keep printing new events (`peer get events -w`) until interrupted.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one pod in detail.
     Describe {

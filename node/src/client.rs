@@ -1,6 +1,7 @@
 //! The CLI side of the local API: blocking requests over the agent's Unix socket and
 //! kubectl-like output. No tokio here, so `peer exec` may call libcontainer in-process.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use serde_json::Value;
 
 use protocol::spec::Kind;
 
-use crate::api::{DeploymentRow, EventRow, ExecTarget, LogTarget, NodeRow, PodRow, Request, Response};
+use crate::api::{
+    DeploymentRow, EventRow, EventsAnswer, ExecTarget, LogTarget, NodeRow, PodRow, Request, Response,
+};
 use crate::cli::Output;
 
 pub struct Client {
@@ -59,6 +62,11 @@ pub fn print_structured(data: &Value, output: Output) -> anyhow::Result<()> {
 
 /// Prints rows as an aligned table, kubectl style.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    print_aligned(header, rows, true);
+}
+
+/// Prints rows aligned with each other and the header, which is printed only if asked.
+fn print_aligned(header: &[&str], rows: &[Vec<String>], with_header: bool) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -76,7 +84,9 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         }
         println!("{}", s.trim_end());
     };
-    line(header.to_vec());
+    if with_header {
+        line(header.to_vec());
+    }
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
@@ -98,7 +108,7 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
         "deployments" | "deployment" | "deploy" => Request::GetWorkloads { kind: Kind::Deployment },
         "statefulsets" | "statefulset" | "sts" => Request::GetWorkloads { kind: Kind::StatefulSet },
         "daemonsets" | "daemonset" | "ds" => Request::GetWorkloads { kind: Kind::DaemonSet },
-        "events" | "event" | "ev" => Request::GetEvents,
+        "events" | "event" | "ev" => return events(client, output, false),
         "nodes" | "node" | "no" => Request::GetNodes,
         other => bail!(
             "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, nodes or events"
@@ -130,7 +140,7 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
                 .collect();
             print_table(&["NAME", "READY", "UP-TO-DATE", "SOURCE"], &rows);
         }
-        Request::GetNodes => {
+        _ => {
             let rows: Vec<NodeRow> = serde_json::from_value(data)?;
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
@@ -150,19 +160,67 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
                 .collect();
             print_table(&["NAME", "STATE", "ADDRESS", "AGE", "CPU", "MEMORY", "PODS", "LABELS"], &rows);
         }
-        _ => {
-            let rows: Vec<EventRow> = serde_json::from_value(data)?;
-            let now = crate::agent::now_ms();
-            let rows: Vec<Vec<String>> = rows
-                .into_iter()
-                .map(|r| {
-                    vec![age(now.saturating_sub(r.time_ms) / 1000), r.kind, r.reason, r.object, r.message]
-                })
-                .collect();
-            print_table(&["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows);
-        }
     }
     Ok(())
+}
+
+/// `peer get RESOURCE -w`: only events can be watched for now.
+pub fn watch(client: &Client, resource: &str, output: Option<Output>) -> anyhow::Result<()> {
+    match resource {
+        "events" | "event" | "ev" => events(client, output, true),
+        other => bail!("--watch supports events only (got {other:?})"),
+    }
+}
+
+/// `peer get events [-w]`: every live node's events; with `watch`, then every second the
+/// ones recorded since, per node, until interrupted.
+pub fn events(client: &Client, output: Option<Output>, watch: bool) -> anyhow::Result<()> {
+    let mut cursors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let answer: EventsAnswer = client.call_as(&Request::GetEvents { after: cursors.clone() })?;
+        for node in &answer.unreachable {
+            eprintln!("warning: node {node} did not answer; its events are missing");
+        }
+        for (node, seq) in answer.cursors {
+            let c = cursors.entry(node).or_default();
+            *c = (*c).max(seq);
+        }
+        match output {
+            Some(output) if !watch => {
+                return print_structured(&serde_json::to_value(&answer.events)?, output)
+            }
+            Some(_) => {
+                for e in &answer.events {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+            None if first || !answer.events.is_empty() => {
+                let now = crate::agent::now_ms();
+                let rows: Vec<Vec<String>> = answer.events.into_iter().map(|e| event_cells(e, now)).collect();
+                print_aligned(&EVENT_COLUMNS, &rows, first);
+            }
+            None => {}
+        }
+        if !watch {
+            return Ok(());
+        }
+        first = false;
+        std::io::stdout().flush()?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `peer get events`' columns, as kubectl's plus the node.
+const EVENT_COLUMNS: [&str; 6] = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "NODE", "MESSAGE"];
+
+/// One row: LAST SEEN is kubectl's `3m (x5 over 20m)` for a repeated event.
+fn event_cells(e: EventRow, now: u64) -> Vec<String> {
+    let mut seen = age(now.saturating_sub(e.last_ms) / 1000);
+    if e.count > 1 {
+        seen = format!("{seen} (x{} over {})", e.count, age(now.saturating_sub(e.first_ms) / 1000));
+    }
+    vec![seen, e.kind.to_string(), e.reason, e.object, e.node, e.message]
 }
 
 /// Reads the YAML files named on the command line; a folder means its spec files.

@@ -62,7 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(node::agent::run(cfg))?;
         }
-        Command::Get { resource, output } => client::get(&client, &resource, output)?,
+        Command::Get { resource, output, watch: true } => client::watch(&client, &resource, output)?,
+        Command::Get { resource, output, .. } => client::get(&client, &resource, output)?,
         Command::Describe { resource, name, namespace } => {
             if !matches!(resource.as_str(), "pod" | "pods" | "po") {
                 bail!("describe supports pods only (got {resource:?})");

@@ -7,6 +7,7 @@
 //! report back as inputs. Only this loop mutates state.
 
 mod cluster_api;
+mod cluster_events;
 mod events;
 mod placement;
 mod pods;
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 pub use self::cluster_api::parse_label_arg;
-pub use self::events::EventLog;
+pub use self::events::{EventLog, EventReader};
 use self::pods::TaskResult;
 use crate::api::{Request, Response};
 use crate::cluster::files::ClusterFiles;
@@ -40,6 +41,9 @@ use crate::store::Store;
 /// was slower than unbounded, since much of a create is waiting on the kernel and on the
 /// helper's exec; this bound only keeps a burst of hundreds from thrashing.
 const CONCURRENT_CREATES: usize = 16;
+
+/// Events kept per node (`DATA/events.jsonl` holds up to twice as many lines).
+const EVENT_LOG_CAP: usize = 1000;
 
 /// How long folder events are gathered before one rescan.
 const FOLDER_DEBOUNCE: Duration = Duration::from_millis(5);
@@ -164,7 +168,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let opts =
         ClusterOptions { listen: cfg.listen, advertise: cfg.advertise, generation: identity.generation };
     let known_peers = !files.peers.is_empty();
-    let cluster = Cluster::start(files, &opts, input_tx.clone(), &info).await?;
+    let events = EventLog::open(&cfg.data_dir.join("events.jsonl"), &identity.node_id, EVENT_LOG_CAP)?;
+    let cluster = Cluster::start(files, &opts, input_tx.clone(), &info, events.reader()).await?;
 
     let mut agent = Agent {
         cfg: cfg.clone(),
@@ -173,7 +178,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods: BTreeMap::new(),
         runtime: runtime.clone(),
         images,
-        events: EventLog::new(1000),
+        events,
         tasks: task_tx,
         jobs: JoinSet::new(),
         probes: probes::ProbeTasks::default(),
@@ -221,6 +226,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Input::Shutdown,
         };
         match input {
+            Input::Api(Request::GetEvents { after }, reply) => {
+                agent.answer_events(after, reply);
+                continue;
+            }
             Input::Api(req, reply) => {
                 let writes = req.writes();
                 let resp = match req {
@@ -239,7 +248,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             Input::Members(views) => {
-                agent.cluster.handle_members(views, &agent.store, now_ms());
+                let changes = agent.cluster.handle_members(views, &agent.store, now_ms());
+                agent.record_liveness(changes).await;
                 let key = agent.view_key();
                 if key == agent.view_key {
                     continue;

@@ -178,7 +178,6 @@ impl Agent {
         match req {
             Request::GetPods => ok(self.pod_rows(now)),
             Request::GetWorkloads { kind } => ok(self.workload_rows(kind)),
-            Request::GetEvents => ok(self.events.all().collect::<Vec<_>>()),
             Request::DescribePod { namespace, name } => {
                 let key = reconcile::pod_key(&namespace, &name);
                 let Some(pod) = self.pods.get(&key) else {

@@ -6,6 +6,7 @@
 //! `protocol::replicate::Replicator` and `protocol::sync::SyncSession`.
 
 pub mod claims;
+pub mod events;
 pub mod files;
 mod streams;
 
@@ -25,13 +26,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::task::JoinSet;
 
+use self::events::Liveness;
 use self::files::{ClusterFiles, Settings};
-use crate::agent::Input;
+use crate::agent::{EventReader, Input};
 use crate::store::Store;
 
 /// Stream kinds (the first byte of a stream).
 pub const STREAM_PUSH: u8 = 1;
 pub const STREAM_SYNC: u8 = 2;
+/// A read of the peer's event log (`protocol::events`), served without the agent loop.
+pub const STREAM_EVENTS: u8 = 3;
 
 /// Gossip keys this node publishes.
 pub const KEY_DIGEST: &str = "digest";
@@ -115,7 +119,13 @@ pub struct Cluster {
     published_claims: Option<Vec<String>>,
     /// Peers seen going from live to not live (see [`RETURN_HOLD_MS`]).
     died: BTreeSet<NodeId>,
+    /// Until then, peers becoming live are not reported as joins: a node that restarts
+    /// sees its whole cluster appear at once.
+    quiet_until_ms: u64,
 }
+
+/// How long a starting node that knows peers keeps quiet about peers becoming live.
+const JOIN_QUIET_MS: u64 = 5_000;
 
 /// Options of `peer up` that concern the cluster.
 #[derive(Debug, Clone)]
@@ -134,6 +144,7 @@ impl Cluster {
         opts: &ClusterOptions,
         inputs: UnboundedSender<Input>,
         info: &NodeInfo,
+        events: EventReader,
     ) -> anyhow::Result<Cluster> {
         let identity = files.identity()?;
         let me = NodeId(identity.node_id.clone());
@@ -168,8 +179,21 @@ impl Cluster {
         let mut tasks = JoinSet::new();
         let tx = inputs.clone();
         tasks.spawn(async move {
-            while let Some(s) = incoming.recv().await {
-                if tx.send(Input::Cluster(ClusterInput::Stream(s))).is_err() {
+            // Event reads are served here, off the agent loop; the rest goes to the loop.
+            let mut serving = JoinSet::new();
+            loop {
+                let s = tokio::select! {
+                    s = incoming.recv() => s,
+                    Some(_) = serving.join_next() => continue,
+                };
+                let Some(s) = s else { break };
+                if s.kind == STREAM_EVENTS {
+                    if serving.len() < events::MAX_SERVING {
+                        serving.spawn(events::serve(events.clone(), s.node_id, s.send, s.recv));
+                    } else {
+                        tracing::debug!(peer = %s.node_id, "too many event reads at once; refusing one");
+                    }
+                } else if tx.send(Input::Cluster(ClusterInput::Stream(s))).is_err() {
                     break;
                 }
             }
@@ -186,6 +210,7 @@ impl Cluster {
         });
         tracing::info!(node = %me, %addr, cluster = %files.cluster_id, seeds = ?files.peers, "cluster endpoint up");
         let seed = protocol::spec::fnv1a64(format!("{}/{}", me, opts.generation).as_bytes());
+        let quiet_until_ms = if files.peers.is_empty() { 0 } else { crate::agent::now_ms() + JOIN_QUIET_MS };
         Ok(Cluster {
             files,
             transport,
@@ -202,6 +227,7 @@ impl Cluster {
             published_digest: None,
             published_claims: None,
             died: BTreeSet::new(),
+            quiet_until_ms,
         })
     }
 
@@ -222,8 +248,9 @@ impl Cluster {
     }
 
     /// Takes a new membership snapshot: merges settings, remembers peers as seeds, and
-    /// starts anti-entropy rounds with peers whose digest differs from ours.
-    pub fn handle_members(&mut self, views: Vec<MemberView>, store: &Store, now_ms: u64) {
+    /// starts anti-entropy rounds with peers whose digest differs from ours. Returns the
+    /// liveness changes this node is the one to record (see [`events::records`]).
+    pub fn handle_members(&mut self, views: Vec<MemberView>, store: &Store, now_ms: u64) -> Vec<Liveness> {
         let mut live = BTreeMap::new();
         let mut settings_changed = false;
         for v in views {
@@ -266,15 +293,34 @@ impl Cluster {
                 tracing::warn!("saving cluster settings: {e:#}");
             }
         }
+        let mut changes = Vec::new();
         for gone in self.live.keys().filter(|id| !live.contains_key(*id)) {
             tracing::warn!(node = %gone, "node is no longer live");
-            self.died.insert(gone.clone());
+            changes.push(Liveness::Gone { node: gone.clone() });
         }
         for new in live.keys().filter(|id| !self.live.contains_key(*id)) {
             tracing::info!(node = %new, "node is live");
+            if now_ms >= self.quiet_until_ms {
+                changes.push(Liveness::Live { node: new.clone(), returned: self.died.contains(new) });
+            }
+        }
+        for gone in self.live.keys().filter(|id| !live.contains_key(*id)) {
+            self.died.insert(gone.clone());
         }
         self.live = live;
         self.maybe_sync(store, now_ms);
+        changes.retain(|c| events::records(&self.me, self.live.keys(), c.node()));
+        changes
+    }
+
+    /// Whether a node that is no longer live left gracefully or was removed (rather than
+    /// died).
+    pub async fn departed(&self, node: &NodeId) -> bool {
+        if self.files.settings.revoked.contains(&node.0) {
+            return true;
+        }
+        let Some(m) = self.membership.as_ref() else { return false };
+        m.node_key(&node.0, membership::LEFT_KEY).await.is_some()
     }
 
     /// Applies merged settings: the current token admits joiners, revoked nodes are refused.

@@ -106,9 +106,9 @@ fn creates_missing_replicas() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-            create default/web-ecc61e5c1b-0
-            create default/web-ecc61e5c1b-1
-            create default/web-ecc61e5c1b-2
+            create default/web-77feaa21db-0
+            create default/web-77feaa21db-1
+            create default/web-77feaa21db-2
             wake_at=None
         "#]],
     );
@@ -138,8 +138,8 @@ fn scale_down_removes_highest_indices() {
         &observed,
         0,
         expect![[r#"
-            delete default/web-ecc61e5c1b-1 grace=30s
-            delete default/web-ecc61e5c1b-2 grace=30s
+            delete default/web-77feaa21db-1 grace=30s
+            delete default/web-77feaa21db-2 grace=30s
             wake_at=None
         "#]],
     );
@@ -156,8 +156,8 @@ fn template_change_recreates_after_old_replicas_are_gone() {
         &observed,
         0,
         expect![[r#"
-            delete default/web-ab98404c51-0 grace=30s
-            delete default/web-ab98404c51-1 grace=30s
+            delete default/web-9541603f15-0 grace=30s
+            delete default/web-9541603f15-1 grace=30s
             wake_at=None
         "#]],
     );
@@ -166,8 +166,8 @@ fn template_change_recreates_after_old_replicas_are_gone() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-            create default/web-eef8d2b854-0
-            create default/web-eef8d2b854-1
+            create default/web-e6fcc584b6-0
+            create default/web-e6fcc584b6-1
             wake_at=None
         "#]],
     );
@@ -183,7 +183,7 @@ fn first_restart_is_immediate_then_backs_off() {
         &observe([pod.clone()]),
         1_000,
         expect![[r#"
-            start default/web-ecc61e5c1b-0 web
+            start default/web-77feaa21db-0 web
             wake_at=None
         "#]],
     );
@@ -202,7 +202,7 @@ fn first_restart_is_immediate_then_backs_off() {
         &observe([pod.clone()]),
         12_000,
         expect![[r#"
-            start default/web-ecc61e5c1b-0 web
+            start default/web-77feaa21db-0 web
             wake_at=None
         "#]],
     );
@@ -264,7 +264,7 @@ fn removed_workload_deletes_its_pods_once() {
         &observe([pod.clone()]),
         0,
         expect![[r#"
-            delete default/web-ecc61e5c1b-0 grace=30s
+            delete default/web-77feaa21db-0 grace=30s
             wake_at=None
         "#]],
     );
@@ -301,7 +301,7 @@ fn waiting_container_is_retried_when_due() {
         &observe([pod]),
         10_000,
         expect![[r#"
-            start default/web-f2891f5799-0 web
+            start default/web-b051cddd6d-0 web
             wake_at=None
         "#]],
     );

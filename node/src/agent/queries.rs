@@ -13,6 +13,25 @@ use crate::reconcile::{self, ContainerState, ObservedPod};
 use crate::status::{self, pod_status};
 use crate::store::Source;
 
+/// A probe as `kubectl describe` shows it:
+/// `http-get :8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3`.
+fn describe_probe(p: &protocol::spec::Probe) -> String {
+    use protocol::spec::ProbeAction;
+    let action = match &p.action {
+        ProbeAction::Exec { command } => format!("exec {command:?}"),
+        ProbeAction::HttpGet { path, port, .. } => format!("http-get :{port}{path}"),
+        ProbeAction::TcpSocket { port } => format!("tcp-socket :{port}"),
+    };
+    format!(
+        "{action} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p.initial_delay_seconds,
+        p.timeout_seconds,
+        p.period_seconds,
+        p.success_threshold,
+        p.failure_threshold
+    )
+}
+
 fn ok(data: impl serde::Serialize) -> Response {
     match serde_json::to_value(data) {
         Ok(data) => Response::Ok { data },
@@ -198,7 +217,9 @@ impl Agent {
                             "state": obs.map(|o| status::container_state(pod, o, now)),
                             "restartCount": obs.map_or(0, |o| o.restart_count),
                             "lastState": obs.and_then(|o| o.last_termination.as_ref()).map(|t| json!({"terminated": status::terminated(t)})),
-                            "probes": c.probes,
+                            "liveness": c.probes.liveness.as_ref().map(describe_probe),
+                            "readiness": c.probes.readiness.as_ref().map(describe_probe),
+                            "startup": c.probes.startup.as_ref().map(describe_probe),
                             "requests": c.resources.requests,
                             "limits": super::pods::limits_for(c, self.cfg.default_limits),
                             "limitsDefaulted": c.resources.limits.cpu_millis.is_none() || c.resources.limits.memory_bytes.is_none(),

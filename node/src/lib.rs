@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod folder;
 pub mod identity;
 pub mod manifest;
+pub mod network;
 pub mod nodecfg;
 pub mod probe;
 pub mod reconcile;

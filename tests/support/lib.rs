@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod hosts;
+pub use hosts::{TestNet, TEST_SUBNET};
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_owned()
@@ -106,6 +109,10 @@ pub struct Node {
     pub listen: std::net::SocketAddr,
     /// Extra environment for the agent (e.g. `PEER_TEST_HOOKS`).
     pub agent_env: Vec<(String, String)>,
+    /// Extra arguments for `peer up`.
+    pub agent_args: Vec<String>,
+    /// The test host (network namespace) the agent runs in; `None` for the machine's own.
+    pub netns: Option<String>,
     agent: Option<Child>,
 }
 
@@ -132,6 +139,8 @@ impl Node {
             specs,
             listen: free_udp_port(),
             agent_env: vec![],
+            agent_args: vec![],
+            netns: None,
             agent: None,
         };
         let out = node.peer(&["image", "import", &demo_image().display().to_string()]);
@@ -142,11 +151,16 @@ impl Node {
     pub fn start_agent(&mut self) {
         let log = std::fs::File::create(self.dir.join(format!("agent-{}.log", crate::unique())))
             .expect("creating agent log");
-        let child = Command::new(peer_bin())
+        let mut cmd = match &self.netns {
+            None => Command::new(peer_bin()),
+            Some(ns) => in_netns(ns),
+        };
+        let child = cmd
             .args(["up", "--specs"])
             .arg(&self.specs)
             .args(["--cgroup-parent", &self.cgroup_parent])
             .args(["--name", &self.name, "--listen", &self.listen.to_string()])
+            .args(&self.agent_args)
             .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PEER_DATA_DIR", &self.data)
             .env("RUST_LOG", "info")
@@ -184,11 +198,12 @@ impl Node {
 
     /// Runs a `peer` CLI command against this node.
     pub fn peer(&self, args: &[&str]) -> Output {
-        Command::new(peer_bin())
-            .args(args)
-            .env("PEER_DATA_DIR", &self.data)
-            .output()
-            .expect("running the peer CLI")
+        // In the node's test host, so commands that dial peers (`peer join`) reach them.
+        let mut cmd = match &self.netns {
+            None => Command::new(peer_bin()),
+            Some(ns) => in_netns(ns),
+        };
+        cmd.args(args).env("PEER_DATA_DIR", &self.data).output().expect("running the peer CLI")
     }
 
     /// Runs a `peer` command that must succeed; returns its stdout.
@@ -330,6 +345,15 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// `peer` in the network namespace `ns` only: `nsenter` execs it in place (so the child is
+/// the agent itself) and, unlike `ip netns exec`, leaves the mounts alone (`/sys/fs/cgroup`
+/// stays visible).
+fn in_netns(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(peer_bin());
+    c
+}
+
 fn ready_all(ready: &Value) -> bool {
     ready.as_str().and_then(|r| r.split_once('/')).is_some_and(|(a, b)| a == b && a != "0")
 }
@@ -351,13 +375,40 @@ pub fn deployment(name: &str, replicas: u32) -> String {
 /// Starts `names[0]` as a new cluster and joins the others through it.
 /// Every agent has the test hooks (`peer block`) enabled.
 pub fn cluster(names: &[&str]) -> Vec<Node> {
-    let mut first = Node::prepare(names[0]);
+    form(names.iter().map(|n| Node::prepare(n)).collect())
+}
+
+/// Like [`cluster`], but node `i` runs on test host `i` of `net` (its own network
+/// namespace, address `192.168.251.(i + 10)`), with its QUIC endpoint on port 7946 there.
+pub fn cluster_on(net: &mut TestNet, names: &[&str]) -> Vec<Node> {
+    let nodes = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (ns, addr) = net.add_host(i as u8);
+            let mut node = Node::prepare(name);
+            node.netns = Some(ns);
+            node.listen = std::net::SocketAddr::from((addr, 7946));
+            node
+        })
+        .collect();
+    form(nodes)
+}
+
+/// Starts the first node as a new cluster, joins the others through it and waits until
+/// every node sees all of them live.
+fn form(mut prepared: Vec<Node>) -> Vec<Node> {
+    let mut first = prepared.remove(0);
     first.agent_env.push(("PEER_TEST_HOOKS".into(), "1".into()));
     first.start_agent();
     let token = first.peer_ok(&["token"]).trim().to_owned();
     let mut nodes = vec![first];
-    for name in &names[1..] {
-        nodes.push(join(name, &nodes[0], &token));
+    for mut node in prepared {
+        node.agent_env.push(("PEER_TEST_HOOKS".into(), "1".into()));
+        let name = node.name.clone();
+        node.peer_ok(&["join", &nodes[0].listen.to_string(), "--token", &token, "--name", &name]);
+        node.start_agent();
+        nodes.push(node);
     }
     let n = nodes.len();
     for node in &nodes {

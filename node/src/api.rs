@@ -140,6 +140,9 @@ pub struct PodRow {
     /// Whether this node runs it (other nodes' pods show only what their claims say).
     #[serde(default)]
     pub local: bool,
+    /// The pod's address (`None` for host-network pods, or before it has one).
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// A row of `peer get deployments`.

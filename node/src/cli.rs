@@ -170,6 +170,19 @@ pub struct UpArgs {
     /// Rotate a container's log file past this size (MiB).
     #[arg(long, default_value_t = 10)]
     pub log_max_mib: u64,
+    /// Pod addresses of the whole cluster; every node must use the same.
+    #[arg(long, env = "PEER_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Size of each node's pod range, as a prefix length.
+    #[arg(long, env = "PEER_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Virtual addresses of services; every node must use the same.
+    #[arg(long, env = "PEER_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Pod networking: `bridge` (an address per pod on the node's bridge, routes to other
+    /// nodes' ranges, services and DNS) or `none` (each pod gets only its loopback).
+    #[arg(long, env = "PEER_POD_NETWORK", default_value = "bridge")]
+    pub pod_network: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -124,11 +124,12 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
                 .map(|r| {
-                    let age = if r.local { age(r.age_secs) } else { "-".into() };
-                    vec![r.name, r.ready, r.status, r.restarts.to_string(), age, r.node]
+                    let age = if r.local || r.age_secs > 0 { age(r.age_secs) } else { "-".into() };
+                    let ip = r.ip.map_or("<none>".to_owned(), |ip| ip.to_string());
+                    vec![r.name, r.ready, r.status, r.restarts.to_string(), age, ip, r.node]
                 })
                 .collect();
-            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE"], &rows);
+            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"], &rows);
         }
         Request::GetWorkloads { .. } => {
             let rows: Vec<DeploymentRow> = serde_json::from_value(data)?;

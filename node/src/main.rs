@@ -57,6 +57,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     .map(|l| node::nodecfg::parse_label(l))
                     .collect::<anyhow::Result<_>>()?,
                 taints: up.taints,
+                net: {
+                    let plan = node::network::Plan {
+                        cluster: node::network::Net::parse(&up.cluster_cidr)
+                            .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+                        node_prefix: up.node_cidr_mask_size,
+                        services: node::network::Net::parse(&up.service_cidr)
+                            .map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?,
+                    };
+                    plan.validate().map_err(|e| anyhow::anyhow!("pod network: {e}"))?;
+                    plan
+                },
+                pod_network: match up.pod_network.as_str() {
+                    "bridge" => true,
+                    "none" => false,
+                    other => anyhow::bail!("--pod-network: expected bridge or none, got {other:?}"),
+                },
                 test_hooks: std::env::var("PEER_TEST_HOOKS").as_deref() == Ok("1"),
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -18,6 +18,9 @@ struct Saved {
     labels: BTreeMap<String, String>,
     taints: Vec<String>,
     cordoned: bool,
+    /// The pod range this node holds (`network::Plan`), kept across restarts.
+    #[serde(default)]
+    pod_range: Option<crate::network::SlotClaim>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +122,20 @@ impl NodeConfig {
         self.save()
     }
 
+    /// The pod range this node holds, if it took one.
+    pub fn pod_range(&self) -> Option<crate::network::SlotClaim> {
+        self.saved.pod_range
+    }
+
+    /// Records the pod range this node holds; persisted.
+    pub fn set_pod_range(&mut self, claim: crate::network::SlotClaim) -> anyhow::Result<()> {
+        if self.saved.pod_range == Some(claim) {
+            return Ok(());
+        }
+        self.saved.pod_range = Some(claim);
+        self.save()
+    }
+
     fn save(&self) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.saved)?;
         write_atomic(&self.path, &bytes).with_context(|| format!("writing {}", self.path.display()))
@@ -133,6 +150,7 @@ impl NodeConfig {
             taints: self.taints(),
             pods,
             cordoned: self.saved.cordoned,
+            pod_range: self.saved.pod_range,
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct ObservedPod {
     pub deleting: bool,
     pub created_at_ms: u64,
     pub containers: BTreeMap<String, ObservedContainer>,
+    /// The pod's address on the node's bridge; `None` for host-network pods.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

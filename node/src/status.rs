@@ -145,6 +145,7 @@ mod tests {
             },
             deleting: false,
             created_at_ms: 0,
+            ip: None,
             containers: containers
                 .iter()
                 .map(|(n, state, ready)| {

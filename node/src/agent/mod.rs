@@ -9,6 +9,7 @@
 mod cluster_api;
 mod cluster_events;
 mod events;
+mod network;
 mod placement;
 mod pods;
 mod probes;
@@ -76,6 +77,10 @@ pub struct AgentConfig {
     pub taints: Vec<String>,
     /// Enables test-only API requests (partition hook).
     pub test_hooks: bool,
+    /// The cluster's address plan (pod ranges, service addresses).
+    pub net: crate::network::Plan,
+    /// Whether pods get an address on the node's bridge (else only their loopback).
+    pub pod_network: bool,
 }
 
 /// Everything that can wake the agent.
@@ -114,6 +119,8 @@ pub struct Agent {
     view_key: u64,
     /// This node's taints and when this agent first saw each (for `tolerationSeconds`).
     taints_seen: BTreeMap<String, u64>,
+    /// The routes to the peers' pod ranges last programmed (net, prefix, via).
+    routes: Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -189,7 +196,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         placement: placement::Placement::new(started_at_ms, known_peers),
         view_key: 0,
         taints_seen: BTreeMap::new(),
+        routes: Vec::new(),
     };
+    agent.claim_pod_range();
     agent.adopt().await;
 
     let _watcher = crate::watch::watch(&cfg.specs_dir, input_tx.clone())?;
@@ -250,6 +259,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Input::Members(views) => {
                 let changes = agent.cluster.handle_members(views, &agent.store, now_ms());
                 agent.record_liveness(changes).await;
+                agent.sync_network().await;
                 let key = agent.view_key();
                 if key == agent.view_key {
                     continue;

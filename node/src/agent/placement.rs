@@ -230,6 +230,7 @@ pub fn my_claims(
                     (ready as u32, all as u32)
                 },
                 restarts: p.containers.values().map(|c| c.restart_count).sum(),
+                ip: p.ip,
             };
             let claim_pending = !settling && !peers_running.contains(k.as_str());
             (running || claim_pending).then(|| (k.clone(), claim))

@@ -261,6 +261,7 @@ impl Agent {
         let key = reconcile::pod_key(&d.namespace, &d.name);
         let containers =
             d.template.containers.iter().map(|c| (c.name.clone(), ObservedContainer::creating())).collect();
+        let ip = if d.template.host_network { None } else { self.allocate_pod_ip() };
         let pod = ObservedPod {
             namespace: d.namespace,
             name: d.name,
@@ -269,6 +270,7 @@ impl Agent {
             template: d.template,
             deleting: false,
             created_at_ms: now_ms(),
+            ip,
             containers,
         };
         self.events.normal(

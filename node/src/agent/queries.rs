@@ -75,6 +75,7 @@ impl Agent {
                 workload: p.workload.to_string(),
                 node: me.clone(),
                 local: true,
+                ip: p.ip,
             })
             .collect();
         let peers: BTreeMap<&str, &crate::cluster::claims::Claims> =
@@ -99,6 +100,7 @@ impl Agent {
                 workload: planned.workload.to_string(),
                 node: planned.node.clone().unwrap_or_else(|| "<none>".into()),
                 local: false,
+                ip: claim.and_then(|c| c.ip),
             });
         }
         rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -163,6 +165,7 @@ impl Agent {
                 ok(json!({
                     "name": name,
                     "node": node,
+                    "ip": claim.as_ref().and_then(|c| c.ip),
                     "status": status,
                     "controlledBy": planned.workload.to_string(),
                     "revision": claim.as_ref().map_or(planned.revision.clone(), |c| c.revision.clone()),
@@ -231,6 +234,7 @@ impl Agent {
                     "namespace": pod.namespace,
                     "name": pod.name,
                     "node": self.cluster.me().0,
+                    "ip": pod.ip,
                     "status": pod_status(pod, now),
                     "phase": reconcile::pod_phase(pod),
                     "ready": status::pod_ready(pod),

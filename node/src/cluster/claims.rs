@@ -4,8 +4,8 @@
 //! containers run yet and since when (the claimant's clock, ms; it only breaks ties between
 //! two running copies), its status as `peer get pods` shows it, and how many of its
 //! containers are ready. Each key holds lines `R namespace/name revision since status
-//! ready/all restarts` (running) or `P namespace/name revision 0 status ready/all restarts`
-//! (pending), at most
+//! ready/all restarts ip` (running) or `P namespace/name revision 0 status ready/all
+//! restarts ip` (pending; `ip` is `-` for a host-network pod or before it has one), at most
 //! [`CHUNK_BYTES`] per key, so a node with many pods stays under the gossip key limit.
 //! Claims only inform placement; they vanish with their node, which is what they mean.
 
@@ -24,6 +24,8 @@ pub struct ClaimState {
     pub ready: (u32, u32),
     /// Restarts of its containers, summed.
     pub restarts: u32,
+    /// The pod's address (`None` for host-network pods).
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl ClaimState {
@@ -47,13 +49,14 @@ pub fn encode(claims: &Claims) -> Vec<String> {
         let status =
             if c.status.is_empty() || c.status.contains(char::is_whitespace) { "-" } else { &c.status };
         let line = format!(
-            "{} {pod} {} {} {status} {}/{} {}\n",
+            "{} {pod} {} {} {status} {}/{} {} {}\n",
             if c.running { 'R' } else { 'P' },
             c.revision,
             c.since_ms,
             c.ready.0,
             c.ready.1,
             c.restarts,
+            c.ip.map_or("-".to_owned(), |ip| ip.to_string()),
         );
         let last = chunks.last_mut().expect("never empty");
         if !last.is_empty() && last.len() + line.len() > CHUNK_BYTES {
@@ -71,7 +74,14 @@ pub fn decode(keys: &BTreeMap<String, String>) -> Claims {
     for (_, chunk) in keys.range(KEY_PREFIX.to_owned()..).take_while(|(k, _)| k.starts_with(KEY_PREFIX)) {
         for line in chunk.lines() {
             let parts: Vec<&str> = line.split(' ').collect();
-            let [phase, pod, revision, since, status, ready, restarts] = parts[..] else { continue };
+            let [phase, pod, revision, since, status, ready, restarts, ip] = parts[..] else { continue };
+            let ip = match ip {
+                "-" => None,
+                ip => match ip.parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => continue,
+                },
+            };
             let (Ok(since_ms), Ok(restarts)) = (since.parse::<u64>(), restarts.parse::<u32>()) else {
                 continue;
             };
@@ -93,6 +103,7 @@ pub fn decode(keys: &BTreeMap<String, String>) -> Claims {
                     status: status.to_owned(),
                     ready,
                     restarts,
+                    ip,
                 };
                 claims.insert(pod.to_owned(), state);
             }
@@ -120,6 +131,7 @@ mod tests {
                     status: if i % 3 == 0 { "Running" } else { "ContainerCreating" }.into(),
                     ready: (i as u32 % 2, 1),
                     restarts: i as u32 % 4,
+                    ip: (i % 2 == 0).then(|| std::net::Ipv4Addr::new(10, 42, (i / 256) as u8, i as u8)),
                 };
                 (format!("default/web-abcdef0123-{i}"), state)
             })
@@ -137,19 +149,23 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_skipped() {
-        let text = "R default/a r1 5 Running 1/1 3\nX default/b r1 0 - 0/1 0\nP  r1 0 - 0/1 0\nnonsense\nR default/d r1 Running 1/1 0\nR default/e r1 x Running 1/1 0\nR default/f r1 1 Running 1/1 2 3\nR default/g r1 1 Running 1 0\nR default/h r1 1 Running 1/1 -1\nP default/c r2 0 ImagePullBackOff 0/2 0\n";
+        let text = "R default/a r1 5 Running 1/1 3 10.42.0.7\nX default/b r1 0 - 0/1 0 -\nP  r1 0 - 0/1 0 -\nnonsense\nR default/d r1 Running 1/1 0 -\nR default/e r1 x Running 1/1 0 -\nR default/f r1 1 Running 1/1 2 3 -\nR default/g r1 1 Running 1 0 -\nR default/h r1 1 Running 1/1 -1 -\nR default/i r1 1 Running 1/1 0 10.42.0\nP default/c r2 0 ImagePullBackOff 0/2 0 -\n";
         let keys = BTreeMap::from([(key(0), text.to_owned())]);
-        let state = |running: bool, revision: &str, since_ms, status: &str, ready, restarts| ClaimState {
+        let state = |running: bool, revision: &str, since_ms, status: &str, ready, restarts, ip| ClaimState {
             running,
             revision: revision.into(),
             since_ms,
             status: status.into(),
             ready,
             restarts,
+            ip,
         };
         let want = Claims::from([
-            ("default/a".to_owned(), state(true, "r1", 5, "Running", (1, 1), 3)),
-            ("default/c".to_owned(), state(false, "r2", 0, "ImagePullBackOff", (0, 2), 0)),
+            (
+                "default/a".to_owned(),
+                state(true, "r1", 5, "Running", (1, 1), 3, Some(std::net::Ipv4Addr::new(10, 42, 0, 7))),
+            ),
+            ("default/c".to_owned(), state(false, "r2", 0, "ImagePullBackOff", (0, 2), 0, None)),
         ]);
         assert_eq!(decode(&keys), want);
     }

@@ -52,6 +52,9 @@ pub struct NodeInfo {
     pub taints: Vec<String>,
     pub pods: u32,
     pub cordoned: bool,
+    /// The pod address range this node holds (a slot of the cluster CIDR).
+    #[serde(default)]
+    pub pod_range: Option<crate::network::SlotClaim>,
 }
 
 /// Inputs from the cluster's tasks to the agent loop.

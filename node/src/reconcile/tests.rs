@@ -49,6 +49,7 @@ fn running(d: &DesiredPod) -> ObservedPod {
         template: d.template.clone(),
         deleting: false,
         created_at_ms: 0,
+        ip: None,
         containers: BTreeMap::from([(
             "web".to_string(),
             ObservedContainer {

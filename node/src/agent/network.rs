@@ -1,0 +1,113 @@
+//! This node's part of the pod network: which range it holds (from the live peers'
+//! claims, `network::Plan::choose_slot`), the address each new pod gets, and the kernel
+//! state that follows from them (bridge, routes to the peers' ranges) through the runtime.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::{now_ms, Agent};
+use crate::network::SlotClaim;
+
+impl Agent {
+    /// The range this node holds, if pod networking is on and it took one.
+    pub(super) fn pod_slot(&self) -> Option<u32> {
+        self.cfg.pod_network.then(|| self.node.pod_range()).flatten().map(|c| c.slot)
+    }
+
+    /// Takes or keeps this node's pod range given the live peers' claims. When the node
+    /// must move (a peer held the range first), its pods are stopped so they come back
+    /// with addresses of the new range. Returns whether the range changed.
+    pub(super) fn claim_pod_range(&mut self) -> bool {
+        if !self.cfg.pod_network {
+            return false;
+        }
+        let me = self.cluster.me().0.clone();
+        let peers: Vec<(String, SlotClaim)> = self
+            .cluster
+            .live_peers()
+            .filter_map(|p| Some((p.member.node_id.clone(), p.info.as_ref()?.pod_range?)))
+            .collect();
+        let peers: Vec<(&str, SlotClaim)> = peers.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+        let before = self.node.pod_range();
+        let claim = match self.cfg.net.choose_slot(&me, before, &peers, now_ms()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("pod network: {e}");
+                self.events.warning(&format!("node/{me}"), "NetworkUnavailable", &e);
+                return false;
+            }
+        };
+        if before == Some(claim) {
+            return false;
+        }
+        if let Err(e) = self.node.set_pod_range(claim) {
+            tracing::error!("saving the pod range: {e:#}");
+        }
+        let range = self.cfg.net.node_range(claim.slot);
+        match before {
+            None => tracing::info!(%range, "took the pod range"),
+            Some(old) => {
+                let old = self.cfg.net.node_range(old.slot);
+                tracing::warn!(%old, new = %range, "another node held this pod range first; moving, pods restart with new addresses");
+                self.events.warning(
+                    &format!("node/{me}"),
+                    "PodRangeMoved",
+                    &format!("pod range {old} was held by another node first; moved to {range}"),
+                );
+                let keys: Vec<String> = self
+                    .pods
+                    .iter()
+                    .filter(|(_, p)| p.ip.is_some() && !p.deleting)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in keys {
+                    let grace =
+                        self.pods.get(&key).map_or(1, |p| p.template.termination_grace_period_seconds);
+                    self.execute(crate::reconcile::Action::DeletePod {
+                        pod: key,
+                        grace: std::time::Duration::from_secs(grace),
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    /// After a membership change: keeps the pod range (publishing a move at once) and the
+    /// routes to the peers' ranges in step with the live peers.
+    pub(super) async fn sync_network(&mut self) {
+        if self.claim_pod_range() {
+            let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
+            self.cluster.publish(&self.store, Some(&info)).await;
+        }
+        let routes = self.peer_routes();
+        if routes != self.routes {
+            tracing::info!(?routes, "routes to the peers' pod ranges");
+            self.routes = routes;
+        }
+    }
+
+    /// The lowest free address of this node's range for a new pod.
+    pub(super) fn allocate_pod_ip(&self) -> Option<Ipv4Addr> {
+        let slot = self.pod_slot()?;
+        let used: BTreeSet<Ipv4Addr> = self.pods.values().filter_map(|p| p.ip).collect();
+        self.cfg.net.allocate(slot, &used)
+    }
+
+    /// Routes to every live peer's pod range through the peer's address (host-gw).
+    pub(super) fn peer_routes(&self) -> Vec<(Ipv4Addr, u8, Ipv4Addr)> {
+        let mut routes: Vec<(Ipv4Addr, u8, Ipv4Addr)> = self
+            .cluster
+            .live_peers()
+            .filter_map(|p| {
+                let slot = p.info.as_ref()?.pod_range?.slot;
+                let IpAddr::V4(via) = p.member.gossip_addr.ip() else { return None };
+                let range = self.cfg.net.node_range(slot);
+                Some((range.addr, range.len, via))
+            })
+            .filter(|(net, _, _)| Some(*net) != self.pod_slot().map(|s| self.cfg.net.node_range(s).addr))
+            .collect();
+        routes.sort();
+        routes
+    }
+}

@@ -86,6 +86,16 @@ pub enum Error {
     #[error("container {id} is not running: it is {state}")]
     NotRunning { id: String, state: String },
 
+    /// A network command failed; `command` is what ran and `message` its stderr (or the
+    /// system error). Earlier steps of the same call may have taken effect; every network
+    /// call is idempotent, so repeating it finishes the job.
+    #[error("{object}: {command}: {message}")]
+    Net { object: String, command: String, message: String },
+
+    /// A network setting cannot be used (bad name, prefix, duplicate rule). Nothing changed.
+    #[error("{object}: {reason}")]
+    InvalidNet { object: String, reason: String },
+
     /// The container's rootfs is still mounted, so its directories were kept.
     #[error("container {id}: rootfs {path} is still mounted")]
     StillMounted { id: String, path: PathBuf },

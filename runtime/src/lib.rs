@@ -6,6 +6,7 @@
 pub mod helper;
 pub mod image;
 pub mod logs;
+pub mod net;
 
 mod bundle;
 mod cgroup;

@@ -1,0 +1,180 @@
+//! Pods on the node's bridge: a veth pair per pod, the host end on the bridge, the other
+//! end `eth0` inside the pod's network namespace with its address and default route.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+
+use super::cmd::{self, ip};
+use super::{check_prefix, enter, network_of, Net};
+use crate::error::{validate_id, Error};
+
+/// Name of the pod's end inside its namespace.
+const POD_IF: &str = "eth0";
+
+/// The host end of a pod's veth pair: `vp` and the 32-bit FNV-1a hash of the pod id in
+/// hex, 10 bytes (interface names may have 15), the same on every start.
+pub fn host_veth_name(pod_id: &str) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in pod_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("vp{hash:08x}")
+}
+
+impl Net {
+    /// Connects the pod whose network namespace is bind-mounted at `netns` to the bridge
+    /// that has address `gateway` (see [`Net::setup_node_network`]); idempotent.
+    ///
+    /// The host end, [`host_veth_name`]`(pod_id)`, joins the bridge and goes up; the other
+    /// end is created directly inside the pod's namespace as `eth0` with exactly one IPv4
+    /// address, `ip/prefix_len`, and a default route via `gateway` (with a link route to
+    /// the gateway first when it lies outside `ip/prefix_len`, e.g. for a /32). A host end
+    /// left from an earlier namespace of the same pod id is replaced.
+    pub async fn attach_pod(
+        &self,
+        pod_id: &str,
+        netns: &Path,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), Error> {
+        validate_id(pod_id)?;
+        let object = format!("pod {pod_id}");
+        check_prefix(&object, prefix_len)?;
+        let (pod_id, netns) = (pod_id.to_owned(), netns.to_owned());
+        self.run(object.clone(), move || attach(&object, &pod_id, &netns, (ip, prefix_len), gateway)).await
+    }
+
+    /// Deletes the pod's host veth end, which takes its `eth0` with it; fine if absent.
+    /// Deleting the pod's namespace (`Runtime::remove_pod_netns`) removes the pair too.
+    pub async fn detach_pod(&self, pod_id: &str) -> Result<(), Error> {
+        validate_id(pod_id)?;
+        let object = format!("pod {pod_id}");
+        let host = host_veth_name(pod_id);
+        self.run(object.clone(), move || delete_link(&object, &host)).await
+    }
+}
+
+fn delete_link(object: &str, name: &str) -> Result<(), Error> {
+    if cmd::link(object, name)?.is_none() {
+        return Ok(());
+    }
+    match ip(object, &["link", "del", "dev", name]) {
+        // Gone in between (its namespace died): that is what was asked.
+        Err(_) if cmd::link(object, name)?.is_none() => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn attach(
+    object: &str,
+    pod_id: &str,
+    netns: &Path,
+    addr: (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+) -> Result<(), Error> {
+    let host = host_veth_name(pod_id);
+    let bridge = bridge_with(object, gateway)?;
+    let here = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| setns_error(object, "/proc/thread-self/ns/net".into(), e))?;
+    let pod_has_eth0 = in_pod(object, netns, || Ok(cmd::link(object, POD_IF)?.is_some()))?;
+    back(object, &here)?;
+    let host_link = cmd::link(object, &host)?;
+    if host_link.is_some() && !pod_has_eth0 {
+        // A pair from an earlier namespace of this pod id, or half-made by a crash.
+        delete_link(object, &host)?;
+    }
+    if host_link.is_none() || !pod_has_eth0 {
+        if pod_has_eth0 {
+            // Not ours (no host end): make room for the pair.
+            in_pod(object, netns, || ip(object, &["link", "del", "dev", POD_IF]).map(drop))?;
+            back(object, &here)?;
+        }
+        let path = netns.to_str().ok_or_else(|| Error::InvalidNet {
+            object: object.to_owned(),
+            reason: format!("network namespace path {} is not utf-8", netns.display()),
+        })?;
+        // Created in place: the pod's end never exists in the host namespace, so its name
+        // cannot clash with a host interface.
+        ip(object, &["link", "add", "name", &host, "type", "veth", "peer", "name", POD_IF, "netns", path])?;
+    }
+    ip(object, &["link", "set", "dev", &host, "master", &bridge])?;
+    ip(object, &["link", "set", "dev", &host, "up"])?;
+
+    in_pod(object, netns, || configure_pod_side(object, addr, gateway))
+}
+
+/// Inside the pod: `eth0` with exactly `addr`, up, and the default route via `gateway`.
+fn configure_pod_side(object: &str, (ip_addr, len): (Ipv4Addr, u8), gateway: Ipv4Addr) -> Result<(), Error> {
+    for (old, old_len) in cmd::ipv4_addrs(object, POD_IF)? {
+        if (old, old_len) != (ip_addr, len) {
+            ip(object, &["addr", "del", &format!("{old}/{old_len}"), "dev", POD_IF])?;
+        }
+    }
+    ip(object, &["addr", "replace", &format!("{ip_addr}/{len}"), "dev", POD_IF])?;
+    ip(object, &["link", "set", "dev", POD_IF, "up"])?;
+    ip(object, &["link", "set", "dev", "lo", "up"])?;
+    let gw = gateway.to_string();
+    if network_of(gateway, len) != network_of(ip_addr, len) {
+        ip(object, &["route", "replace", &gw, "dev", POD_IF, "scope", "link"])?;
+    }
+    ip(object, &["route", "replace", "default", "via", &gw, "dev", POD_IF])?;
+    Ok(())
+}
+
+/// The bridge that carries `gateway`.
+fn bridge_with(object: &str, gateway: Ipv4Addr) -> Result<String, Error> {
+    let links = cmd::ip_json(object, &["-4", "addr", "show", "type", "bridge"])?;
+    let found = links.iter().find(|l| {
+        l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["local"].as_str() == Some(&gateway.to_string()))
+    });
+    match found.and_then(|l| l["ifname"].as_str()) {
+        Some(name) => Ok(name.to_owned()),
+        None => Err(Error::InvalidNet {
+            object: object.to_owned(),
+            reason: format!("no bridge has the gateway address {gateway}: set up the node network first"),
+        }),
+    }
+}
+
+/// Runs `work` with this thread inside the pod's namespace; the caller goes back with
+/// [`back`] if it needs the host namespace again.
+fn in_pod<T>(object: &str, netns: &Path, work: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    enter(netns).map_err(|e| setns_error(object, netns.to_owned(), e))?;
+    work()
+}
+
+fn back(object: &str, here: &File) -> Result<(), Error> {
+    setns(here, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| setns_error(object, "the node's network namespace".into(), e.into()))
+}
+
+fn setns_error(object: &str, path: PathBuf, e: std::io::Error) -> Error {
+    Error::Net {
+        object: object.to_owned(),
+        command: format!("setns {}", path.display()),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_short_and_stable() {
+        assert_eq!(host_veth_name(""), "vp811c9dc5");
+        assert_eq!(host_veth_name("a"), "vpe40c292c");
+        let long = host_veth_name(&"x".repeat(128));
+        assert_eq!(long.len(), 10);
+        assert_ne!(host_veth_name("default_web-1"), host_veth_name("default_web-2"));
+    }
+}

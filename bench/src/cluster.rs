@@ -125,6 +125,8 @@ impl Agent {
             .arg(&self.specs)
             .args(["--cgroup-parent", &self.cgroup_parent, "--name", &self.name])
             .args(["--listen", &self.listen.to_string()])
+            // Many agents share this machine's network namespace: no pod networking.
+            .args(["--pod-network", "none"])
             .env("PEER_DATA_DIR", &self.data)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -161,6 +161,12 @@ impl Node {
             .args(["--cgroup-parent", &self.cgroup_parent])
             .args(["--name", &self.name, "--listen", &self.listen.to_string()])
             .args(&self.agent_args)
+            // Agents that share the machine's own network namespace would fight over one
+            // bridge, routes and NAT tables: only agents on test hosts network their pods.
+            .args(match (&self.netns, self.agent_args.iter().any(|a| a == "--pod-network")) {
+                (None, false) => &["--pod-network", "none"][..],
+                _ => &[][..],
+            })
             .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PEER_DATA_DIR", &self.data)
             .env("RUST_LOG", "info")

@@ -121,6 +121,8 @@ pub struct Agent {
     taints_seen: BTreeMap<String, u64>,
     /// The routes to the peers' pod ranges last programmed (net, prefix, via).
     routes: Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
+    /// Whether the node's bridge and NAT are set up (pods get addresses only then).
+    network_up: bool,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -197,8 +199,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         view_key: 0,
         taints_seen: BTreeMap::new(),
         routes: Vec::new(),
+        network_up: false,
     };
     agent.claim_pod_range();
+    agent.setup_network().await;
     agent.adopt().await;
 
     let _watcher = crate::watch::watch(&cfg.specs_dir, input_tx.clone())?;

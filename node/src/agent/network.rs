@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
+use runtime::net::{Net, NodeNet};
+
 use super::{now_ms, Agent};
 use crate::network::SlotClaim;
 
@@ -79,11 +81,50 @@ impl Agent {
         if self.claim_pod_range() {
             let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
             self.cluster.publish(&self.store, Some(&info)).await;
+            self.setup_network().await;
+        }
+        if !self.network_up {
+            return;
         }
         let routes = self.peer_routes();
         if routes != self.routes {
             tracing::info!(?routes, "routes to the peers' pod ranges");
-            self.routes = routes;
+            self.routes = routes.clone();
+            self.jobs.spawn(async move {
+                if let Err(e) = Net::host().set_peer_routes(&routes).await {
+                    tracing::error!("programming the routes to the peers' pod ranges: {e}");
+                }
+            });
+        }
+    }
+
+    /// Sets up the node's bridge and NAT for its pod range (idempotent). On failure pods
+    /// still run, with only their loopback, and the node says why.
+    pub(super) async fn setup_network(&mut self) {
+        let Some(slot) = self.pod_slot() else {
+            self.network_up = false;
+            return;
+        };
+        let plan = self.cfg.net;
+        let node_net = NodeNet {
+            bridge: NodeNet::DEFAULT_BRIDGE.to_owned(),
+            gateway: plan.gateway(slot),
+            prefix_len: plan.node_prefix,
+            cluster_cidr: (plan.cluster.addr, plan.cluster.len),
+            service_cidr: (plan.services.addr, plan.services.len),
+        };
+        match Net::host().setup_node_network(&node_net).await {
+            Ok(()) => {
+                tracing::info!(range = %plan.node_range(slot), bridge = %node_net.bridge, "pod network up");
+                self.network_up = true;
+            }
+            Err(e) => {
+                let msg = format!("pod network setup failed, pods get only their loopback: {e}");
+                tracing::error!("{msg}");
+                let me = self.cluster.me().0.clone();
+                self.events.warning(&format!("node/{me}"), "NetworkUnavailable", &msg);
+                self.network_up = false;
+            }
         }
     }
 

@@ -83,6 +83,8 @@ struct StartJob {
     pod_key: String,
     sandbox: String,
     host_network: bool,
+    /// The pod's address on the node's bridge, with the prefix length and gateway.
+    address: Option<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
     specs: Vec<(String, String, ContainerSpec)>, // (container name, image, spec)
     /// A new pod has no old container to clear away; a restart does.
     fresh: bool,
@@ -96,11 +98,22 @@ impl StartJob {
         let netns = if self.host_network {
             Ok(None)
         } else {
-            self.runtime.ensure_pod_netns(&self.sandbox).await.map(Some)
+            match self.runtime.ensure_pod_netns(&self.sandbox).await {
+                Err(e) => Err(e.to_string()),
+                Ok(path) => match self.address {
+                    None => Ok(Some(path)),
+                    // Idempotent: a restarted container finds its pod attached already.
+                    Some((ip, len, gateway)) => runtime::net::Net::host()
+                        .attach_pod(&self.sandbox, &path, ip, len, gateway)
+                        .await
+                        .map(|()| Some(path))
+                        .map_err(|e| e.to_string()),
+                },
+            }
         };
         for (name, image, mut spec) in self.specs {
             let result = match &netns {
-                Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network namespace: {e}"))),
+                Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network: {e}"))),
                 Ok(ns) => {
                     spec.network = ns.clone().map_or(Network::Host, Network::Namespace);
                     let _permit = self.creates.acquire().await;
@@ -225,6 +238,10 @@ impl Agent {
             pod_key: key.to_owned(),
             sandbox: sandbox_id(&pod.namespace, &pod.name),
             host_network: pod.template.host_network,
+            address: pod
+                .ip
+                .zip(self.pod_slot())
+                .map(|(ip, slot)| (ip, self.cfg.net.node_prefix, self.cfg.net.gateway(slot))),
             specs,
             fresh: only.is_none(),
             creates: self.creates.clone(),
@@ -261,7 +278,7 @@ impl Agent {
         let key = reconcile::pod_key(&d.namespace, &d.name);
         let containers =
             d.template.containers.iter().map(|c| (c.name.clone(), ObservedContainer::creating())).collect();
-        let ip = if d.template.host_network { None } else { self.allocate_pod_ip() };
+        let ip = if d.template.host_network || !self.network_up { None } else { self.allocate_pod_ip() };
         let pod = ObservedPod {
             namespace: d.namespace,
             name: d.name,
@@ -297,6 +314,7 @@ impl Agent {
             self.probes.stop(id);
         }
         let sandbox = sandbox_id(&pod.namespace, &pod.name);
+        let attached = pod.ip.is_some();
         self.events.normal(
             &format!("pod/{}", pod.name),
             "Killing",
@@ -321,6 +339,11 @@ impl Agent {
             for id in &ids {
                 if let Err(e) = rt.remove_container(id).await {
                     tracing::warn!(container = %id, "removing: {e}");
+                }
+            }
+            if attached {
+                if let Err(e) = runtime::net::Net::host().detach_pod(&sandbox).await {
+                    tracing::warn!(sandbox = %sandbox, "detaching from the pod network: {e}");
                 }
             }
             if let Err(e) = rt.remove_pod_netns(&sandbox).await {

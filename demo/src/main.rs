@@ -18,6 +18,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") | None => serve(),
         Some("get") => get(&rest),
+        Some("hammer") => hammer(&rest),
+        Some("resolve") => resolve(&rest),
         Some("cat") => cat(&rest),
         Some("write") => write(&rest),
         Some("mkdir") => rest.iter().try_for_each(|d| std::fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))),
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
         Some("mount-cgroup") => mount_cgroup(),
         Some("exit") => return ExitCode::from(rest.first().and_then(|c| c.parse().ok()).unwrap_or(1)),
         Some(other) => Err(format!(
-            "unknown command {other:?}; expected serve, get URL, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, echo ..., mount-cgroup, exit CODE"
+            "unknown command {other:?}; expected serve, get URL, hammer URL COUNT INTERVAL_MS, resolve NAME, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, echo ..., mount-cgroup, exit CODE"
         )),
     };
     match result {
@@ -168,26 +170,166 @@ fn touch(mib: u64) -> Vec<u8> {
 
 fn get(args: &[&str]) -> Result<(), String> {
     let url = args.first().ok_or("usage: get http://HOST:PORT/PATH")?;
+    let body = fetch(url, Duration::from_secs(10))?;
+    print!("{body}");
+    Ok(())
+}
+
+/// One `GET url`; the body of a 2xx answer, else why not.
+fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
-    let mut s = TcpStream::connect(&hostport).map_err(|e| format!("connect {hostport}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let (host, port) = hostport.rsplit_once(':').ok_or("bad host:port")?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port in {hostport}"))?;
+    let ip = lookup(host)?.into_iter().next().ok_or_else(|| format!("resolve {host}: no address"))?;
+    let addr = std::net::SocketAddr::from((ip, port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {hostport}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.1\r\nhost: {hostport}\r\nconnection: close\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    print!("{body}");
     let ok = head.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2'));
     if ok {
-        Ok(())
+        Ok(body.to_owned())
     } else {
         Err(head.lines().next().unwrap_or("no response").to_string())
     }
+}
+
+/// `hammer URL COUNT INTERVAL_MS`: COUNT requests, one line each: `MS ok BODY` or
+/// `MS err WHY` (MS since the start), each with a 1 s timeout.
+fn hammer(args: &[&str]) -> Result<(), String> {
+    let [url, count, interval] = args else { return Err("usage: hammer URL COUNT INTERVAL_MS".into()) };
+    let count: u64 = count.parse().map_err(|_| format!("bad COUNT {count:?}"))?;
+    let interval: u64 = interval.parse().map_err(|_| format!("bad INTERVAL_MS {interval:?}"))?;
+    let start = Instant::now();
+    for i in 0..count {
+        let due = start + Duration::from_millis(i * interval);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let t = start.elapsed().as_millis();
+        match fetch(url, Duration::from_secs(1)) {
+            Ok(body) => println!("{t} ok {}", body.lines().next().unwrap_or_default()),
+            Err(e) => println!("{t} err {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// `resolve NAME`: the addresses NAME resolves to, one per line.
+fn resolve(args: &[&str]) -> Result<(), String> {
+    let name = args.first().ok_or("usage: resolve NAME")?;
+    for ip in lookup(name)? {
+        println!("{ip}");
+    }
+    Ok(())
+}
+
+/// The IPv4 addresses of `name`: an address literal as is, else A records from the
+/// nameservers of /etc/resolv.conf, trying the search list as a libc resolver does
+/// (ndots). The binary is static, and static glibc cannot load its name-service
+/// modules, so it asks DNS itself.
+fn lookup(name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    if let Ok(ip) = name.parse() {
+        return Ok(vec![ip]);
+    }
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut servers = Vec::new();
+    let mut search = Vec::new();
+    let mut ndots = 1;
+    for line in conf.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                servers.extend(words.next().and_then(|w| w.parse::<std::net::Ipv4Addr>().ok()))
+            }
+            Some("search") => search = words.map(str::to_owned).collect(),
+            Some("options") => {
+                for o in words {
+                    if let Some(n) = o.strip_prefix("ndots:").and_then(|n| n.parse().ok()) {
+                        ndots = n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let name = name.trim_end_matches('.');
+    let mut candidates: Vec<String> = Vec::new();
+    let absolute = name.matches('.').count() >= ndots;
+    if absolute {
+        candidates.push(name.to_owned());
+    }
+    candidates.extend(search.iter().map(|s| format!("{name}.{s}")));
+    if !absolute {
+        candidates.push(name.to_owned());
+    }
+    for candidate in &candidates {
+        for server in &servers {
+            match query_a(*server, candidate) {
+                Ok(ips) if !ips.is_empty() => return Ok(ips),
+                _ => continue,
+            }
+        }
+    }
+    Err(format!("resolve {name}: no address (asked {servers:?} for {candidates:?})"))
+}
+
+/// One DNS query for A records of `name` over UDP, 2 s timeout.
+fn query_a(server: std::net::Ipv4Addr, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    sock.send_to(&q, (server, 53)).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).map_err(|e| e.to_string())?;
+    let r = &buf[..n];
+    if n < 12 || r[0..2] != q[0..2] || r[3] & 0x0f != 0 {
+        return Ok(vec![]);
+    }
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    // Skip the question: the name as sent, then type and class.
+    let mut i = q.len();
+    let mut ips = Vec::new();
+    for _ in 0..answers {
+        // The answer's name: a pointer (2 bytes) or labels.
+        while i < n {
+            let b = r[i];
+            if b & 0xc0 == 0xc0 {
+                i += 2;
+                break;
+            }
+            i += 1 + b as usize;
+            if b == 0 {
+                break;
+            }
+        }
+        if i + 10 > n {
+            break;
+        }
+        let kind = u16::from_be_bytes([r[i], r[i + 1]]);
+        let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
+        i += 10;
+        if kind == 1 && len == 4 && i + 4 <= n {
+            ips.push(std::net::Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3]));
+        }
+        i += len;
+    }
+    ips.sort();
+    Ok(ips)
 }
 
 fn cat(args: &[&str]) -> Result<(), String> {

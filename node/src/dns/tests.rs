@@ -313,3 +313,62 @@ async fn tcp_works_and_large_udp_answers_are_truncated() {
     assert_eq!(answer.answers.len(), 100);
     f.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn forwarding_past_the_limit_is_servfail_at_once() {
+    let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+    let upstream = silent.local_addr().expect("address");
+    let tuning = Tuning { max_forwarding: 0, upstream_timeout: DEADLINE * 2, ..Tuning::default() };
+    let f = start(Upstream::Servers(vec![upstream]), tuning).await;
+    let answer = udp(f.addr, "example.org.", RecordType::A).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    // Cluster names need no upstream and are not limited.
+    let answer = udp(f.addr, "api.default.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(a_records(&answer.answers), [Ipv4Addr::new(10, 96, 0, 10)]);
+    f.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_truncated_upstream_answer_is_fetched_again_over_tcp() {
+    // The fake upstream answers over UDP with only the TC bit, and fully over TCP.
+    let udp_socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+    let upstream = udp_socket.local_addr().expect("address");
+    let listener = tokio::net::TcpListener::bind(upstream).await.expect("the port is free for tcp too");
+    let answer_to = |query: &Message, truncated: bool| {
+        let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+        answer.add_queries(query.queries.clone());
+        answer.metadata.truncation = truncated;
+        if !truncated {
+            let name = query.queries[0].name().clone();
+            answer.add_answer(Record::from_rdata(name, 60, RData::A(A(Ipv4Addr::new(192, 0, 2, 8)))));
+        }
+        answer.to_vec().expect("encode")
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        let mut buffer = vec![0; 4096];
+        while let Ok((len, from)) = udp_socket.recv_from(&mut buffer).await {
+            let Ok(query) = Message::from_vec(&buffer[..len]) else { continue };
+            let _ = udp_socket.send_to(&answer_to(&query, true), from).await;
+        }
+    });
+    tasks.spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let Ok(len) = stream.read_u16().await else { continue };
+            let mut buffer = vec![0; usize::from(len)];
+            if stream.read_exact(&mut buffer).await.is_err() {
+                continue;
+            }
+            let Ok(query) = Message::from_vec(&buffer) else { continue };
+            let answer = answer_to(&query, false);
+            let len = u16::try_from(answer.len()).expect("short answer");
+            let _ = stream.write_all(&[&len.to_be_bytes()[..], &answer].concat()).await;
+        }
+    });
+    let f = start(Upstream::Servers(vec![upstream]), Tuning::default()).await;
+    let answer = udp(f.addr, "big.example.org.", RecordType::A).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(!answer.metadata.truncation);
+    assert_eq!(a_records(&answer.answers), [Ipv4Addr::new(192, 0, 2, 8)]);
+    f.server.shutdown().await;
+}

@@ -159,3 +159,27 @@ fn answers(query: &Message, answer: &Message) -> bool {
         && answer.metadata.message_type == MessageType::Response
         && answer.queries == query.queries
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers_in_order() {
+        let text = "# generated\nsearch lan\nnameserver 127.0.0.53\n nameserver\t192.168.1.1 # router\n\
+                    nameserver fe80::1%eth0\nnameserver 2001:db8::53\nnameserver bogus\noptions edns0\n";
+        let servers: Vec<String> = parse_resolv_conf(text).iter().map(ToString::to_string).collect();
+        assert_eq!(servers, ["127.0.0.53:53", "192.168.1.1:53", "[2001:db8::53]:53"]);
+    }
+
+    #[tokio::test]
+    async fn our_own_addresses_are_never_upstreams() {
+        let own: Vec<SocketAddr> =
+            vec!["10.42.7.1:53".parse().expect("valid"), "0.0.0.0:5353".parse().expect("valid")];
+        let given = ["10.42.7.1:53", "127.0.0.1:5353", "127.0.0.53:53", "10.42.7.1:5353"];
+        let given = given.iter().map(|s| s.parse().expect("valid")).collect();
+        let upstreams = Upstreams::new(Upstream::Servers(given), &own);
+        let servers: Vec<String> = upstreams.servers().await.iter().map(ToString::to_string).collect();
+        assert_eq!(servers, ["127.0.0.53:53", "10.42.7.1:5353"]);
+    }
+}

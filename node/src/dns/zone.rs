@@ -316,3 +316,6 @@ fn soa_record(origin: &Name) -> Record {
     let soa = SOA::new(under("ns.dns"), under("hostmaster"), 1, 7200, 1800, 86400, TTL);
     Record::from_rdata(origin.clone(), TTL, RData::SOA(soa))
 }
+
+#[cfg(test)]
+mod tests;

@@ -372,3 +372,14 @@ async fn a_truncated_upstream_answer_is_fetched_again_over_tcp() {
     assert_eq!(a_records(&answer.answers), [Ipv4Addr::new(192, 0, 2, 8)]);
     f.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_address_the_node_does_not_have_is_an_error_naming_it() {
+    // TEST-NET-1 is on no interface here, like a bridge address before the bridge exists.
+    // Binding sends nothing.
+    let (_records, rx) = watch::channel(Arc::new(records()));
+    let listen: SocketAddr = (Ipv4Addr::new(192, 0, 2, 1), 0).into();
+    let error = DnsServer::start(&[listen], Upstream::None, rx).await.err().expect("bind fails");
+    let error = format!("{error:#}");
+    assert!(error.starts_with("binding dns udp socket on 192.0.2.1:0: "), "{error}");
+}

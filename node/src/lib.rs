@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod dns;
 pub mod folder;
 pub mod identity;
 pub mod manifest;

@@ -123,6 +123,10 @@ pub struct Agent {
     routes: Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
     /// Whether the node's bridge and NAT are set up (pods get addresses only then).
     network_up: bool,
+    /// The cluster DNS server on the bridge address, once up.
+    dns: Option<crate::dns::DnsServer>,
+    /// What the DNS server answers for the cluster domain.
+    dns_records: tokio::sync::watch::Sender<Arc<crate::dns::Records>>,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -200,6 +204,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         taints_seen: BTreeMap::new(),
         routes: Vec::new(),
         network_up: false,
+        dns: None,
+        dns_records: tokio::sync::watch::channel(Arc::new(crate::dns::Records {
+            domain: crate::dns::zone::DEFAULT_DOMAIN.to_owned(),
+            services: Vec::new(),
+        }))
+        .0,
     };
     agent.claim_pod_range();
     agent.setup_network().await;
@@ -310,6 +320,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Executor tasks in flight finish first so no create is cut in half.
     server.abort();
     agent.probes.stop_all();
+    if let Some(dns) = agent.dns.take() {
+        dns.shutdown().await;
+    }
     while agent.jobs.join_next().await.is_some() {}
     tracing::info!("peer agent stopped; containers keep running");
     Ok(())

@@ -117,6 +117,7 @@ impl Agent {
             Ok(()) => {
                 tracing::info!(range = %plan.node_range(slot), bridge = %node_net.bridge, "pod network up");
                 self.network_up = true;
+                self.start_dns(node_net.gateway).await;
             }
             Err(e) => {
                 let msg = format!("pod network setup failed, pods get only their loopback: {e}");
@@ -124,6 +125,31 @@ impl Agent {
                 let me = self.cluster.me().0.clone();
                 self.events.warning(&format!("node/{me}"), "NetworkUnavailable", &msg);
                 self.network_up = false;
+            }
+        }
+    }
+
+    /// Serves the cluster's names on the bridge address, port 53, where the pods' resolv.conf
+    /// points; the records come from the service table (`self.dns_records`).
+    async fn start_dns(&mut self, gateway: Ipv4Addr) {
+        let listen = std::net::SocketAddr::from((gateway, 53));
+        if self.dns.as_ref().is_some_and(|d| d.local_addrs().contains(&listen)) {
+            return;
+        }
+        if let Some(old) = self.dns.take() {
+            old.shutdown().await;
+        }
+        let upstream = crate::dns::Upstream::FromResolvConf("/etc/resolv.conf".into());
+        match crate::dns::DnsServer::start(&[listen], upstream, self.dns_records.subscribe()).await {
+            Ok(server) => {
+                tracing::info!(%listen, "cluster DNS up");
+                self.dns = Some(server);
+            }
+            Err(e) => {
+                let msg = format!("cluster DNS could not start on {listen}: {e:#}");
+                tracing::error!("{msg}");
+                let me = self.cluster.me().0.clone();
+                self.events.warning(&format!("node/{me}"), "DnsUnavailable", &msg);
             }
         }
     }

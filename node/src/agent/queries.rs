@@ -31,6 +31,7 @@ pub fn parse_kind(kind: &str) -> Option<Kind> {
         "statefulset" | "statefulsets" | "sts" => Some(Kind::StatefulSet),
         "daemonset" | "daemonsets" | "ds" => Some(Kind::DaemonSet),
         "pod" | "pods" | "po" => Some(Kind::Pod),
+        "service" | "services" | "svc" => Some(Kind::Service),
         _ => None,
     }
 }
@@ -96,9 +97,8 @@ impl Agent {
         }
         self.store
             .iter()
-            .filter(|s| s.workload.key.kind == kind)
-            .map(|s| {
-                let w = &s.workload;
+            .filter_map(|s| Some((s.object.as_workload().filter(|w| w.key.kind == kind)?, s)))
+            .map(|(w, s)| {
                 let rev = w.template.revision_hash();
                 let planned: Vec<&str> = self
                     .placement
@@ -272,7 +272,7 @@ impl Agent {
                     }
                     for doc in parsed.documents {
                         match doc {
-                            DocResult::Object { workload, .. } => keys.push(workload.key),
+                            DocResult::Object { object, .. } => keys.push(object.key().clone()),
                             DocResult::Invalid { key: Some(key), .. } => keys.push(key),
                             DocResult::Invalid { key: None, error } => errors.push(error.to_string()),
                             DocResult::Ignored { .. } => {}
@@ -284,7 +284,7 @@ impl Agent {
             Request::Delete { kind, namespace, name } => {
                 let Some(kind) = parse_kind(&kind) else {
                     return err(format!(
-                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset or pod"
+                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset, pod or service"
                     ));
                 };
                 self.delete_keys(vec![ObjectKey { kind, namespace, name }], vec![])
@@ -303,10 +303,10 @@ impl Agent {
             }
             for doc in parsed.documents {
                 match doc {
-                    DocResult::Object { workload, warnings: w } => {
+                    DocResult::Object { object, warnings: w } => {
                         warnings.extend(w.iter().map(|w| w.to_string()));
-                        let key = workload.key.to_string();
-                        match self.store.put(workload, Source::Api(name.clone())) {
+                        let key = object.key().to_string();
+                        match self.store.put(object, Source::Api(name.clone())) {
                             Ok(Some(_)) => applied.push(key),
                             Ok(None) => unchanged.push(key),
                             Err(e) => errors.push(format!("{name}: storing {key}: {e:#}")),

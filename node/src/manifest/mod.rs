@@ -22,11 +22,12 @@ mod fields;
 mod probe;
 mod quantity;
 mod scheduling;
+mod service;
 #[cfg(test)]
 mod tests;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use protocol::spec::{Kind, Object, ObjectKey, Workload};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
@@ -104,7 +105,6 @@ const KNOWN_IGNORED_KINDS: &[&str] = &[
     "PodDisruptionBudget",
     "ReplicaSet",
     "Secret",
-    "Service",
     "ServiceAccount",
 ];
 
@@ -141,6 +141,11 @@ pub fn parse_file(file: &str, text: &str) -> FileResult {
         }
     }
     FileResult { documents, syntax_error: None }
+}
+
+/// A Service's `spec.type`.
+fn spec_type(value: &Value) -> Option<&str> {
+    value.get("spec")?.get("type")?.as_str()
 }
 
 /// One document being parsed: where it is, for messages.
@@ -220,6 +225,22 @@ impl Doc<'_> {
             Some("Pod") => {
                 self.object::<Pod, _>(Kind::Pod, &value, api_version, key(Kind::Pod), convert::pod)
             }
+            Some("Service") if spec_type(&value) == Some("ExternalName") => DocResult::Ignored {
+                kind: "Service".to_owned(),
+                warning: self.warning((
+                    "spec.type".to_owned(),
+                    "ExternalName services are not implemented by peer, ignored: the name gets no DNS alias"
+                        .to_owned(),
+                )),
+                name,
+            },
+            Some("Service") => self.object::<Service, _>(
+                Kind::Service,
+                &value,
+                api_version,
+                key(Kind::Service),
+                service::service,
+            ),
             Some(other) => {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
                     format!("peer does not implement {other} objects yet, ignored")

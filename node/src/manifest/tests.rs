@@ -42,12 +42,12 @@ fn render(result: &FileResult) -> String {
 }
 
 /// Parses `yaml` as `test.yaml` and compares the whole result with the snapshot.
-fn check(yaml: &str, expect: Expect) {
+pub(super) fn check(yaml: &str, expect: Expect) {
     expect.assert_eq(&render(&parse_file("test.yaml", yaml)));
 }
 
 /// Like [`check`], but only the warnings and errors, for tests about messages.
-fn check_messages(yaml: &str, expect: Expect) {
+pub(super) fn check_messages(yaml: &str, expect: Expect) {
     let result = parse_file("test.yaml", yaml);
     let mut out = String::new();
     render_messages(&result, &mut out);
@@ -559,17 +559,16 @@ fn other_kinds_are_ignored_with_a_warning() {
     check_messages(
         r#"
 apiVersion: v1
-kind: Service
+kind: ConfigMap
 metadata: {name: api}
-spec:
-  ports: [{port: 80}]
+data: {a: b}
 ---
 apiVersion: example.com/v1
 kind: Widget
 metadata: {name: w}
 "#,
         expect![[r#"
-            warning: test.yaml: document 1 (Service api): kind: peer does not implement Service objects yet, ignored
+            warning: test.yaml: document 1 (ConfigMap api): kind: peer does not implement ConfigMap objects yet, ignored
             warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod and Service objects
         "#]],
     );

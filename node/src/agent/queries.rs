@@ -178,6 +178,8 @@ impl Agent {
         match req {
             Request::GetPods => ok(self.pod_rows(now)),
             Request::GetWorkloads { kind } => ok(self.workload_rows(kind)),
+            Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
+            Request::DescribeService { namespace, name } => self.describe_service(namespace, name),
             Request::DescribePod { namespace, name } => {
                 let key = reconcile::pod_key(&namespace, &name);
                 let Some(pod) = self.pods.get(&key) else {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use protocol::spec::{ClusterIp, Protocol, Service, ServiceType, TargetPort};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the table needs to know of one pod, wherever it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct PodInfo {
 }
 
 /// Every service, keyed by (namespace, name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceTable {
     pub services: BTreeMap<(String, String), ServiceEntry>,
     /// Explicit addresses or node ports that could not be honoured (taken by an earlier
@@ -40,7 +40,7 @@ pub struct ServiceTable {
     pub conflicts: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub namespace: String,
     pub name: String,
@@ -54,7 +54,7 @@ pub struct ServiceEntry {
     pub session_affinity: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortEntry {
     pub name: Option<String>,
     pub protocol: Protocol,
@@ -63,7 +63,7 @@ pub struct PortEntry {
     pub node_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointEntry {
     pub pod: String,
     pub node: String,
@@ -82,6 +82,45 @@ impl ServiceEntry {
         match self.cluster_ip {
             Some(ip) => vec![ip],
             None => self.endpoints.iter().filter(|e| e.ready).map(|e| e.ip).collect(),
+        }
+    }
+
+    /// kubectl's PORT(S) column: `80/TCP`, `80:30080/TCP`, comma separated.
+    pub fn ports_column(&self) -> String {
+        let cells: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = match p.protocol {
+                    Protocol::Tcp => "TCP",
+                    Protocol::Udp => "UDP",
+                };
+                match p.node_port {
+                    Some(n) => format!("{}:{n}/{proto}", p.port),
+                    None => format!("{}/{proto}", p.port),
+                }
+            })
+            .collect();
+        if cells.is_empty() {
+            "<none>".to_owned()
+        } else {
+            cells.join(",")
+        }
+    }
+
+    /// kubectl's ENDPOINTS column: ready `ip:port`s, the first three then `+ N more...`.
+    pub fn endpoints_column(&self) -> String {
+        let mut all: Vec<String> = Vec::new();
+        for e in self.endpoints.iter().filter(|e| e.ready) {
+            if e.target_ports.is_empty() {
+                all.push(e.ip.to_string());
+            }
+            all.extend(e.target_ports.iter().flatten().map(|p| format!("{}:{p}", e.ip)));
+        }
+        match all.len() {
+            0 => "<none>".to_owned(),
+            n if n <= 3 => all.join(","),
+            n => format!("{} + {} more...", all[..3].join(","), n - 3),
         }
     }
 

@@ -119,7 +119,10 @@ fn endpoints_are_selected_ready_pods_with_resolved_ports() {
         other_ns,
         pod("db-0", "db", Some([10, 42, 2, 2]), true, None),
     ];
-    check(&[svc("web", 1, "web"), headless, np], &pods, expect![[r#"
+    check(
+        &[svc("web", 1, "web"), headless, np],
+        &pods,
+        expect![[r#"
         default/db ClusterIp None [80/Tcp] affinity=None
           db-0 n1 10.42.2.2 ready=true [Some(5432)]
         default/edge NodePort Some(10.43.192.129) [80:30080/Tcp 53:30415/Udp] affinity=Some(10800)
@@ -129,7 +132,8 @@ fn endpoints_are_selected_ready_pods_with_resolved_ports() {
         default/web ClusterIp Some(10.43.219.178) [80/Tcp] affinity=None
           web-a n1 10.42.1.2 ready=false [Some(8081)]
           web-b n1 10.42.1.3 ready=true [Some(8080)]
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -202,12 +206,38 @@ fn explicit_requests_win_unless_an_earlier_service_holds_them() {
     new.ports[0].node_port = Some(30080);
     let mut outside = svc("outside", 3, "a");
     outside.cluster_ip = ClusterIp::Fixed(Ipv4Addr::new(192, 168, 0, 1));
-    check(&[old, new, outside], &[], expect![[r#"
+    check(
+        &[old, new, outside],
+        &[],
+        expect![[r#"
         default/new NodePort Some(10.43.172.50) [80:32004/Tcp] affinity=None
         default/old NodePort Some(10.43.0.10) [80:30080/Tcp] affinity=None
         default/outside ClusterIp Some(10.43.235.137) [80/Tcp] affinity=None
         conflict: service default/new: clusterIP 10.43.0.10 is taken by an earlier service; allocated another
         conflict: service default/new: nodePort 30080 is taken by an earlier service; allocated another
         conflict: service default/outside: clusterIP 192.168.0.1 is outside the service CIDR 10.43.0.0/16; allocated another
-    "#]]);
+    "#]],
+    );
+}
+
+#[test]
+fn columns_read_like_kubectl() {
+    let mut s = svc("web", 1, "web");
+    s.service_type = ServiceType::NodePort;
+    s.ports.push(ServicePort {
+        name: Some("dns".into()),
+        protocol: Protocol::Udp,
+        port: 53,
+        target_port: TargetPort::Number(53),
+        node_port: Some(30053),
+    });
+    let pods: Vec<PodInfo> =
+        (1..=3).map(|i| pod(&format!("web-{i}"), "web", Some([10, 42, 0, i]), i != 2, Some(8080))).collect();
+    let t = table(&[&s], &pods, DEFAULT_SERVICE_CIDR);
+    let e = &t.services[&("default".to_owned(), "web".to_owned())];
+    let node_port = e.ports[0].node_port.expect("allocated");
+    assert_eq!(e.ports_column(), format!("80:{node_port}/TCP,53:30053/UDP"));
+    assert_eq!(e.endpoints_column(), "10.42.0.1:8080,10.42.0.1:53,10.42.0.3:8080 + 1 more...");
+    let none = table(&[&svc("x", 1, "nothing")], &pods, DEFAULT_SERVICE_CIDR);
+    assert_eq!(none.services.values().next().map(ServiceEntry::endpoints_column).as_deref(), Some("<none>"));
 }

@@ -20,6 +20,13 @@ pub enum Request {
     GetWorkloads {
         kind: protocol::spec::Kind,
     },
+    /// Services with their addresses, ports and endpoints (`services::ServiceEntry`s).
+    GetServices,
+    /// One service's entry, selector and where it came from.
+    DescribeService {
+        namespace: String,
+        name: String,
+    },
     GetEvents {
         after: std::collections::BTreeMap<String, u64>,
     },

@@ -33,7 +33,7 @@ impl Global {
 pub enum Command {
     /// Run the node agent in the foreground.
     Up(UpArgs),
-    /// List objects: pods, deployments, events.
+    /// List objects: pods, deployments, services, nodes, events.
     Get {
         resource: String,
         #[arg(short, long, value_enum)]
@@ -44,7 +44,7 @@ pub enum Command {
     },
     /// Show one pod in detail.
     Describe {
-        /// Only `pod` for now.
+        /// `pod` or `service`.
         resource: String,
         name: String,
         #[arg(short, long, default_value = "default")]

@@ -110,8 +110,9 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
         "daemonsets" | "daemonset" | "ds" => Request::GetWorkloads { kind: Kind::DaemonSet },
         "events" | "event" | "ev" => return events(client, output, false),
         "nodes" | "node" | "no" => Request::GetNodes,
+        "services" | "service" | "svc" => Request::GetServices,
         other => bail!(
-            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, nodes or events"
+            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, services, nodes or events"
         ),
     };
     let data = client.call(&req)?;
@@ -140,6 +141,24 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
                 })
                 .collect();
             print_table(&["NAME", "READY", "UP-TO-DATE", "SOURCE"], &rows);
+        }
+        Request::GetServices => {
+            let rows: Vec<crate::services::ServiceEntry> = serde_json::from_value(data)?;
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|e| {
+                    vec![
+                        e.name.clone(),
+                        e.kind.as_str().to_owned(),
+                        e.cluster_ip.map_or("None".into(), |ip| ip.to_string()),
+                        e.ports_column(),
+                        e.endpoints_column(),
+                        // Objects carry no wall-clock creation time (stamps are Lamport).
+                        "-".to_owned(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS", "AGE"], &rows);
         }
         _ => {
             let rows: Vec<NodeRow> = serde_json::from_value(data)?;

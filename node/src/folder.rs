@@ -134,13 +134,13 @@ fn apply_text(
     let mut keys = BTreeSet::new();
     for doc in parsed.documents {
         match doc {
-            DocResult::Object { workload, warnings } => {
+            DocResult::Object { object, warnings } => {
                 for w in warnings {
                     out.messages.push((Level::Warning, w.to_string()));
                 }
-                keys.insert(workload.key.clone());
-                let key = workload.key.clone();
-                match store.put(workload, Source::File(name.to_owned())) {
+                let key = object.key().clone();
+                keys.insert(key.clone());
+                match store.put(object, Source::File(name.to_owned())) {
                     Ok(Some(_)) => out.messages.push((Level::Info, format!("{name}: applied {key}"))),
                     Ok(None) => {}
                     Err(e) => out.messages.push((Level::Error, format!("{name}: storing {key}: {e:#}"))),

@@ -15,6 +15,7 @@ pub mod nodecfg;
 pub mod probe;
 pub mod reconcile;
 pub mod server;
+pub mod services;
 pub mod status;
 pub mod store;
 pub mod watch;

@@ -81,10 +81,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Get { resource, output, watch: true } => client::watch(&client, &resource, output)?,
         Command::Get { resource, output, .. } => client::get(&client, &resource, output)?,
         Command::Describe { resource, name, namespace } => {
-            if !matches!(resource.as_str(), "pod" | "pods" | "po") {
-                bail!("describe supports pods only (got {resource:?})");
-            }
-            let data = client.call(&Request::DescribePod { namespace, name })?;
+            let req = match resource.as_str() {
+                "pod" | "pods" | "po" => Request::DescribePod { namespace, name },
+                "service" | "services" | "svc" => Request::DescribeService { namespace, name },
+                _ => bail!("describe supports pods and services only (got {resource:?})"),
+            };
+            let data = client.call(&req)?;
             client::print_structured(&data, node::cli::Output::Yaml)?;
         }
         Command::Logs { pod, container, follow, previous, namespace } => {

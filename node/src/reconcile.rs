@@ -173,6 +173,8 @@ pub fn desired_pods<'a>(
             Kind::DaemonSet => {
                 pods.extend(nodes.iter().map(|n| pod(format!("{}-{}", w.key.name, n), 0, Some(n.clone()))));
             }
+            // Not a workload kind: `protocol::spec::Object` never holds such a workload.
+            Kind::Service => {}
         }
     }
     pods

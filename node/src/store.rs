@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use protocol::desired::{Clock, DesiredState, Entry, NodeId, Stamp};
-use protocol::spec::{ObjectKey, Workload};
+use protocol::spec::{Object, ObjectKey, Service, Workload};
 use serde::{Deserialize, Serialize};
 
 /// Where this node's write of an object came from.
@@ -27,7 +27,7 @@ pub enum Source {
 /// A live object as the rest of the node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored<'a> {
-    pub workload: &'a Workload,
+    pub object: &'a Object,
     pub stamp: &'a Stamp,
     /// Set when the current version was written on this node.
     pub source: Option<&'a Source>,
@@ -102,35 +102,47 @@ impl Store {
 
     pub fn get(&self, key: &ObjectKey) -> Option<Stored<'_>> {
         let entry = self.state.entry(key)?;
-        let workload = entry.value.as_ref()?;
-        Some(self.view(key, entry, workload))
+        let object = entry.value.as_ref()?;
+        Some(self.view(key, entry, object))
     }
 
-    fn view<'a>(&'a self, key: &ObjectKey, entry: &'a Entry, workload: &'a Workload) -> Stored<'a> {
+    fn view<'a>(&'a self, key: &ObjectKey, entry: &'a Entry, object: &'a Object) -> Stored<'a> {
         let source = self.sources.get(key).filter(|(s, _)| *s == entry.stamp).map(|(_, src)| src);
-        Stored { workload, stamp: &entry.stamp, source, overwritten: self.state.overwritten(key) }
+        Stored { object, stamp: &entry.stamp, source, overwritten: self.state.overwritten(key) }
     }
 
     /// Live objects in key order.
     pub fn iter(&self) -> impl Iterator<Item = Stored<'_>> {
-        self.state.entries().filter_map(|(k, e)| e.value.as_ref().map(|w| self.view(k, e, w)))
+        self.state.entries().filter_map(|(k, e)| e.value.as_ref().map(|o| self.view(k, e, o)))
     }
 
+    /// Live workloads: all placement and reconcile see.
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
-        self.state.live()
+        self.state.workloads()
     }
 
-    /// Writes `workload` as this node; returns the new entry, or `None` when the live
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.state.services()
+    }
+
+    /// Writes `object` as this node; returns the new entry, or `None` when the live
     /// version is identical (same object, same source), so nothing is rewritten.
-    pub fn put(&mut self, workload: Workload, source: Source) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
-        let key = workload.key.clone();
+    pub fn put(
+        &mut self,
+        object: impl Into<Object>,
+        source: Source,
+    ) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
+        let mut object = object.into();
+        let key = object.key().clone();
+        // What the stored version keeps (a creation stamp) is not part of the comparison.
+        self.state.inherit(&mut object);
         if let Some(cur) = self.get(&key) {
-            if *cur.workload == workload && cur.source == Some(&source) {
+            if *cur.object == object && cur.source == Some(&source) {
                 return Ok(None);
             }
         }
         let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
-        let entry = self.state.put(workload, &mut self.clock).with_context(|| format!("writing {key}"))?;
+        let entry = self.state.put(object, &mut self.clock).with_context(|| format!("writing {key}"))?;
         self.sources.insert(key.clone(), (entry.stamp.clone(), source));
         self.save_or_restore(before)?;
         self.local_writes.push((key.clone(), entry.clone()));
@@ -250,6 +262,32 @@ mod tests {
         let (_, e) =
             reopened.put(workload("c", 1), Source::Api("c.yaml".into())).expect("put c").expect("new");
         assert_eq!(e.stamp.lamport, 4);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A `desired.json` of a version whose values were bare workloads still opens, with
+    /// the same content and digest.
+    #[test]
+    fn opens_a_file_of_bare_workloads() {
+        let dir = std::env::temp_dir().join(format!("peer-store-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("desired.json");
+        let node = NodeId("n1".into());
+        let mut store = Store::open(&path, &node, 7).expect("open empty");
+        store.put(workload("a", 3), Source::Api("a.yaml".into())).expect("put");
+        let digest = store.state().digest();
+        // Rewrite the file as the earlier version wrote it: `value` is the bare workload.
+        let mut disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        let slot = &mut disk["state"]["slots"][0][1];
+        let bare = slot["entry"]["value"]["Workload"].take();
+        assert!(bare.is_object(), "the new file tags the value: {slot}");
+        slot["entry"]["value"] = bare;
+        std::fs::write(&path, serde_json::to_vec(&disk).expect("json")).expect("write");
+
+        let reopened = Store::open(&path, &node, 7).expect("a legacy file opens");
+        assert_eq!(reopened.workloads().cloned().collect::<Vec<_>>(), vec![workload("a", 3)]);
+        assert_eq!(reopened.state().digest(), digest);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -1,5 +1,5 @@
 //! Every example under `specs/` parses without errors, so what users copy works, and the
-//! examples cover every kind peer runs from a spec folder.
+//! examples cover every kind peer implements from a spec folder.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,14 +24,14 @@ fn every_file_under_specs_parses_without_errors() {
         let text = std::fs::read_to_string(path).expect("a spec file is readable UTF-8");
         let result = node::manifest::parse_file(&name, &text);
         errors.extend(result.errors().map(ToString::to_string));
-        assert!(result.workloads().next().is_some(), "{name} defines no workload");
-        kinds.extend(result.workloads().map(|w| w.key.kind));
+        assert!(result.objects().next().is_some(), "{name} defines no object");
+        kinds.extend(result.objects().map(|o| o.kind()));
         for warning in result.warnings() {
             println!("warning: {warning}");
         }
     }
     assert!(errors.is_empty(), "errors in specs/:\n{}", errors.join("\n"));
-    for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet] {
+    for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::Service] {
         assert!(kinds.contains(&kind), "no example {kind} in specs/");
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{fnv1a64, ObjectKey, Workload};
+use crate::spec::{fnv1a64, Object, ObjectKey, Service, Workload};
 
 /// How long a tombstone is kept after this node first saw it: 7 days of local time.
 pub const DEFAULT_GC_HORIZON_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -70,12 +70,12 @@ impl Clock {
     }
 }
 
-/// One key's register as it travels between nodes: a stamped workload, or a tombstone.
+/// One key's register as it travels between nodes: a stamped object, or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub stamp: Stamp,
     /// `None` is a tombstone: the object was deleted.
-    pub value: Option<Workload>,
+    pub value: Option<Object>,
 }
 
 impl Entry {
@@ -83,26 +83,24 @@ impl Entry {
         self.value.is_none()
     }
 
-    /// A stable hash of the value (0 for a tombstone): FNV-1a over its canonical JSON.
+    /// A stable hash of the value (0 for a tombstone): [`Object::value_hash`].
     pub fn value_hash(&self) -> u64 {
-        self.value
-            .as_ref()
-            .map_or(0, |w| fnv1a64(&serde_json::to_vec(w).expect("a Workload always serializes to JSON")))
+        self.value.as_ref().map_or(0, Object::value_hash)
     }
 }
 
 /// Errors of desired-state operations.
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredError {
-    /// An entry's workload names another key than the one it was sent under; it was
+    /// An entry's object names another key than the one it was sent under; it was
     /// rejected and the state is unchanged.
-    #[error("entry for {key} carries workload {found}")]
+    #[error("entry for {key} carries object {found}")]
     KeyMismatch { key: ObjectKey, found: ObjectKey },
     /// A local write is too large to replicate; the state is unchanged.
-    #[error("workload {key} is {len} bytes encoded, more than {max}")]
+    #[error("object {key} is {len} bytes encoded, more than {max}")]
     TooLarge { key: ObjectKey, len: usize, max: usize },
-    /// A workload could not be encoded to measure it; the state is unchanged.
-    #[error("cannot encode workload {key}: {source}")]
+    /// An object could not be encoded to measure it; the state is unchanged.
+    #[error("cannot encode object {key}: {source}")]
     Encode { key: ObjectKey, source: crate::codec::CodecError },
 }
 
@@ -150,15 +148,33 @@ impl DesiredState {
         Self::default()
     }
 
-    /// Writes a workload under its own key with a fresh stamp.
-    pub fn put(&mut self, workload: Workload, clock: &mut Clock) -> Result<Entry, DesiredError> {
-        let key = workload.key.clone();
-        let len = crate::codec::encoded_len(&workload)
+    /// Writes an object under its own key with a fresh stamp. A kind that keeps its
+    /// creation stamp ([`Object::created`]) inherits it from the live version it replaces
+    /// ([`DesiredState::inherit`]), or takes this write's stamp when it is new.
+    pub fn put(&mut self, object: impl Into<Object>, clock: &mut Clock) -> Result<Entry, DesiredError> {
+        let mut object = object.into();
+        let key = object.key().clone();
+        self.inherit(&mut object);
+        clock.observe(self.max_lamport);
+        // The stamp is taken before the size check: a refused write only skips a lamport
+        // value, which is harmless (stamps must only grow).
+        let stamp = clock.tick();
+        if object.created().is_none() {
+            object.set_created(Some(stamp.clone()));
+        }
+        let len = crate::codec::encoded_len(&object)
             .map_err(|source| DesiredError::Encode { key: key.clone(), source })?;
         if len > MAX_ENTRY_BYTES {
             return Err(DesiredError::TooLarge { key, len, max: MAX_ENTRY_BYTES });
         }
-        Ok(self.write_local(key, Some(workload), clock))
+        Ok(self.insert_local(key, Entry { stamp, value: Some(object) }))
+    }
+
+    /// Copies what a new version of an object keeps from the live one under its key (the
+    /// creation stamp), so that an unchanged re-apply compares equal to what is stored.
+    pub fn inherit(&self, object: &mut Object) {
+        let created = self.get(object.key()).filter(|o| o.kind() == object.kind()).and_then(Object::created);
+        object.set_created(created.cloned());
     }
 
     /// Deletes a key by writing a tombstone. `None` when there is no live object to delete.
@@ -167,9 +183,13 @@ impl DesiredState {
         Some(self.write_local(key.clone(), None, clock))
     }
 
-    fn write_local(&mut self, key: ObjectKey, value: Option<Workload>, clock: &mut Clock) -> Entry {
+    fn write_local(&mut self, key: ObjectKey, value: Option<Object>, clock: &mut Clock) -> Entry {
         clock.observe(self.max_lamport);
         let entry = Entry { stamp: clock.tick(), value };
+        self.insert_local(key, entry)
+    }
+
+    fn insert_local(&mut self, key: ObjectKey, entry: Entry) -> Entry {
         self.max_lamport = self.max_lamport.max(entry.stamp.lamport);
         let slot = Slot { local: true, ..Slot::remote(entry.clone()) };
         self.slots.insert(key, slot);
@@ -186,9 +206,9 @@ impl DesiredState {
         entry: Entry,
         sender_floor: Option<&Stamp>,
     ) -> Result<bool, DesiredError> {
-        if let Some(w) = &entry.value {
-            if w.key != key {
-                return Err(DesiredError::KeyMismatch { key, found: w.key.clone() });
+        if let Some(o) = &entry.value {
+            if *o.key() != key {
+                return Err(DesiredError::KeyMismatch { key, found: o.key().clone() });
             }
         }
         self.max_lamport = self.max_lamport.max(entry.stamp.lamport);
@@ -288,8 +308,8 @@ impl DesiredState {
         collected.len()
     }
 
-    /// The live workload of a key (`None` if absent or deleted).
-    pub fn get(&self, key: &ObjectKey) -> Option<&Workload> {
+    /// The live object of a key (`None` if absent or deleted).
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
         self.slots.get(key)?.entry.value.as_ref()
     }
 
@@ -304,9 +324,19 @@ impl DesiredState {
         self.slots.get(key)?.overwritten.as_ref()
     }
 
-    /// Live workloads in key order.
-    pub fn live(&self) -> impl Iterator<Item = &Workload> {
+    /// Live objects in key order.
+    pub fn live(&self) -> impl Iterator<Item = &Object> {
         self.slots.values().filter_map(|s| s.entry.value.as_ref())
+    }
+
+    /// Live workloads in key order: what placement and reconcile see.
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.live().filter_map(Object::as_workload)
+    }
+
+    /// Live services in key order.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.live().filter_map(Object::as_service)
     }
 
     /// All entries in key order, tombstones included.

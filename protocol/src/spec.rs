@@ -1,4 +1,5 @@
-//! peer's own domain types for desired state: workloads and their pod templates.
+//! peer's own domain types for desired state: workloads and their pod templates,
+//! services ([`service`]), and [`Object`], the value of a desired-state entry.
 //!
 //! Kubernetes manifests are converted into these types in exactly one place
 //! (`node::manifest`); everything downstream (reconcile, later gossip and placement)
@@ -9,6 +10,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod object;
+pub mod service;
+
+pub use object::Object;
+pub use service::{ClusterIp, Service, ServicePort, ServiceType, TargetPort};
+
 /// The kind of a desired-state object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
@@ -16,6 +23,7 @@ pub enum Kind {
     Pod,
     StatefulSet,
     DaemonSet,
+    Service,
 }
 
 impl Kind {
@@ -25,6 +33,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::StatefulSet => "StatefulSet",
             Kind::DaemonSet => "DaemonSet",
+            Kind::Service => "Service",
         }
     }
 }
@@ -32,6 +41,16 @@ impl Kind {
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Kind {
+    /// Whether objects of this kind run pods (and so are a [`Workload`]).
+    pub fn is_workload(self) -> bool {
+        match self {
+            Kind::Deployment | Kind::Pod | Kind::StatefulSet | Kind::DaemonSet => true,
+            Kind::Service => false,
+        }
     }
 }
 

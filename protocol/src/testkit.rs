@@ -6,7 +6,8 @@ use proptest::prelude::*;
 
 use crate::desired::{DesiredState, Entry, NodeId, Stamp};
 use crate::spec::{
-    Container, Kind, ObjectKey, PodTemplate, Resources, RestartPolicy, Strategy as Rollout, Workload,
+    ClusterIp, Container, Kind, ObjectKey, PodTemplate, Protocol, Resources, RestartPolicy, Service,
+    ServicePort, ServiceType, Strategy as Rollout, TargetPort, Workload,
 };
 
 pub fn key(i: u8) -> ObjectKey {
@@ -43,6 +44,26 @@ pub fn workload(i: u8, variant: u32) -> Workload {
     }
 }
 
+/// A ClusterIP service `svc-{i}` selecting `app: app-{i}`, port 80 to the port named http.
+pub fn service(i: u8) -> Service {
+    Service {
+        key: ObjectKey { kind: Kind::Service, namespace: "default".into(), name: format!("svc-{i}") },
+        labels: BTreeMap::new(),
+        service_type: ServiceType::ClusterIp,
+        cluster_ip: ClusterIp::Allocate,
+        ports: vec![ServicePort {
+            name: None,
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Name("http".into()),
+            node_port: None,
+        }],
+        selector: BTreeMap::from([("app".to_string(), format!("app-{i}"))]),
+        session_affinity: None,
+        created: None,
+    }
+}
+
 pub fn stamp(lamport: u64, node: &str) -> Stamp {
     Stamp { lamport, node: NodeId(node.into()), incarnation: 1 }
 }
@@ -54,7 +75,7 @@ pub fn arb_entry() -> impl proptest::strategy::Strategy<Value = (ObjectKey, Entr
     (0u8..6, 1u64..20, 0u8..3, prop::bool::weighted(0.25)).prop_map(|(k, lamport, node, tomb)| {
         let node_name = ["a", "b", "c"][usize::from(node)];
         let variant = u32::try_from(lamport).unwrap_or(0) * 10 + u32::from(node);
-        let value = if tomb { None } else { Some(workload(k, variant)) };
+        let value = if tomb { None } else { Some(workload(k, variant).into()) };
         (key(k), Entry { stamp: stamp(lamport, node_name), value })
     })
 }

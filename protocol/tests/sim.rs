@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use protocol::desired::{Clock, DesiredState, NodeId};
 use protocol::replicate::{ReplicateConfig, Replicator};
-use protocol::spec::{Container, Kind, ObjectKey, PodTemplate, Resources, RestartPolicy, Strategy, Workload};
+use protocol::spec::{
+    Container, Kind, Object, ObjectKey, PodTemplate, Resources, RestartPolicy, Strategy, Workload,
+};
 use protocol::sync::{SyncMessage, SyncSession};
 
 const GOSSIP_MS: u64 = 200;
@@ -264,9 +266,9 @@ impl Sim {
     /// Equal digests must mean equal live objects everywhere.
     fn check_invariants(&self) {
         let live: Vec<&Node> = self.nodes.iter().filter(|n| !n.crashed).collect();
-        let reference: Vec<&Workload> = live[0].state.live().collect();
+        let reference: Vec<&Object> = live[0].state.live().collect();
         for n in &live {
-            let objects: Vec<&Workload> = n.state.live().collect();
+            let objects: Vec<&Object> = n.state.live().collect();
             assert_eq!(objects, reference, "node {} differs", n.id);
         }
     }

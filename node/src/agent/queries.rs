@@ -50,6 +50,7 @@ pub fn parse_kind(kind: &str) -> Option<Kind> {
         "statefulset" | "statefulsets" | "sts" => Some(Kind::StatefulSet),
         "daemonset" | "daemonsets" | "ds" => Some(Kind::DaemonSet),
         "pod" | "pods" | "po" => Some(Kind::Pod),
+        "service" | "services" | "svc" => Some(Kind::Service),
         _ => None,
     }
 }
@@ -117,9 +118,8 @@ impl Agent {
         }
         self.store
             .iter()
-            .filter(|s| s.workload.key.kind == kind)
-            .map(|s| {
-                let w = &s.workload;
+            .filter_map(|s| Some((s.object.as_workload().filter(|w| w.key.kind == kind)?, s)))
+            .map(|(w, s)| {
                 let rev = w.template.revision_hash();
                 let planned: Vec<&str> = self
                     .placement
@@ -200,6 +200,8 @@ impl Agent {
         match req {
             Request::GetPods => ok(self.pod_rows(now)),
             Request::GetWorkloads { kind } => ok(self.workload_rows(kind)),
+            Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
+            Request::DescribeService { namespace, name } => self.describe_service(namespace, name),
             Request::DescribePod { namespace, name } => {
                 let key = reconcile::pod_key(&namespace, &name);
                 let Some(pod) = self.pods.get(&key) else {
@@ -297,7 +299,7 @@ impl Agent {
                     }
                     for doc in parsed.documents {
                         match doc {
-                            DocResult::Object { workload, .. } => keys.push(workload.key),
+                            DocResult::Object { object, .. } => keys.push(object.key().clone()),
                             DocResult::Invalid { key: Some(key), .. } => keys.push(key),
                             DocResult::Invalid { key: None, error } => errors.push(error.to_string()),
                             DocResult::Ignored { .. } => {}
@@ -309,7 +311,7 @@ impl Agent {
             Request::Delete { kind, namespace, name } => {
                 let Some(kind) = parse_kind(&kind) else {
                     return err(format!(
-                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset or pod"
+                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset, pod or service"
                     ));
                 };
                 self.delete_keys(vec![ObjectKey { kind, namespace, name }], vec![])
@@ -328,10 +330,10 @@ impl Agent {
             }
             for doc in parsed.documents {
                 match doc {
-                    DocResult::Object { workload, warnings: w } => {
+                    DocResult::Object { object, warnings: w } => {
                         warnings.extend(w.iter().map(|w| w.to_string()));
-                        let key = workload.key.to_string();
-                        match self.store.put(workload, Source::Api(name.clone())) {
+                        let key = object.key().to_string();
+                        match self.store.put(object, Source::Api(name.clone())) {
                             Ok(Some(_)) => applied.push(key),
                             Ok(None) => unchanged.push(key),
                             Err(e) => errors.push(format!("{name}: storing {key}: {e:#}")),

@@ -131,8 +131,9 @@ pub(crate) fn pod(p: &Pod, notes: &mut Vec<Note>) -> Result<Workload, FieldError
 }
 
 /// Kind, namespace and name, validated as Kubernetes does: names become container ids
-/// and file names downstream, so they must not carry `/` or `..`.
-fn object_key(kind: Kind, meta: &ObjectMeta) -> Result<ObjectKey, FieldError> {
+/// and file names downstream, so they must not carry `/` or `..`. A Service's name is a
+/// DNS-1035 label (it becomes a DNS name).
+pub(crate) fn object_key(kind: Kind, meta: &ObjectMeta) -> Result<ObjectKey, FieldError> {
     let name = match meta.name.as_deref() {
         None | Some("") => {
             return Err(FieldError::new(
@@ -142,6 +143,12 @@ fn object_key(kind: Kind, meta: &ObjectMeta) -> Result<ObjectKey, FieldError> {
         }
         Some(name) => name,
     };
+    if kind == Kind::Service && !is_dns_1035_label(name) {
+        return Err(FieldError::new(
+            "metadata.name",
+            format!("expected lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters, got {name:?}"),
+        ));
+    }
     if !is_dns_subdomain(name) {
         return Err(FieldError::new(
             "metadata.name",
@@ -352,7 +359,8 @@ fn pod_template(
     let containers = container::containers(prefix, &spec.containers, notes)?;
     let restart_policy = match (kind, spec.restart_policy.as_deref()) {
         (_, None | Some("Always")) => RestartPolicy::Always,
-        (Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet, Some(other)) => {
+        // Services have no pod template; the arm only keeps the match exhaustive.
+        (Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet | Kind::Service, Some(other)) => {
             return Err(FieldError::new(
                 format!("{prefix}.restartPolicy"),
                 format!("expected Always for a {kind}, got {other:?}"),
@@ -397,6 +405,11 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
     s.len() <= 63 && is_dns_label_part(s)
 }
 
+/// A DNS-1035 label, the rule for Service names: a DNS-1123 label starting with a letter.
+pub(crate) fn is_dns_1035_label(s: &str) -> bool {
+    is_dns_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
 fn is_dns_label_part(s: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     s.starts_with(alnum) && s.ends_with(alnum) && s.chars().all(|c| alnum(c) || c == '-')
@@ -418,5 +431,8 @@ mod tests {
         assert!(is_dns_label("default"));
         assert!(!is_dns_label("a.b"));
         assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_1035_label("web-1"));
+        assert!(!is_dns_1035_label("1web"));
+        assert!(!is_dns_1035_label("web.v2"));
     }
 }

@@ -93,6 +93,38 @@ const DAEMON_SET: &[(&str, Rule)] = &[
     ("spec.updateStrategy.rollingUpdate.maxUnavailable", Rule::Use),
 ];
 
+/// Service fields. Fields left out (externalIPs, traffic policies, load balancer
+/// settings, IP families) are warned about as not implemented.
+const SERVICE: &[(&str, Rule)] = &[
+    ("spec", Rule::Walk),
+    ("spec.type", Rule::Use),
+    ("spec.clusterIP", Rule::Use),
+    // Only the first is used; `service` warns about more.
+    ("spec.clusterIPs", Rule::Use),
+    ("spec.selector", Rule::Use),
+    ("spec.ports", Rule::Walk),
+    ("spec.ports[]", Rule::Walk),
+    ("spec.ports[].name", Rule::Use),
+    ("spec.ports[].port", Rule::Use),
+    ("spec.ports[].targetPort", Rule::Use),
+    ("spec.ports[].protocol", Rule::Use),
+    ("spec.ports[].nodePort", Rule::Use),
+    (
+        "spec.ports[].appProtocol",
+        Rule::Note("peer does not read appProtocol, ignored: traffic is forwarded as plain TCP or UDP"),
+    ),
+    ("spec.sessionAffinity", Rule::Use),
+    ("spec.sessionAffinityConfig", Rule::Walk),
+    ("spec.sessionAffinityConfig.clientIP", Rule::Walk),
+    ("spec.sessionAffinityConfig.clientIP.timeoutSeconds", Rule::Use),
+    (
+        "spec.publishNotReadyAddresses",
+        Rule::Note("not implemented by peer yet, ignored: only ready pods are endpoints"),
+    ),
+    ("spec.ipFamilies", Rule::Note("peer is IPv4 only, ignored")),
+    ("spec.ipFamilyPolicy", Rule::Note("peer is IPv4 only, ignored")),
+];
+
 /// Pod spec fields, relative to `spec` (Pod) or `spec.template.spec` (the other kinds).
 const POD_SPEC: &[(&str, Rule)] = &[
     ("containers", Rule::Walk),
@@ -233,11 +265,12 @@ const ANNOTATIONS: &str = "peer does not read annotations yet, ignored";
 const NOT_IMPLEMENTED: &str = "not implemented by peer yet, ignored";
 const UNKNOWN: &str = "unknown field, ignored (not part of the Kubernetes API peer knows)";
 
-/// Where the pod spec lives in an object of this kind.
-fn pod_spec_prefix(kind: Kind) -> &'static str {
+/// Where the pod spec lives in an object of this kind, if it has one.
+fn pod_spec_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => "spec.template.spec",
-        Kind::Pod => "spec",
+        Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => Some("spec.template.spec"),
+        Kind::Pod => Some("spec"),
+        Kind::Service => None,
     }
 }
 
@@ -248,6 +281,7 @@ fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
         Kind::StatefulSet => &[WORKLOAD, STATEFUL_SET],
         Kind::DaemonSet => &[WORKLOAD, DAEMON_SET],
         Kind::Pod => &[],
+        Kind::Service => &[SERVICE],
     }
 }
 
@@ -259,12 +293,13 @@ fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
     if let Some(rule) = find(OBJECT, pattern) {
         return Some(rule);
     }
-    let prefix = pod_spec_prefix(kind);
-    if pattern == prefix {
-        return Some(Rule::Walk);
-    }
-    if let Some(rest) = pattern.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')) {
-        return pod_spec_rule(rest);
+    if let Some(prefix) = pod_spec_prefix(kind) {
+        if pattern == prefix {
+            return Some(Rule::Walk);
+        }
+        if let Some(rest) = pattern.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')) {
+            return pod_spec_rule(rest);
+        }
     }
     kind_tables(kind).iter().find_map(|table| find(table, pattern))
 }
@@ -362,13 +397,14 @@ mod tests {
 
     #[test]
     fn every_pattern_is_reachable_from_a_walked_parent() {
-        for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::Pod] {
-            let prefix = pod_spec_prefix(kind);
+        for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::Pod, Kind::Service] {
             let mut patterns: Vec<String> = OBJECT.iter().map(|(p, _)| (*p).to_owned()).collect();
-            patterns.extend(POD_SPEC.iter().map(|(p, _)| format!("{prefix}.{p}")));
-            for (place, table) in NESTED {
-                assert_eq!(pod_spec_rule(place), Some(Rule::Walk), "{place}");
-                patterns.extend(table.iter().map(|(p, _)| format!("{prefix}.{place}.{p}")));
+            if let Some(prefix) = pod_spec_prefix(kind) {
+                patterns.extend(POD_SPEC.iter().map(|(p, _)| format!("{prefix}.{p}")));
+                for (place, table) in NESTED {
+                    assert_eq!(pod_spec_rule(place), Some(Rule::Walk), "{place}");
+                    patterns.extend(table.iter().map(|(p, _)| format!("{prefix}.{place}.{p}")));
+                }
             }
             for table in kind_tables(kind) {
                 patterns.extend(table.iter().map(|(p, _)| (*p).to_owned()));

@@ -1,16 +1,17 @@
 //! Kubernetes manifests, as users write them, to peer's domain types: the only place
-//! where YAML becomes a `protocol::spec::Workload`.
+//! where YAML becomes a `protocol::spec::Object` (a workload or a service).
 //!
 //! [`parse_file`] reads a file in three steps:
 //! 1. The whole file is checked as YAML. A syntax error makes the whole file unreadable
 //!    (later document boundaries cannot be trusted), reported with line and column.
 //! 2. Each document is read as a generic YAML value to learn `apiVersion`, `kind` and
-//!    `metadata.name`. Kinds peer does not run (Service, ConfigMap, …) are ignored with a
-//!    warning, not an error, so whole application manifests can be applied.
-//! 3. Deployments, StatefulSets, DaemonSets and Pods are deserialized into the real
-//!    Kubernetes types (k8s-openapi), with field paths in type errors, then converted and
-//!    validated in `convert` (pod placement fields in `scheduling`). The field walk in
-//!    `fields` warns about every field peer does not implement.
+//!    `metadata.name`. Kinds peer does not implement (ConfigMap, Ingress, …) are ignored
+//!    with a warning, not an error, so whole application manifests can be applied.
+//! 3. Deployments, StatefulSets, DaemonSets, Pods and Services are deserialized into the
+//!    real Kubernetes types (k8s-openapi), with field paths in type errors, then converted
+//!    and validated in `convert` (pod placement fields in `scheduling`, services in
+//!    `service`). The field walk in `fields` warns about every field peer does not
+//!    implement.
 //!
 //! One bad document does not stop the others: each gets its own [`DocResult`].
 
@@ -21,12 +22,13 @@ mod fields;
 mod probe;
 mod quantity;
 mod scheduling;
+mod service;
 #[cfg(test)]
 mod tests;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
-use protocol::spec::{Kind, ObjectKey, Workload};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use protocol::spec::{Kind, Object, ObjectKey, Workload};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
@@ -47,9 +49,9 @@ pub struct FileResult {
 /// The outcome for one YAML document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DocResult {
-    /// A workload peer runs, with warnings about fields it does not implement.
-    Object { workload: Workload, warnings: Vec<Warning> },
-    /// A kind peer does not run yet (Service, HorizontalPodAutoscaler, ConfigMap, …):
+    /// An object peer implements, with warnings about fields it does not implement.
+    Object { object: Object, warnings: Vec<Warning> },
+    /// A kind peer does not implement yet (HorizontalPodAutoscaler, ConfigMap, …):
     /// a warning, not an error.
     Ignored { kind: String, name: Option<String>, warning: Warning },
     /// The document cannot be used. `key` is set when its kind and name could be read,
@@ -76,16 +78,21 @@ impl FileResult {
         })
     }
 
-    /// The workloads that parsed, in document order.
-    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+    /// The objects that parsed, in document order.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
         self.documents.iter().filter_map(|d| match d {
-            DocResult::Object { workload, .. } => Some(workload),
+            DocResult::Object { object, .. } => Some(object),
             _ => None,
         })
     }
+
+    /// The workloads that parsed, in document order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.objects().filter_map(Object::as_workload)
+    }
 }
 
-/// Kinds Kubernetes users commonly put next to their workloads that peer does not run yet.
+/// Kinds Kubernetes users commonly put next to their workloads that peer does not implement yet.
 const KNOWN_IGNORED_KINDS: &[&str] = &[
     "ConfigMap",
     "CronJob",
@@ -98,7 +105,6 @@ const KNOWN_IGNORED_KINDS: &[&str] = &[
     "PodDisruptionBudget",
     "ReplicaSet",
     "Secret",
-    "Service",
     "ServiceAccount",
 ];
 
@@ -135,6 +141,11 @@ pub fn parse_file(file: &str, text: &str) -> FileResult {
         }
     }
     FileResult { documents, syntax_error: None }
+}
+
+/// A Service's `spec.type`.
+fn spec_type(value: &Value) -> Option<&str> {
+    value.get("spec")?.get("type")?.as_str()
 }
 
 /// One document being parsed: where it is, for messages.
@@ -174,8 +185,12 @@ impl Doc<'_> {
         // is only given for names Kubernetes would accept.
         let namespace = namespace.unwrap_or_else(|| convert::DEFAULT_NAMESPACE.to_owned());
         let key = |kind: Kind| {
+            let valid_name = match kind {
+                Kind::Service => convert::is_dns_1035_label,
+                _ => convert::is_dns_subdomain,
+            };
             name.clone()
-                .filter(|name| convert::is_dns_subdomain(name) && convert::is_dns_label(&namespace))
+                .filter(|name| valid_name(name) && convert::is_dns_label(&namespace))
                 .map(|name| ObjectKey { kind, namespace: namespace.clone(), name })
         };
         match kind.as_deref() {
@@ -186,33 +201,51 @@ impl Doc<'_> {
                 };
                 DocResult::Invalid { key: None, error: self.error(Some("kind".to_owned()), message) }
             }
-            Some("Deployment") => self.object::<Deployment>(
+            Some("Deployment") => self.object::<Deployment, _>(
                 Kind::Deployment,
                 &value,
                 api_version,
                 key(Kind::Deployment),
                 convert::deployment,
             ),
-            Some("StatefulSet") => self.object::<StatefulSet>(
+            Some("StatefulSet") => self.object::<StatefulSet, _>(
                 Kind::StatefulSet,
                 &value,
                 api_version,
                 key(Kind::StatefulSet),
                 convert::stateful_set,
             ),
-            Some("DaemonSet") => self.object::<DaemonSet>(
+            Some("DaemonSet") => self.object::<DaemonSet, _>(
                 Kind::DaemonSet,
                 &value,
                 api_version,
                 key(Kind::DaemonSet),
                 convert::daemon_set,
             ),
-            Some("Pod") => self.object::<Pod>(Kind::Pod, &value, api_version, key(Kind::Pod), convert::pod),
+            Some("Pod") => {
+                self.object::<Pod, _>(Kind::Pod, &value, api_version, key(Kind::Pod), convert::pod)
+            }
+            Some("Service") if spec_type(&value) == Some("ExternalName") => DocResult::Ignored {
+                kind: "Service".to_owned(),
+                warning: self.warning((
+                    "spec.type".to_owned(),
+                    "ExternalName services are not implemented by peer, ignored: the name gets no DNS alias"
+                        .to_owned(),
+                )),
+                name,
+            },
+            Some("Service") => self.object::<Service, _>(
+                Kind::Service,
+                &value,
+                api_version,
+                key(Kind::Service),
+                service::service,
+            ),
             Some(other) => {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
-                    format!("peer does not run {other} objects yet, ignored")
+                    format!("peer does not implement {other} objects yet, ignored")
                 } else {
-                    format!("unknown kind {other:?}, ignored: peer runs Deployment, StatefulSet, DaemonSet and Pod objects")
+                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod and Service objects")
                 };
                 DocResult::Ignored {
                     kind: other.to_owned(),
@@ -223,14 +256,14 @@ impl Doc<'_> {
         }
     }
 
-    /// Deserializes a kind peer runs into its Kubernetes type and converts it.
-    fn object<T>(
+    /// Deserializes a kind peer implements into its Kubernetes type and converts it.
+    fn object<T, O: Into<Object>>(
         &self,
         kind: Kind,
         value: &Value,
         api_version: Option<String>,
         key: Option<ObjectKey>,
-        convert: impl FnOnce(&T, &mut Vec<Note>) -> Result<Workload, FieldError>,
+        convert: impl FnOnce(&T, &mut Vec<Note>) -> Result<O, FieldError>,
     ) -> DocResult
     where
         T: k8s_openapi::Resource + DeserializeOwned + Serialize,
@@ -254,9 +287,10 @@ impl Doc<'_> {
         };
         let mut notes = fields::unimplemented(kind, value, &known);
         match convert(&typed, &mut notes) {
-            Ok(workload) => {
-                DocResult::Object { workload, warnings: notes.into_iter().map(|n| self.warning(n)).collect() }
-            }
+            Ok(object) => DocResult::Object {
+                object: object.into(),
+                warnings: notes.into_iter().map(|n| self.warning(n)).collect(),
+            },
             Err(FieldError { path, message }) => invalid(self.error(Some(path), message)),
         }
     }

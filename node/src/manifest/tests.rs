@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use expect_test::{expect, Expect};
-use protocol::spec::{IntOrPercent, PodManagement, Strategy};
+use protocol::spec::{IntOrPercent, Object, PodManagement, Strategy};
 
 use super::{parse_file, DocResult, FileResult};
 
@@ -16,8 +16,12 @@ fn render(result: &FileResult) -> String {
     }
     for doc in &result.documents {
         match doc {
-            DocResult::Object { workload, warnings } => {
-                let json = serde_json::to_string_pretty(workload).expect("a workload is JSON");
+            DocResult::Object { object, warnings } => {
+                let json = match object {
+                    Object::Workload(w) => serde_json::to_string_pretty(w),
+                    Object::Service(s) => serde_json::to_string_pretty(s),
+                }
+                .expect("an object is JSON");
                 writeln!(out, "object: {json}").expect("writing to a String");
                 for warning in warnings {
                     writeln!(out, "warning: {warning}").expect("writing to a String");
@@ -38,12 +42,12 @@ fn render(result: &FileResult) -> String {
 }
 
 /// Parses `yaml` as `test.yaml` and compares the whole result with the snapshot.
-fn check(yaml: &str, expect: Expect) {
+pub(super) fn check(yaml: &str, expect: Expect) {
     expect.assert_eq(&render(&parse_file("test.yaml", yaml)));
 }
 
 /// Like [`check`], but only the warnings and errors, for tests about messages.
-fn check_messages(yaml: &str, expect: Expect) {
+pub(super) fn check_messages(yaml: &str, expect: Expect) {
     let result = parse_file("test.yaml", yaml);
     let mut out = String::new();
     render_messages(&result, &mut out);
@@ -555,18 +559,17 @@ fn other_kinds_are_ignored_with_a_warning() {
     check_messages(
         r#"
 apiVersion: v1
-kind: Service
+kind: ConfigMap
 metadata: {name: api}
-spec:
-  ports: [{port: 80}]
+data: {a: b}
 ---
 apiVersion: example.com/v1
 kind: Widget
 metadata: {name: w}
 "#,
         expect![[r#"
-            warning: test.yaml: document 1 (Service api): kind: peer does not run Service objects yet, ignored
-            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer runs Deployment, StatefulSet, DaemonSet and Pod objects
+            warning: test.yaml: document 1 (ConfigMap api): kind: peer does not implement ConfigMap objects yet, ignored
+            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod and Service objects
         "#]],
     );
 }

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::desired::Entry;
 use crate::sync::SyncMessage;
-use crate::testkit::{arb_entry, key, stamp, workload};
+use crate::testkit::{arb_entry, key, service, stamp, workload};
 
 /// The 9-byte message of NOTES.md: varint tag 0xFD, then a u64 length of 2^40.
 const HOSTILE: [u8; 9] = [0xFD, 0, 0, 0, 0, 0, 1, 0, 0];
@@ -27,10 +27,16 @@ fn wire_snapshot_of_sync_messages() {
         &SyncMessage::Digest { digest: 0x0123_4567_89ab_cdef, entries: 3, gc_floor: None },
         expect!["00fdefcdab89674523010300"],
     );
-    let entry = Entry { stamp: stamp(300, "n1"), value: Some(workload(1, 2)) };
+    let entry = Entry { stamp: stamp(300, "n1"), value: Some(workload(1, 2).into()) };
     check(
         &SyncMessage::Push { gc_floor: Some(stamp(2, "n2")), entries: vec![(key(1), entry)] },
-        expect!["030102026e320101000764656661756c74056170702d31fb2c01026e310101000764656661756c74056170702d310103617070056170702d310200000001046d61696e0664656d6f3a32000000000000000000000000001e0000000000000000"],
+        expect!["030102026e320101000764656661756c74056170702d31fb2c01026e31010100000764656661756c74056170702d310103617070056170702d310200000001046d61696e0664656d6f3a32000000000000000000000000001e0000000000000000"],
+    );
+    let svc = service(1);
+    let entry = Entry { stamp: stamp(3, "n1"), value: Some(svc.clone().into()) };
+    check(
+        &SyncMessage::Push { gc_floor: None, entries: vec![(svc.key, entry)] },
+        expect!["030001040764656661756c74057376632d3103026e31010101040764656661756c74057376632d3100000001000050010468747470000103617070056170702d310000"],
     );
 }
 
@@ -48,7 +54,7 @@ fn hostile_length_prefix_is_an_error_not_an_abort() {
 
 #[test]
 fn truncated_and_trailing_bytes_are_errors() {
-    let entry = Entry { stamp: stamp(1, "a"), value: Some(workload(1, 1)) };
+    let entry = Entry { stamp: stamp(1, "a"), value: Some(workload(1, 1).into()) };
     let msg = SyncMessage::Push { gc_floor: None, entries: vec![(key(1), entry)] };
     let bytes = encode(&msg).expect("encodes");
     for cut in 0..bytes.len() {

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::testkit::{arb_entry, arb_state, key, stamp, workload};
+use crate::testkit::{arb_entry, arb_state, key, service, stamp, workload};
 
 fn clock(node: &str) -> Clock {
     Clock::new(NodeId(node.into()), 7)
@@ -27,7 +27,7 @@ fn put_get_delete() {
     let mut c = clock("a");
     let e = s.put(workload(1, 1), &mut c).expect("small workload");
     assert_eq!(e.stamp, Stamp { lamport: 1, node: NodeId("a".into()), incarnation: 7 });
-    assert_eq!(s.get(&key(1)), Some(&workload(1, 1)));
+    assert_eq!(s.get(&key(1)), Some(&Object::Workload(workload(1, 1))));
     let t = s.delete(&key(1), &mut c).expect("live object");
     assert!(t.is_tombstone() && t.stamp.lamport == 2);
     assert_eq!(s.get(&key(1)), None);
@@ -39,7 +39,7 @@ fn put_get_delete() {
 #[test]
 fn clock_follows_merged_stamps() {
     let mut s = DesiredState::new();
-    let e = Entry { stamp: stamp(50, "b"), value: Some(workload(1, 1)) };
+    let e = Entry { stamp: stamp(50, "b"), value: Some(workload(1, 1).into()) };
     assert!(s.merge_entry(key(1), e, None).expect("key matches"));
     let mine = s.put(workload(2, 1), &mut clock("a")).expect("small workload");
     assert_eq!(mine.stamp.lamport, 51);
@@ -50,7 +50,7 @@ fn clock_follows_merged_stamps() {
 fn lost_local_write_is_recorded() {
     let mut s = DesiredState::new();
     let mine = s.put(workload(1, 1), &mut clock("a")).expect("small workload");
-    let theirs = Entry { stamp: stamp(5, "b"), value: Some(workload(1, 2)) };
+    let theirs = Entry { stamp: stamp(5, "b"), value: Some(workload(1, 2).into()) };
     assert!(s.merge_entry(key(1), theirs, None).expect("key matches"));
     assert_eq!(s.overwritten(&key(1)), Some(&mine.stamp));
     assert_eq!(s.entry(&key(1)).map(|e| e.stamp.node.0.as_str()), Some("b"));
@@ -64,12 +64,36 @@ fn lost_local_write_is_recorded() {
 #[test]
 fn bad_entries_are_rejected_without_change() {
     let mut s = DesiredState::new();
-    let e = Entry { stamp: stamp(1, "b"), value: Some(workload(2, 1)) };
+    let e = Entry { stamp: stamp(1, "b"), value: Some(workload(2, 1).into()) };
     assert!(matches!(s.merge_entry(key(1), e, None), Err(DesiredError::KeyMismatch { .. })));
     let mut big = workload(1, 1);
     big.labels.insert("blob".into(), "x".repeat(MAX_ENTRY_BYTES));
     assert!(matches!(s.put(big, &mut clock("a")), Err(DesiredError::TooLarge { .. })));
     assert!(s.is_empty());
+}
+
+#[test]
+fn a_service_keeps_its_creation_stamp_across_updates() {
+    let mut s = DesiredState::new();
+    let mut c = clock("a");
+    let first = s.put(service(1), &mut c).expect("small service");
+    let created = Some(first.stamp.clone());
+    let svc = |s: &DesiredState| s.services().next().cloned().expect("live service");
+    assert_eq!(svc(&s).created, created);
+    let mut changed = service(1);
+    changed.ports[0].port = 8080;
+    let second = s.put(changed.clone(), &mut c).expect("small service");
+    assert!(second.stamp > first.stamp);
+    assert_eq!(svc(&s).created, created, "an update keeps the creation stamp");
+    // A re-applied manifest (no stamp) compares equal once it inherited the stored one.
+    let mut again = Object::Service(changed);
+    s.inherit(&mut again);
+    assert_eq!(s.get(again.key()), Some(&again));
+    // Deleted and created again, it is a new service.
+    s.delete(again.key(), &mut c).expect("live");
+    let third = s.put(service(1), &mut c).expect("small service");
+    assert_eq!(svc(&s).created, Some(third.stamp));
+    assert_eq!(s.workloads().count(), 0);
 }
 
 #[test]
@@ -84,7 +108,7 @@ fn floors_gc_waits_for_the_horizon_from_first_sighting() {
     assert!(s.is_empty());
     assert_eq!(s.gc_floor(), Some(&t.stamp));
     // A copy of the collected write arriving late is not resurrected.
-    let stale = Entry { stamp: stamp(1, "a"), value: Some(workload(1, 1)) };
+    let stale = Entry { stamp: stamp(1, "a"), value: Some(workload(1, 1).into()) };
     assert!(!s.merge_entry(key(1), stale, None).expect("key matches"));
     assert!(s.is_empty());
 }
@@ -106,7 +130,7 @@ fn floors_away_node_past_the_horizon_drops_deleted_keys_and_keeps_newer_writes()
     away.merge(&a);
     a.merge(&away);
     assert_eq!(content(&a), content(&away));
-    assert_eq!(a.live().map(|w| w.key.clone()).collect::<Vec<_>>(), vec![key(2)]);
+    assert_eq!(a.live().map(|o| o.key().clone()).collect::<Vec<_>>(), vec![key(2)]);
 }
 
 #[test]
@@ -116,7 +140,7 @@ fn digest_sees_values_stamps_and_floor() {
     s.merge_entry(key(1), Entry { stamp: stamp(1, "a"), value: None }, None).expect("ok");
     let d1 = s.digest();
     let mut t = DesiredState::new();
-    let e = Entry { stamp: stamp(1, "a"), value: Some(workload(1, 1)) };
+    let e = Entry { stamp: stamp(1, "a"), value: Some(workload(1, 1).into()) };
     t.merge_entry(key(1), e, None).expect("ok");
     let mut u = s.clone();
     u.raise_floor(Some(&stamp(0, "z")));

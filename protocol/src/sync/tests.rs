@@ -47,7 +47,7 @@ fn equal_states_exchange_only_digests() {
 fn diff_sends_newer_and_missing_and_skips_collected() {
     let mut a = DesiredState::new();
     let mut b = DesiredState::new();
-    let e = |l, v| Entry { stamp: stamp(l, "a"), value: Some(workload(v, l as u32)) };
+    let e = |l, v| Entry { stamp: stamp(l, "a"), value: Some(workload(v, l as u32).into()) };
     a.merge_entry(key(1), e(5, 1), None).expect("ok");
     b.merge_entry(key(1), e(3, 1), None).expect("ok");
     a.merge_entry(key(2), e(1, 2), None).expect("ok");
@@ -89,8 +89,8 @@ fn out_of_order_messages_end_the_round_with_an_error() {
 #[test]
 fn pushes_merge_and_reject_malformed_entries() {
     let mut a = DesiredState::new();
-    let good = Entry { stamp: stamp(1, "b"), value: Some(workload(1, 1)) };
-    let bad = Entry { stamp: stamp(1, "b"), value: Some(workload(2, 1)) };
+    let good = Entry { stamp: stamp(1, "b"), value: Some(workload(1, 1).into()) };
+    let bad = Entry { stamp: stamp(1, "b"), value: Some(workload(2, 1).into()) };
     let SyncMessage::Push { gc_floor, entries } =
         push_message(&a, vec![(key(1), good.clone()), (key(3), bad), (key(1), good)])
     else {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use protocol::spec::Workload;
+use protocol::spec::Object;
 
 use super::node::Phase;
 use super::world::World;
@@ -78,9 +78,9 @@ pub fn converged(w: &mut World) -> Result<(), String> {
 pub fn assert_at_rest(w: &mut World) {
     let seed = w.seed;
     let up: Vec<usize> = (0..w.nodes.len()).filter(|&i| w.nodes[i].up).collect();
-    let reference: Vec<&Workload> = w.nodes[up[0]].state.live().collect();
+    let reference: Vec<&Object> = w.nodes[up[0]].state.live().collect();
     for &i in &up {
-        let objects: Vec<&Workload> = w.nodes[i].state.live().collect();
+        let objects: Vec<&Object> = w.nodes[i].state.live().collect();
         assert_eq!(objects, reference, "seed {seed}: {} holds other objects", w.nodes[i].id);
     }
     let plan = w.plan_of(up[0]);

@@ -124,7 +124,7 @@ pub fn is_stateful(r: &ReplicaReq) -> bool {
 /// (anti-affinity), as Kubernetes' default spread does. DaemonSets are not simulated.
 pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
     let mut out = Vec::new();
-    for w in state.live() {
+    for w in state.workloads() {
         let base = w.template.replica_req(w.key.to_string(), String::new(), None);
         let ns = &w.key.namespace;
         let name = &w.key.name;
@@ -135,7 +135,7 @@ pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
             }
             Kind::StatefulSet => (0..w.replicas).map(|i| format!("{ns}/{name}-{i}")).collect(),
             Kind::Pod => vec![format!("{ns}/{name}")],
-            Kind::DaemonSet => vec![],
+            Kind::DaemonSet | Kind::Service => vec![],
         };
         out.extend(identities.into_iter().map(|identity| ReplicaReq { identity, ..base.clone() }));
     }

@@ -1,0 +1,175 @@
+//! [`Object`]: every kind of desired-state value, one variant per domain type.
+//!
+//! Adding a kind (HorizontalPodAutoscaler, PodDisruptionBudget, …) is one variant here,
+//! one arm in each `match` below, and one [`Kind`].
+//!
+//! Encodings. Serialized externally tagged: `{"Service": {...}}` in JSON, a variant index
+//! then the value in bincode. Two compatibility rules keep what existed before objects
+//! were more than workloads:
+//! - JSON (the store's `desired.json`) may hold a bare workload, as written by earlier
+//!   versions; it is read as [`Object::Workload`].
+//! - [`Object::value_hash`] of a workload is the hash of the bare workload, as before, so
+//!   digests of a state holding only workloads did not change and hashes stored in
+//!   `desired.json` stay valid.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{fnv1a64, Kind, ObjectKey, Service, Workload};
+use crate::desired::Stamp;
+
+/// A desired-state value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Object {
+    Workload(Workload),
+    Service(Service),
+}
+
+/// The tagged form, for decoding.
+#[derive(Deserialize)]
+#[serde(rename = "Object")]
+enum Tagged {
+    Workload(Workload),
+    Service(Service),
+}
+
+impl From<Tagged> for Object {
+    fn from(t: Tagged) -> Object {
+        match t {
+            Tagged::Workload(w) => Object::Workload(w),
+            Tagged::Service(s) => Object::Service(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Object, D::Error> {
+        if !d.is_human_readable() {
+            return Tagged::deserialize(d).map(Object::from);
+        }
+        // JSON: one key naming a variant is the tagged form; anything else is a bare
+        // workload of an earlier version (a workload has several fields, never one
+        // named like a variant).
+        let value = serde_json::Value::deserialize(d)?;
+        let tagged = value
+            .as_object()
+            .is_some_and(|m| m.len() == 1 && m.keys().all(|k| k == "Workload" || k == "Service"));
+        let object = if tagged {
+            serde_json::from_value::<Tagged>(value).map(Object::from)
+        } else {
+            serde_json::from_value::<Workload>(value).map(Object::Workload)
+        };
+        object.map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<Workload> for Object {
+    fn from(w: Workload) -> Object {
+        Object::Workload(w)
+    }
+}
+
+impl From<Service> for Object {
+    fn from(s: Service) -> Object {
+        Object::Service(s)
+    }
+}
+
+impl Object {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Object::Workload(w) => &w.key,
+            Object::Service(s) => &s.key,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.key().kind
+    }
+
+    pub fn as_workload(&self) -> Option<&Workload> {
+        match self {
+            Object::Workload(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn as_service(&self) -> Option<&Service> {
+        match self {
+            Object::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Labels of the object itself (metadata.labels).
+    pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        match self {
+            Object::Workload(w) => &w.labels,
+            Object::Service(s) => &s.labels,
+        }
+    }
+
+    /// The stamp of the write that created the object, for kinds that keep it.
+    pub fn created(&self) -> Option<&Stamp> {
+        match self {
+            Object::Workload(_) => None,
+            Object::Service(s) => s.created.as_ref(),
+        }
+    }
+
+    /// Sets the creation stamp of kinds that keep one; other kinds are unchanged.
+    pub fn set_created(&mut self, stamp: Option<Stamp>) {
+        match self {
+            Object::Workload(_) => {}
+            Object::Service(s) => s.created = stamp,
+        }
+    }
+
+    /// A stable hash: FNV-1a over canonical JSON; a workload's is that of the bare
+    /// workload (see the module doc).
+    pub fn value_hash(&self) -> u64 {
+        let json = match self {
+            Object::Workload(w) => serde_json::to_vec(w),
+            other => serde_json::to_vec(other),
+        };
+        fnv1a64(&json.expect("an Object always serializes to JSON"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{service, workload};
+
+    #[test]
+    fn json_round_trips_tagged_and_reads_bare_workloads() {
+        for object in [Object::Workload(workload(1, 2)), Object::Service(service(3))] {
+            let json = serde_json::to_string(&object).expect("encodes");
+            assert!(json.starts_with(&format!(
+                "{{\"{}\":",
+                if object.as_service().is_some() { "Service" } else { "Workload" }
+            )));
+            assert_eq!(serde_json::from_str::<Object>(&json).expect("decodes"), object);
+        }
+        let bare = serde_json::to_string(&workload(1, 2)).expect("encodes");
+        assert_eq!(serde_json::from_str::<Object>(&bare).expect("legacy"), Object::Workload(workload(1, 2)));
+        let err = serde_json::from_str::<Object>("{\"key\": 1}").expect_err("not a workload");
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn bincode_round_trips() {
+        for object in [Object::Workload(workload(1, 2)), Object::Service(service(3))] {
+            let bytes = crate::codec::encode(&object).expect("encodes");
+            let back: Object = crate::codec::decode(&bytes, crate::codec::MAX_MESSAGE).expect("decodes");
+            assert_eq!(back, object);
+        }
+    }
+
+    #[test]
+    fn a_workload_hashes_as_before_objects() {
+        let w = workload(1, 2);
+        let bare = fnv1a64(&serde_json::to_vec(&w).expect("encodes"));
+        assert_eq!(Object::Workload(w).value_hash(), bare);
+        assert_ne!(Object::Service(service(1)).value_hash(), 0);
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use protocol::spec::service::DEFAULT_SERVICE_CIDR;
 use protocol::spec::{Kind, ObjectKey, Service};
 use serde_json::json;
 
@@ -39,10 +38,7 @@ pub fn pod_infos(
                 namespace: d.namespace.clone(),
                 name: d.name.clone(),
                 node,
-                // TODO(pod networking): the pod's address from its node's claim, once claims
-                // carry it (`cluster/claims.rs`). Until then no pod has an address, so no
-                // service has endpoints.
-                ip: None,
+                ip: claim.and_then(|c| c.ip),
                 ready: claim.is_some_and(|c| c.is_ready() && c.revision == d.revision),
                 labels: d.template.labels.clone(),
                 ports,
@@ -62,7 +58,7 @@ impl Agent {
         let desired = reconcile::desired_pods(self.store.workloads(), &nodes);
         let pods = pod_infos(&desired, &self.placement.planned, &claims);
         let services: Vec<&Service> = self.store.services().collect();
-        services::table(&services, &pods, DEFAULT_SERVICE_CIDR)
+        services::table(&services, &pods, (self.cfg.net.services.addr, self.cfg.net.services.len))
     }
 
     /// `peer describe service`: the computed entry, what the manifest said, conflicts.
@@ -143,6 +139,7 @@ mod tests {
             status: "Running".into(),
             ready: (u32::from(ready), 1),
             restarts: 0,
+            ip: Some(std::net::Ipv4Addr::new(10, 42, 0, 2)),
         }
     }
 
@@ -173,6 +170,11 @@ mod tests {
             infos.iter().map(|p| (p.name.as_str(), p.node.as_str(), p.ready)).collect();
         assert_eq!(seen, vec![("a", "n1", true), ("b", "n2", false), ("d", "n2", false)]);
         assert_eq!(infos[0].ports, vec![(Some("http".to_owned()), 8080, Protocol::Tcp)]);
-        assert!(infos.iter().all(|p| p.ip.is_none()), "addresses come with pod networking");
+        assert_eq!(
+            infos[0].ip,
+            Some(std::net::Ipv4Addr::new(10, 42, 0, 2)),
+            "the address comes from the claim"
+        );
+        assert_eq!(infos[2].ip, infos[0].ip);
     }
 }

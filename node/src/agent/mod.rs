@@ -128,6 +128,10 @@ pub struct Agent {
     dns: Option<crate::dns::DnsServer>,
     /// What the DNS server answers for the cluster domain.
     dns_records: tokio::sync::watch::Sender<Arc<crate::dns::Records>>,
+    /// The service rules last programmed into the kernel.
+    forwarding: runtime::net::Forwarding,
+    latest_rules: network::Latest<runtime::net::Forwarding>,
+    latest_routes: network::Latest<Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>>,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -211,6 +215,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             services: Vec::new(),
         }))
         .0,
+        forwarding: runtime::net::Forwarding::default(),
+        latest_rules: Default::default(),
+        latest_routes: Default::default(),
     };
     agent.claim_pod_range();
     agent.setup_network().await;
@@ -244,6 +251,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.cluster.publish(&agent.store, None).await;
                 wake = agent.reconcile();
                 agent.publish_claims().await;
+                agent.sync_services();
                 continue;
             }
             _ = sigterm.recv() => Input::Shutdown,
@@ -316,6 +324,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         agent.cluster.publish(&agent.store, None).await;
         wake = agent.reconcile();
         agent.publish_claims().await;
+        agent.sync_services();
     }
     // Containers keep running when the agent stops: a restarted agent adopts them.
     // Executor tasks in flight finish first so no create is cut in half.

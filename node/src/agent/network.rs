@@ -7,6 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use runtime::net::{Net, NodeNet};
 
+/// The newest value to program into the kernel, and the turn of the job applying it.
+pub(super) type Latest<T> = std::sync::Arc<(std::sync::Mutex<T>, tokio::sync::Mutex<()>)>;
+
 use super::{now_ms, Agent};
 use crate::network::SlotClaim;
 
@@ -90,7 +93,11 @@ impl Agent {
         if routes != self.routes {
             tracing::info!(?routes, "routes to the peers' pod ranges");
             self.routes = routes.clone();
+            let latest = self.latest_routes.clone();
+            *latest.0.lock().unwrap_or_else(|e| e.into_inner()) = routes;
             self.jobs.spawn(async move {
+                let _turn = latest.1.lock().await;
+                let routes = latest.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Err(e) = Net::host().set_peer_routes(&routes).await {
                     tracing::error!("programming the routes to the peers' pod ranges: {e}");
                 }
@@ -176,5 +183,117 @@ impl Agent {
             .collect();
         routes.sort();
         routes
+    }
+}
+
+/// The DNS answers of a service table.
+fn dns_records(table: &crate::services::ServiceTable) -> crate::dns::Records {
+    use crate::dns::{Proto, ServicePort, ServiceRecord};
+    let services = table
+        .services
+        .values()
+        .map(|e| ServiceRecord {
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            cluster_ip: e.cluster_ip,
+            endpoints: e.endpoints.iter().filter(|p| p.ready).map(|p| p.ip).collect(),
+            ports: e
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let proto = match p.protocol {
+                        protocol::spec::Protocol::Tcp => Proto::Tcp,
+                        protocol::spec::Protocol::Udp => Proto::Udp,
+                    };
+                    Some(ServicePort { name: p.name.clone()?, proto, port: p.port })
+                })
+                .collect(),
+        })
+        .collect();
+    crate::dns::Records { domain: crate::dns::zone::DEFAULT_DOMAIN.to_owned(), services }
+}
+
+fn l4(p: protocol::spec::Protocol) -> runtime::net::L4 {
+    match p {
+        protocol::spec::Protocol::Tcp => runtime::net::L4::Tcp,
+        protocol::spec::Protocol::Udp => runtime::net::L4::Udp,
+    }
+}
+
+/// The kernel's forwarding rules for a service table and this node's pods' hostPorts.
+fn forwarding(
+    table: &crate::services::ServiceTable,
+    pods: &std::collections::BTreeMap<String, crate::reconcile::ObservedPod>,
+) -> runtime::net::Forwarding {
+    use runtime::net::{Forwarding, HostPortRule, NodePortRule, VirtualService};
+    let mut out = Forwarding::default();
+    for e in table.services.values() {
+        for (i, p) in e.ports.iter().enumerate() {
+            let backends: Vec<(Ipv4Addr, u16)> = e.ready_backends(i).collect();
+            if let Some(ip) = e.cluster_ip {
+                out.virtual_ips.push(VirtualService {
+                    ip,
+                    port: p.port,
+                    protocol: l4(p.protocol),
+                    backends: backends.clone(),
+                    client_ip_affinity: e.session_affinity,
+                });
+            }
+            if let Some(port) = p.node_port {
+                out.node_ports.push(NodePortRule { port, protocol: l4(p.protocol), backends });
+            }
+        }
+    }
+    for pod in pods.values().filter(|p| !p.deleting) {
+        let Some(pod_ip) = pod.ip else { continue };
+        for c in &pod.template.containers {
+            for port in &c.ports {
+                if let Some(host_port) = port.host_port {
+                    out.host_ports.push(HostPortRule {
+                        host_port,
+                        protocol: l4(port.protocol),
+                        pod_ip,
+                        container_port: port.container_port,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Agent {
+    /// Brings the DNS answers and the kernel's service rules in step with the service
+    /// table (services from the desired state, endpoints from every node's claims).
+    pub(super) fn sync_services(&mut self) {
+        if !self.network_up {
+            return;
+        }
+        let table = self.service_table();
+        let records = dns_records(&table);
+        if **self.dns_records.borrow() != records {
+            self.dns_records.send_replace(std::sync::Arc::new(records));
+        }
+        let rules = forwarding(&table, &self.pods);
+        if rules != self.forwarding {
+            tracing::info!(
+                services = rules.virtual_ips.len(),
+                node_ports = rules.node_ports.len(),
+                host_ports = rules.host_ports.len(),
+                "programming service rules"
+            );
+            self.forwarding = rules.clone();
+            let latest = self.latest_rules.clone();
+            *latest.0.lock().unwrap_or_else(|e| e.into_inner()) = rules;
+            self.jobs.spawn(async move {
+                // One change at a time, each applying the newest rules: jobs that finish
+                // out of order never leave older rules in the kernel.
+                let _turn = latest.1.lock().await;
+                let rules = latest.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Err(e) = Net::host().set_forwarding(&rules).await {
+                    tracing::error!("programming the service rules: {e}");
+                }
+            });
+        }
     }
 }

@@ -14,7 +14,7 @@ use libcontainer::oci_spec::OciSpecError;
 
 use crate::error::Error;
 use crate::process::ProcessPlan;
-use crate::spec::{Limits, Network};
+use crate::spec::{ContainerSpec, DnsConfig, Limits, Network};
 
 /// Pids limit when the spec gives none.
 pub(crate) const DEFAULT_PIDS: i64 = 1024;
@@ -89,6 +89,29 @@ pub(crate) struct SpecInput<'a> {
     pub limits: Limits,
     /// Whether the kernel accounts swap, so that swap can be forbidden on top of the memory limit.
     pub swap_accounting: bool,
+    /// The `/etc` files the caller gave (`resolv.conf`, `hosts`): mounted read-only.
+    pub readonly_etc: ReadonlyEtc,
+}
+
+/// Which generated `/etc` files are the caller's and so mounted read-only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ReadonlyEtc {
+    pub resolv_conf: bool,
+    pub hosts: bool,
+}
+
+impl ReadonlyEtc {
+    pub fn of(spec: &ContainerSpec) -> ReadonlyEtc {
+        ReadonlyEtc { resolv_conf: spec.dns.is_some(), hosts: !spec.hosts.is_empty() }
+    }
+
+    fn contains(self, file: &str) -> bool {
+        match file {
+            "resolv.conf" => self.resolv_conf,
+            "hosts" => self.hosts,
+            _ => false,
+        }
+    }
 }
 
 /// Builds the OCI runtime spec. Pure: the same input gives the same spec.
@@ -142,7 +165,7 @@ pub(crate) fn oci_spec(input: &SpecInput<'_>) -> Result<Spec, OciSpecError> {
         .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
         .hostname(input.hostname)
         .process(process)
-        .mounts(mounts(input.bundle)?)
+        .mounts(mounts_with(input.bundle, input.readonly_etc)?)
         .linux(linux)
         .build()
 }
@@ -176,6 +199,11 @@ fn resources(
 /// read-write there, letting a root container raise its own limits), plus the
 /// generated `/etc` files.
 pub fn mounts(bundle: &Path) -> Result<Vec<Mount>, OciSpecError> {
+    mounts_with(bundle, ReadonlyEtc::default())
+}
+
+/// [`mounts`], with the `/etc` files in `readonly` mounted read-only.
+fn mounts_with(bundle: &Path, readonly: ReadonlyEtc) -> Result<Vec<Mount>, OciSpecError> {
     let m = |dest: &str, typ: &str, source: &str, options: &[&str]| {
         MountBuilder::default()
             .destination(dest)
@@ -199,12 +227,16 @@ pub fn mounts(bundle: &Path) -> Result<Vec<Mount>, OciSpecError> {
     ];
     for file in ETC_FILES {
         let source = bundle.join(file);
+        let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
+        if readonly.contains(file) {
+            options.push("ro".to_owned());
+        }
         mounts.push(
             MountBuilder::default()
                 .destination(format!("/etc/{file}"))
                 .typ("bind")
                 .source(source)
-                .options(vec!["rbind".to_owned(), "rprivate".to_owned()])
+                .options(options)
                 .build()?,
         );
     }
@@ -216,33 +248,35 @@ const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
 
 /// Writes `config.json` and the `/etc` files, and creates `rootfs/`, `upper/`, `work/`.
 /// Existing `upper/` content is kept: it belongs to earlier runs of the same container.
-pub(crate) fn write(
-    paths: &BundlePaths,
-    id: &str,
-    spec: &Spec,
-    hostname: &str,
-    network: &Network,
-) -> Result<(), Error> {
+/// `dns` and `hosts` replace the default `resolv.conf` and `hosts` when given.
+pub(crate) fn write(paths: &BundlePaths, spec: &ContainerSpec, oci: &Spec) -> Result<(), Error> {
+    let (id, hostname) = (spec.id.as_str(), spec.hostname.as_str());
     let object = format!("container {id}");
+    let hosts = if !spec.hosts.is_empty() {
+        hosts_file(&spec.hosts).map_err(|reason| Error::InvalidNet { object: object.clone(), reason })?
+    } else {
+        match spec.network {
+            Network::Host => read_host_file(Path::new("/etc/hosts")),
+            Network::Namespace(_) => pod_hosts(hostname),
+        }
+    };
+    let resolv_conf = match &spec.dns {
+        Some(dns) => {
+            resolv_conf(dns).map_err(|reason| Error::InvalidNet { object: object.clone(), reason })?
+        }
+        None => host_resolv_conf(),
+    };
     for dir in [&paths.dir, &paths.rootfs, &paths.upper, &paths.work] {
         fs::create_dir_all(dir).map_err(|e| Error::io(&object, "create directory", dir, e))?;
     }
-    let hosts = match network {
-        Network::Host => read_host_file(Path::new("/etc/hosts")),
-        Network::Namespace(_) => pod_hosts(hostname),
-    };
-    let files = [
-        ("hostname", format!("{hostname}\n").into_bytes()),
-        ("hosts", hosts),
-        ("resolv.conf", host_resolv_conf()),
-    ];
+    let files =
+        [("hostname", format!("{hostname}\n").into_bytes()), ("hosts", hosts), ("resolv.conf", resolv_conf)];
     for (name, content) in files {
         let path = paths.dir.join(name);
         write_atomic(&path, &content).map_err(|e| Error::io(&object, "write", &path, e))?;
     }
     let config = paths.dir.join("config.json");
-    let json =
-        serde_json::to_vec_pretty(spec).map_err(|e| Error::io(&object, "encode", &config, e.into()))?;
+    let json = serde_json::to_vec_pretty(oci).map_err(|e| Error::io(&object, "encode", &config, e.into()))?;
     write_atomic(&config, &json).map_err(|e| Error::io(&object, "write", &config, e))
 }
 
@@ -253,6 +287,50 @@ fn pod_hosts(hostname: &str) -> Vec<u8> {
          ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
     )
     .into_bytes()
+}
+
+/// `/etc/resolv.conf` from the caller's settings; words with white space (which would
+/// change the file's meaning) are refused.
+fn resolv_conf(dns: &DnsConfig) -> Result<Vec<u8>, String> {
+    let mut text = String::new();
+    for server in &dns.nameservers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    for (key, words) in [("search", &dns.searches), ("options", &dns.options)] {
+        if words.is_empty() {
+            continue;
+        }
+        for word in words {
+            check_word(&format!("dns {key}"), word)?;
+        }
+        text.push_str(&format!("{key} {}\n", words.join(" ")));
+    }
+    Ok(text.into_bytes())
+}
+
+/// `/etc/hosts` with the localhost lines and `entries`.
+fn hosts_file(entries: &[(std::net::Ipv4Addr, Vec<String>)]) -> Result<Vec<u8>, String> {
+    let mut text = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    for (addr, names) in entries {
+        if names.is_empty() {
+            return Err(format!("hosts entry {addr} has no names"));
+        }
+        for name in names {
+            check_word("hosts name", name)?;
+        }
+        text.push_str(&format!("{addr}\t{}\n", names.join(" ")));
+    }
+    Ok(text.into_bytes())
+}
+
+fn check_word(what: &str, word: &str) -> Result<(), String> {
+    if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
+        return Err(format!("{what} {word:?} must be one non-empty word"));
+    }
+    Ok(())
 }
 
 /// The host's resolver config. With systemd-resolved the stub at 127.0.0.53 is not

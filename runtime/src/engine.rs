@@ -12,7 +12,7 @@ use libcontainer::signal::Signal;
 use nix::sys::signal::Signal as NixSignal;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use crate::bundle::{self, BundlePaths, SpecInput};
+use crate::bundle::{self, BundlePaths, ReadonlyEtc, SpecInput};
 use crate::cgroup::{self, CgroupPlace, CgroupVersion};
 use crate::error::{validate_id, Error};
 use crate::exit::{self, Watch, Watchers};
@@ -177,10 +177,11 @@ impl Runtime {
             cgroups_path: self.cgroup(id).path,
             limits: spec.limits,
             swap_accounting: self.swap_accounting,
+            readonly_etc: ReadonlyEtc::of(spec),
         };
         let oci = bundle::oci_spec(&input)
             .map_err(|source| Error::Spec { id: id.to_owned(), source: Box::new(source) })?;
-        bundle::write(&paths, id, &oci, &spec.hostname, &spec.network)?;
+        bundle::write(&paths, spec, &oci)?;
 
         let request = CreateRequest {
             id: id.to_owned(),

@@ -27,4 +27,4 @@ pub use error::Error;
 pub use exec::exec;
 pub use image::{ImageConfig, ResolvedImage};
 pub use probe::{ExecOutcome, PROBE_OUTPUT_LIMIT};
-pub use spec::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Started};
+pub use spec::{ContainerSpec, ContainerStatus, DnsConfig, ExitEvent, Limits, Network, Started};

@@ -1,5 +1,6 @@
 //! Plain data the runtime is given (what to run) and gives back (what happened).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,26 @@ pub struct ContainerSpec {
     pub network: Network,
     /// File that receives the container's stdout and stderr, appended.
     pub log_path: PathBuf,
+    /// The container's `/etc/resolv.conf`, bind-mounted read-only. `None` keeps the
+    /// default: a copy of the host's resolver config, writable.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    /// Entries of the container's `/etc/hosts`. When not empty, the file is the localhost
+    /// lines plus these, bind-mounted read-only (as the kubelet writes it: put the pod's
+    /// own address and hostname here). Empty keeps the default file, writable.
+    #[serde(default)]
+    pub hosts: Vec<(Ipv4Addr, Vec<String>)>,
+}
+
+/// A container's resolver configuration (`/etc/resolv.conf`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// `nameserver` lines, in order.
+    pub nameservers: Vec<Ipv4Addr>,
+    /// The `search` list, e.g. `default.svc.cluster.local`.
+    pub searches: Vec<String>,
+    /// The `options` list, e.g. `ndots:5`.
+    pub options: Vec<String>,
 }
 
 /// cgroup limits of one container.

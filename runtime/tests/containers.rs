@@ -139,3 +139,37 @@ async fn a_failed_create_leaves_no_zombie_behind() {
     assert_eq!(support::zombie_children_named("youki:"), Vec::<String>::new());
     f.cleanup(&["bad1"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_and_hosts_are_the_callers_and_read_only() {
+    let Some(mut f) = fixture("dns") else { return };
+    let mut spec = f.spec(
+        "dns1",
+        "cat /etc/resolv.conf /etc/hosts; echo x >> /etc/resolv.conf || echo resolv-ro; \
+         echo x >> /etc/hosts || echo hosts-ro",
+    );
+    spec.dns = Some(runtime::DnsConfig {
+        nameservers: vec![std::net::Ipv4Addr::new(10, 43, 0, 10)],
+        searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    spec.hosts = vec![(std::net::Ipv4Addr::new(10, 42, 7, 2), vec!["dns1-host".into()])];
+    f.runtime.run_container(&spec, &f.image).await.expect("run");
+    assert_eq!(f.next_exit("dns1").await.exit_code, Some(0));
+    let log = f.log("dns1");
+    assert!(
+        log.starts_with(
+            "nameserver 10.43.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("127.0.0.1\tlocalhost\n") && log.contains("10.42.7.2\tdns1-host\n"), "{log}");
+    assert!(log.contains("resolv-ro\n") && log.contains("hosts-ro\n"), "files are writable: {log}");
+
+    // A word with white space would change the file's meaning: refused, nothing runs.
+    let mut bad = f.spec("dns2", "true");
+    bad.dns = Some(runtime::DnsConfig { searches: vec!["a b".into()], ..Default::default() });
+    let err = f.runtime.run_container(&bad, &f.image).await.expect_err("bad search word");
+    assert!(err.to_string().starts_with("container dns2: dns search \"a b\""), "{err}");
+    f.cleanup(&["dns1", "dns2"]).await;
+}

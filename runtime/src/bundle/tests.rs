@@ -40,6 +40,7 @@ fn input<'a>(plan: &'a ProcessPlan, network: &'a Network, limits: Limits) -> Spe
         cgroups_path: PathBuf::from("/peer/c1"),
         limits,
         swap_accounting: true,
+        readonly_etc: ReadonlyEtc::default(),
     }
 }
 

@@ -29,7 +29,7 @@ impl Net {
     /// Connects the pod whose network namespace is bind-mounted at `netns` to the bridge
     /// that has address `gateway` (see [`Net::setup_node_network`]); idempotent.
     ///
-    /// The host end, [`host_veth_name`]`(pod_id)`, joins the bridge and goes up; the other
+    /// The host end, [`host_veth_name`]`(pod_id)`, joins the bridge in hairpin mode and goes up; the other
     /// end is created directly inside the pod's namespace as `eth0` with exactly one IPv4
     /// address, `ip/prefix_len`, and a default route via `gateway` (with a link route to
     /// the gateway first when it lies outside `ip/prefix_len`, e.g. for a /32). A host end
@@ -103,6 +103,11 @@ fn attach(
         ip(object, &["link", "add", "name", &host, "type", "veth", "peer", "name", POD_IF, "netns", path])?;
     }
     ip(object, &["link", "set", "dev", &host, "master", &bridge])?;
+    // Hairpin lets a packet leave through the port it came in on. Where br_netfilter is
+    // active (Docker and Kubernetes hosts load it; bridged packets then pass the IPv4
+    // hooks), a pod reaching itself through a service is DNATed inside the bridge and
+    // sent back out its own port, which the bridge refuses without this flag (measured).
+    ip(object, &["link", "set", "dev", &host, "type", "bridge_slave", "hairpin", "on"])?;
     ip(object, &["link", "set", "dev", &host, "up"])?;
 
     in_pod(object, netns, || configure_pod_side(object, addr, gateway))

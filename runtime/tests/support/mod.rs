@@ -82,6 +82,8 @@ impl Fixture {
             limits: Limits::default(),
             network: Network::Host,
             log_path: self.base.join("logs").join(format!("{id}.log")),
+            dns: None,
+            hosts: Vec::new(),
         }
     }
 

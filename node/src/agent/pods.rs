@@ -220,6 +220,18 @@ impl Agent {
             limits: limits_for(c, self.cfg.default_limits),
             network: Network::Host,
             log_path: self.log_path(&pod.namespace, &pod.name, &c.name, restart),
+            // A pod on the node's bridge resolves names through the node's cluster DNS,
+            // with Kubernetes' search list (`api`, `api.NS`, `api.NS.svc.cluster.local`).
+            dns: pod.ip.zip(self.pod_slot()).map(|(_, slot)| runtime::DnsConfig {
+                nameservers: vec![self.cfg.net.gateway(slot)],
+                searches: vec![
+                    format!("{}.svc.{}", pod.namespace, crate::dns::zone::DEFAULT_DOMAIN),
+                    format!("svc.{}", crate::dns::zone::DEFAULT_DOMAIN),
+                    crate::dns::zone::DEFAULT_DOMAIN.to_owned(),
+                ],
+                options: vec!["ndots:5".to_owned()],
+            }),
+            hosts: pod.ip.map(|ip| vec![(ip, vec![pod.name.chars().take(63).collect()])]).unwrap_or_default(),
         }
     }
 

@@ -193,5 +193,6 @@ fn a_service_name_reaches_ready_replicas_on_other_nodes_and_survives_a_dead_node
         last_failure.is_none_or(|t| t <= 2000),
         "requests still failed {last_failure:?} ms after sb died: {lines:?}"
     );
-    assert!(lines.iter().rev().take(20).all(|l| l.1 && answered_by(&l.2).as_deref() == Some(c.1.as_str())));
+    // (sb's replica comes back on sc, under the same name: Deployment pods are named by index.)
+    assert!(lines.iter().rev().take(40).all(|l| l.1), "requests failed late: {lines:?}");
 }

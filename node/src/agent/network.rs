@@ -10,6 +10,23 @@ use runtime::net::{Net, NodeNet};
 /// The newest value to program into the kernel, and the turn of the job applying it.
 pub(super) type Latest<T> = std::sync::Arc<(std::sync::Mutex<T>, tokio::sync::Mutex<()>)>;
 
+/// Programs `value` into the kernel with `apply` in a job. Jobs take turns and each
+/// applies the newest value, so jobs that finish out of order never leave an older one.
+fn apply_latest<T, F, Fut>(jobs: &mut tokio::task::JoinSet<()>, latest: &Latest<T>, value: T, apply: F)
+where
+    T: Clone + Send + 'static,
+    F: FnOnce(T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    *latest.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    let latest = latest.clone();
+    jobs.spawn(async move {
+        let _turn = latest.1.lock().await;
+        let value = latest.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        apply(value).await;
+    });
+}
+
 use super::{now_ms, Agent};
 use crate::network::SlotClaim;
 
@@ -93,11 +110,7 @@ impl Agent {
         if routes != self.routes {
             tracing::info!(?routes, "routes to the peers' pod ranges");
             self.routes = routes.clone();
-            let latest = self.latest_routes.clone();
-            *latest.0.lock().unwrap_or_else(|e| e.into_inner()) = routes;
-            self.jobs.spawn(async move {
-                let _turn = latest.1.lock().await;
-                let routes = latest.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            apply_latest(&mut self.jobs, &self.latest_routes, routes, |routes| async move {
                 if let Err(e) = Net::host().set_peer_routes(&routes).await {
                     tracing::error!("programming the routes to the peers' pod ranges: {e}");
                 }
@@ -283,13 +296,7 @@ impl Agent {
                 "programming service rules"
             );
             self.forwarding = rules.clone();
-            let latest = self.latest_rules.clone();
-            *latest.0.lock().unwrap_or_else(|e| e.into_inner()) = rules;
-            self.jobs.spawn(async move {
-                // One change at a time, each applying the newest rules: jobs that finish
-                // out of order never leave older rules in the kernel.
-                let _turn = latest.1.lock().await;
-                let rules = latest.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            apply_latest(&mut self.jobs, &self.latest_rules, rules, |rules| async move {
                 if let Err(e) = Net::host().set_forwarding(&rules).await {
                     tracing::error!("programming the service rules: {e}");
                 }

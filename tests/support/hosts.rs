@@ -44,12 +44,12 @@ impl TestNet {
         let addr = Ipv4Addr::new(TEST_SUBNET[0], TEST_SUBNET[1], TEST_SUBNET[2], i + 10);
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         ip(&["netns", "add", &ns]);
-        let (inner, outer) = (format!("h{i}"), format!("s{}h{i}", self.tag));
-        ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer]);
-        ip(&["link", "set", &inner, "netns", &ns]);
-        ip(&["link", "set", &outer, "netns", &self.switch()]);
-        ip(&["-n", &self.switch(), "link", "set", &outer, "master", "br0", "up"]);
-        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"]);
+        // Both ends are made inside their namespaces, so parallel tests never meet on a
+        // name in the machine's own namespace.
+        let outer = format!("h{i}");
+        let sw = self.switch();
+        ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &outer, "netns", &sw]);
+        ip(&["-n", &sw, "link", "set", &outer, "master", "br0", "up"]);
         ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);

@@ -90,6 +90,7 @@ fn serve() -> Result<(), String> {
 
 fn handle(stream: TcpStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -110,11 +111,13 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
         let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (status, body) = route(&target);
         let conn = if keep_alive { "keep-alive" } else { "close" };
-        write!(
-            out,
+        // One write per answer: `write!` on a socket is a write per piece, and small
+        // pieces meet Nagle's algorithm and the client's delayed ACK (40 ms each).
+        let answer = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n{body}",
             body.len()
-        )?;
+        );
+        out.write_all(answer.as_bytes())?;
         out.flush()?;
         if !keep_alive {
             return Ok(());

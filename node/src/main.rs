@@ -17,9 +17,15 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
+    // libcontainer and libcgroups log every create at info and warn about controllers this
+    // kernel lacks; the agent's own messages say what matters. CLI commands stay quiet.
+    let default_filter = match cli.command {
+        Command::Up(_) => "info,libcgroups=error,libcontainer=error",
+        _ => "warn,libcgroups=error,libcontainer=error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -282,7 +282,12 @@ impl Agent {
         if !self.network_up {
             return;
         }
-        let table = self.service_table();
+        // Without services there is nothing to compute (host ports still are programmed).
+        let table = if self.store.services().next().is_some() {
+            self.service_table()
+        } else {
+            crate::services::ServiceTable::default()
+        };
         let records = dns_records(&table);
         if **self.dns_records.borrow() != records {
             self.dns_records.send_replace(std::sync::Arc::new(records));

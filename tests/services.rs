@@ -28,7 +28,7 @@ fn pods_on_different_test_hosts_reach_each_other_by_address() {
         return;
     }
     let mut net = TestNet::new("pnet");
-    let nodes = cluster_on(&mut net, &["pa", "pb", "pc"]);
+    let mut nodes = cluster_on(&mut net, &["pa", "pb", "pc"]);
     tests::apply(&nodes[0], "api.yaml", &tests::deployment("api", 3));
     let pods = wait_for("3 replicas with addresses on 3 hosts", Duration::from_secs(60), || {
         let pods = pods_with_ips(&nodes[0]);
@@ -38,11 +38,23 @@ fn pods_on_different_test_hosts_reach_each_other_by_address() {
     eprintln!("pods: {pods:?}");
     // From the pod on pa, every pod answers by its address, wherever it runs.
     let (_, local, _) = pods.iter().find(|p| p.0 == "pa").cloned().expect("a pod on pa");
-    for (host, name, ip) in &pods {
-        let body =
-            nodes[0].peer_ok(&["exec", &local, "--", "/peer-demo", "get", &format!("http://{ip}:8080/")]);
-        assert!(body.contains(name.as_str()), "{name} on {host} at {ip} answered {body:?}");
-    }
+    let reach_all = |node: &Node| {
+        for (host, name, ip) in &pods {
+            let url = format!("http://{ip}:8080/");
+            let body = node.peer_ok(&["exec", &local, "--", "/peer-demo", "get", &url]);
+            assert!(body.contains(name.as_str()), "{name} on {host} at {ip} answered {body:?}");
+        }
+    };
+    reach_all(&nodes[0]);
+
+    // An agent killed and started again keeps its range, its pods' addresses and the routes.
+    nodes[0].kill_agent();
+    nodes[0].start_agent();
+    let mine = pods.iter().find(|p| p.0 == "pa").cloned().expect("a pod on pa");
+    wait_for("pa's agent to adopt its pod", Duration::from_secs(30), || {
+        pods_with_ips(&nodes[0]).contains(&mine).then_some(())
+    });
+    reach_all(&nodes[0]);
 }
 
 /// Lines of `/peer-demo hammer`: (ms since start, ok, body or error).

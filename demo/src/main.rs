@@ -206,7 +206,7 @@ fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
 }
 
 /// `hammer URL COUNT INTERVAL_MS`: COUNT requests, one line each: `MS ok BODY` or
-/// `MS err WHY` (MS since the start), each with a 1 s timeout.
+/// `MS err WHY` (MS since the start), each with a 3 s timeout.
 fn hammer(args: &[&str]) -> Result<(), String> {
     let [url, count, interval] = args else { return Err("usage: hammer URL COUNT INTERVAL_MS".into()) };
     let count: u64 = count.parse().map_err(|_| format!("bad COUNT {count:?}"))?;
@@ -218,7 +218,7 @@ fn hammer(args: &[&str]) -> Result<(), String> {
             std::thread::sleep(wait);
         }
         let t = start.elapsed().as_millis();
-        match fetch(url, Duration::from_secs(1)) {
+        match fetch(url, Duration::from_secs(3)) {
             Ok(body) => println!("{t} ok {}", body.lines().next().unwrap_or_default()),
             Err(e) => println!("{t} err {e}"),
         }

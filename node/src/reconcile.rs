@@ -30,6 +30,9 @@ pub struct DesiredPod {
     pub node_name: Option<String>,
     /// An `OrderedReady` StatefulSet pod: it starts once the lower ordinals run.
     pub ordered: bool,
+    /// False for an old revision's copy a rollout keeps for now: it may stay where it
+    /// runs but is never created again.
+    pub create: bool,
 }
 
 /// What the node knows about a pod it runs (or is starting or stopping).
@@ -146,6 +149,7 @@ pub struct Plan {
 pub fn desired_pods<'a>(
     workloads: impl IntoIterator<Item = &'a Workload>,
     nodes: &[String],
+    copies: &BTreeMap<(String, String), Vec<crate::rollout::Copy>>,
 ) -> Vec<DesiredPod> {
     let mut pods = Vec::new();
     for w in workloads {
@@ -159,13 +163,22 @@ pub fn desired_pods<'a>(
             ordinal,
             node_name,
             ordered: w.key.kind == Kind::StatefulSet && w.pod_management == PodManagement::OrderedReady,
+            create: true,
         };
         match w.key.kind {
             Kind::Pod => pods.push(pod(w.key.name.clone(), 0, None)),
             Kind::Deployment => {
+                let seen = copies.get(&(w.key.namespace.clone(), w.key.name.clone()));
+                let step =
+                    crate::rollout::step(w.replicas, &w.strategy, &revision, seen.map_or(&[], Vec::as_slice));
                 pods.extend(
-                    (0..w.replicas).map(|i| pod(format!("{}-{}-{}", w.key.name, revision, i), i, None)),
+                    (0..step.new).map(|i| pod(format!("{}-{}-{}", w.key.name, revision, i), i, None)),
                 );
+                pods.extend(step.keep_old.into_iter().map(|(old, i)| DesiredPod {
+                    revision: old.clone(),
+                    create: false,
+                    ..pod(format!("{}-{}-{}", w.key.name, old, i), i, None)
+                }));
             }
             Kind::StatefulSet => {
                 pods.extend((0..w.replicas).map(|i| pod(format!("{}-{}", w.key.name, i), i, None)))
@@ -173,7 +186,6 @@ pub fn desired_pods<'a>(
             Kind::DaemonSet => {
                 pods.extend(nodes.iter().map(|n| pod(format!("{}-{}", w.key.name, n), 0, Some(n.clone()))));
             }
-            // Not a workload kind: `protocol::spec::Object` never holds such a workload.
             Kind::Service => {}
         }
     }
@@ -237,10 +249,13 @@ pub fn reconcile(desired: &[DesiredPod], observed: &BTreeMap<String, ObservedPod
 
     for (key, d) in &wanted {
         match observed.get(key) {
+            None if !d.create => {}
             None => {
-                // Recreate: a workload's new replicas start once none of another revision is left.
-                let old_left =
-                    observed.values().any(|p| p.workload == d.workload && p.revision != d.revision);
+                // A StatefulSet's or DaemonSet's pod keeps its name across revisions: its new
+                // revision starts once no pod of another revision is left on this node.
+                // (A Deployment's rollout is decided cluster-wide: `rollout::step`.)
+                let old_left = d.workload.kind != Kind::Deployment
+                    && observed.values().any(|p| p.workload == d.workload && p.revision != d.revision);
                 if !old_left {
                     plan.actions.push(Action::CreatePod(Box::new((*d).clone())));
                 }

@@ -386,7 +386,12 @@ impl Agent {
         }
         let mut ids: Vec<String> = nodes.iter().map(|n| n.id.to_owned()).collect();
         ids.sort();
-        let all = reconcile::desired_pods(self.store.workloads(), &ids);
+        let copies = crate::rollout::index_copies(
+            nodes
+                .iter()
+                .flat_map(|n| n.claims.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),
+        );
+        let all = reconcile::desired_pods(self.store.workloads(), &ids, &copies);
         let before = std::mem::take(&mut self.placement.unschedulable);
         let mut share = self.placement.decide(&me, &all, &nodes, self.cluster.quorum(), now);
         let taints = self.node.taints();

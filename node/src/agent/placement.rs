@@ -327,6 +327,7 @@ mod tests {
             ordinal: 0,
             node_name: None,
             ordered: false,
+            create: true,
         }
     }
 

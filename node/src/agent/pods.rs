@@ -15,6 +15,11 @@ use crate::reconcile::{
     self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated,
 };
 
+/// How long a service endpoint that is being deleted keeps running after its claim is
+/// withdrawn, before SIGTERM (bounded by its grace period): long enough for every node to
+/// drop it from the service's rules.
+const ENDPOINT_DRAIN: Duration = Duration::from_secs(2);
+
 /// Replaces `path` with `bytes` atomically (temp file + rename), without fsync.
 fn write_replace(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
@@ -312,7 +317,23 @@ impl Agent {
         self.spawn_start(&key, None);
     }
 
+    /// Whether a service of the pod's namespace selects it.
+    fn is_service_endpoint(&self, pod: &ObservedPod) -> bool {
+        self.store.services().any(|s| {
+            s.key.namespace == pod.namespace
+                && !s.selector.is_empty()
+                && s.selector.iter().all(|(k, v)| pod.template.labels.get(k) == Some(v))
+        })
+    }
+
     fn delete_pod(&mut self, key: &str, grace: Duration) {
+        // A service's endpoint leaves every node's rules first (its claim goes with this
+        // loop turn and spreads within a gossip round or two), then gets SIGTERM: requests
+        // already routed to it are not cut off.
+        let drain = match self.pods.get(key) {
+            Some(p) if p.ip.is_some() && self.is_service_endpoint(p) => ENDPOINT_DRAIN.min(grace),
+            _ => Duration::ZERO,
+        };
         let Some(pod) = self.pods.get_mut(key) else { return };
         pod.deleting = true;
         for c in pod.containers.values_mut() {
@@ -337,6 +358,7 @@ impl Agent {
         let tx = self.tasks.clone();
         let key = key.to_owned();
         self.jobs.spawn(async move {
+            tokio::time::sleep(drain).await;
             // Containers of a pod stop together, each with the full grace period.
             let mut stops = tokio::task::JoinSet::new();
             for id in ids.clone() {

@@ -55,7 +55,12 @@ impl Agent {
         let mut claims: BTreeMap<&str, &Claims> = BTreeMap::from([(me.as_str(), &mine)]);
         claims.extend(self.cluster.live_peers().map(|p| (p.member.node_id.as_str(), &p.claims)));
         let nodes: Vec<String> = claims.keys().map(|n| (*n).to_owned()).collect();
-        let desired = reconcile::desired_pods(self.store.workloads(), &nodes);
+        let copies = crate::rollout::index_copies(
+            claims
+                .values()
+                .flat_map(|c| c.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),
+        );
+        let desired = reconcile::desired_pods(self.store.workloads(), &nodes, &copies);
         let pods = pod_infos(&desired, &self.placement.planned, &claims);
         let services: Vec<&Service> = self.store.services().collect();
         services::table(&services, &pods, (self.cfg.net.services.addr, self.cfg.net.services.len))
@@ -128,6 +133,7 @@ mod tests {
             ordinal: 0,
             node_name: None,
             ordered: false,
+            create: true,
         }
     }
 

@@ -101,7 +101,7 @@ fn exited(pod: &mut ObservedPod, code: i32, finished_at_ms: u64, failures: u32) 
 
 #[test]
 fn creates_missing_replicas() {
-    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[]);
+    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[], &Default::default());
     check(
         &desired,
         &BTreeMap::new(),
@@ -117,7 +117,7 @@ fn creates_missing_replicas() {
 
 #[test]
 fn steady_state_does_nothing() {
-    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")], &[]);
+    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")], &[], &Default::default());
     let observed = observe(desired.iter().map(running));
     check(
         &desired,
@@ -131,9 +131,9 @@ fn steady_state_does_nothing() {
 
 #[test]
 fn scale_down_removes_highest_indices() {
-    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[]);
+    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[], &Default::default());
     let observed = observe(three.iter().map(running));
-    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[]);
+    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default());
     check(
         &one,
         &observed,
@@ -146,12 +146,18 @@ fn scale_down_removes_highest_indices() {
     );
 }
 
+/// What every node's claims would show of `pods` (all Ready).
+fn seen(pods: &[DesiredPod]) -> BTreeMap<(String, String), Vec<crate::rollout::Copy>> {
+    let keys: Vec<String> = pods.iter().map(|p| pod_key(&p.namespace, &p.name)).collect();
+    crate::rollout::index_copies(keys.iter().zip(pods).map(|(k, p)| (k.as_str(), p.revision.as_str(), true)))
+}
+
 #[test]
-fn template_change_recreates_after_old_replicas_are_gone() {
-    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")], &[]);
-    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[]);
+fn template_change_follows_the_rollout_step() {
+    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")], &[], &Default::default());
     let observed = observe(v1.iter().map(running));
-    // Old replicas stop first; no new one starts while an old one is left.
+    // Recreate: while old copies are seen, none of the new revision is wanted.
+    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[], &seen(&v1));
     check(
         &v2,
         &observed,
@@ -162,6 +168,7 @@ fn template_change_recreates_after_old_replicas_are_gone() {
             wake_at=None
         "#]],
     );
+    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[], &Default::default());
     check(
         &v2,
         &BTreeMap::new(),
@@ -172,11 +179,37 @@ fn template_change_recreates_after_old_replicas_are_gone() {
             wake_at=None
         "#]],
     );
+    // RollingUpdate with maxSurge 1, maxUnavailable 0: one new replica starts, both old
+    // ones stay (wanted, but never created again where they are gone).
+    let mut rolling = deployment("web", 2, "peer-demo:v2");
+    rolling.strategy = Strategy::RollingUpdate {
+        max_surge: protocol::spec::IntOrPercent::Int(1),
+        max_unavailable: protocol::spec::IntOrPercent::Int(0),
+    };
+    let v2 = desired_pods([&rolling], &[], &seen(&v1));
+    check(
+        &v2,
+        &observed,
+        0,
+        expect![[r#"
+            create default/web-e6fcc584b6-0
+            wake_at=None
+        "#]],
+    );
+    check(
+        &v2,
+        &BTreeMap::new(),
+        0,
+        expect![[r#"
+        create default/web-e6fcc584b6-0
+        wake_at=None
+    "#]],
+    );
 }
 
 #[test]
 fn first_restart_is_immediate_then_backs_off() {
-    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[]);
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default());
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 1_000, 0);
     check(
@@ -217,7 +250,7 @@ fn restart_policies() {
     let mut never = deployment("job", 1, "peer-demo:latest");
     never.key.kind = Kind::Pod;
     never.template.restart_policy = RestartPolicy::Never;
-    let desired = desired_pods([&never], &[]);
+    let desired = desired_pods([&never], &[], &Default::default());
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 0, 0);
     check(
@@ -232,7 +265,7 @@ fn restart_policies() {
 
     let mut on_failure = never.clone();
     on_failure.template.restart_policy = RestartPolicy::OnFailure;
-    let desired = desired_pods([&on_failure], &[]);
+    let desired = desired_pods([&on_failure], &[], &Default::default());
     let mut pod = running(&desired[0]);
     exited(&mut pod, 0, 0, 0);
     check(
@@ -258,7 +291,7 @@ fn restart_policies() {
 
 #[test]
 fn removed_workload_deletes_its_pods_once() {
-    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[]);
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default());
     let mut pod = running(&desired[0]);
     check(
         &[],
@@ -282,7 +315,7 @@ fn removed_workload_deletes_its_pods_once() {
 
 #[test]
 fn waiting_container_is_retried_when_due() {
-    let desired = desired_pods([&deployment("web", 1, "missing:v1")], &[]);
+    let desired = desired_pods([&deployment("web", 1, "missing:v1")], &[], &Default::default());
     let mut pod = running(&desired[0]);
     pod.containers.get_mut("web").expect("web").state = ContainerState::Waiting {
         reason: "ErrImageNeverPull".into(),

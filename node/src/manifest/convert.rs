@@ -19,7 +19,6 @@ use super::diagnostic::{FieldError, Note};
 use super::{container, scheduling};
 
 /// Said when a manifest asks for a rolling update, which peer does not do yet.
-const ROLLING_UPDATE_NOTE: &str = "rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate";
 
 /// What peer does instead of a StatefulSet's or DaemonSet's update strategy.
 const RECREATE_PODS: &str = "a changed template recreates every pod at once";
@@ -251,9 +250,6 @@ fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Str
                     "spec.strategy.rollingUpdate.maxUnavailable",
                     "expected a percentage of at most 100%",
                 ));
-            }
-            if s.is_some() {
-                notes.push(("spec.strategy".to_owned(), ROLLING_UPDATE_NOTE.to_owned()));
             }
             Ok(Strategy::RollingUpdate { max_surge, max_unavailable })
         }

@@ -145,7 +145,6 @@ fn seed_example() {
               },
               "pod_management": "OrderedReady"
             }
-            warning: test.yaml: document 1 (Deployment api): spec.strategy: rolling updates are not implemented by peer yet: a changed template replaces all replicas at once, as with Recreate
         "#]],
     );
 }

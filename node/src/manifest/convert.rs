@@ -18,8 +18,6 @@ use protocol::spec::{
 use super::diagnostic::{FieldError, Note};
 use super::{container, scheduling};
 
-/// Said when a manifest asks for a rolling update, which peer does not do yet.
-
 /// What peer does instead of a StatefulSet's or DaemonSet's update strategy.
 const RECREATE_PODS: &str = "a changed template recreates every pod at once";
 
@@ -36,7 +34,7 @@ pub(crate) fn deployment(d: &Deployment, notes: &mut Vec<Note>) -> Result<Worklo
     let replicas = replicas(spec.replicas)?;
     let (selector, template) = selector_and_template(&key, &spec.selector, &spec.template, notes)?;
     Ok(Workload {
-        strategy: strategy(spec.strategy.as_ref(), notes)?,
+        strategy: strategy(spec.strategy.as_ref())?,
         pod_management: PodManagement::default(),
         labels: d.metadata.labels.clone().unwrap_or_default(),
         key,
@@ -214,7 +212,7 @@ fn selector_and_template(
     Ok((selector, template))
 }
 
-fn strategy(s: Option<&DeploymentStrategy>, notes: &mut Vec<Note>) -> Result<Strategy, FieldError> {
+fn strategy(s: Option<&DeploymentStrategy>) -> Result<Strategy, FieldError> {
     let type_ = s.and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate");
     let rolling = s.and_then(|s| s.rolling_update.as_ref());
     match type_ {

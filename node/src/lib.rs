@@ -14,7 +14,6 @@ pub mod network;
 pub mod nodecfg;
 pub mod probe;
 pub mod reconcile;
-pub mod rollout;
 pub mod server;
 pub mod services;
 pub mod status;

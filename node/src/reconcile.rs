@@ -149,7 +149,7 @@ pub struct Plan {
 pub fn desired_pods<'a>(
     workloads: impl IntoIterator<Item = &'a Workload>,
     nodes: &[String],
-    copies: &BTreeMap<(String, String), Vec<crate::rollout::Copy>>,
+    copies: &BTreeMap<(String, String), Vec<protocol::rollout::Copy>>,
 ) -> Vec<DesiredPod> {
     let mut pods = Vec::new();
     for w in workloads {
@@ -169,8 +169,12 @@ pub fn desired_pods<'a>(
             Kind::Pod => pods.push(pod(w.key.name.clone(), 0, None)),
             Kind::Deployment => {
                 let seen = copies.get(&(w.key.namespace.clone(), w.key.name.clone()));
-                let step =
-                    crate::rollout::step(w.replicas, &w.strategy, &revision, seen.map_or(&[], Vec::as_slice));
+                let step = protocol::rollout::step(
+                    w.replicas,
+                    &w.strategy,
+                    &revision,
+                    seen.map_or(&[], Vec::as_slice),
+                );
                 pods.extend(
                     (0..step.new).map(|i| pod(format!("{}-{}-{}", w.key.name, revision, i), i, None)),
                 );

@@ -13,6 +13,7 @@ pub mod members;
 pub mod membership;
 pub mod placement;
 pub mod replicate;
+pub mod rollout;
 pub mod spec;
 pub mod sync;
 pub mod tls;

@@ -386,7 +386,7 @@ impl Agent {
         }
         let mut ids: Vec<String> = nodes.iter().map(|n| n.id.to_owned()).collect();
         ids.sort();
-        let copies = crate::rollout::index_copies(
+        let copies = protocol::rollout::index_copies(
             nodes
                 .iter()
                 .flat_map(|n| n.claims.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),

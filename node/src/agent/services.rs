@@ -55,7 +55,7 @@ impl Agent {
         let mut claims: BTreeMap<&str, &Claims> = BTreeMap::from([(me.as_str(), &mine)]);
         claims.extend(self.cluster.live_peers().map(|p| (p.member.node_id.as_str(), &p.claims)));
         let nodes: Vec<String> = claims.keys().map(|n| (*n).to_owned()).collect();
-        let copies = crate::rollout::index_copies(
+        let copies = protocol::rollout::index_copies(
             claims
                 .values()
                 .flat_map(|c| c.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),

@@ -147,9 +147,11 @@ fn scale_down_removes_highest_indices() {
 }
 
 /// What every node's claims would show of `pods` (all Ready).
-fn seen(pods: &[DesiredPod]) -> BTreeMap<(String, String), Vec<crate::rollout::Copy>> {
+fn seen(pods: &[DesiredPod]) -> BTreeMap<(String, String), Vec<protocol::rollout::Copy>> {
     let keys: Vec<String> = pods.iter().map(|p| pod_key(&p.namespace, &p.name)).collect();
-    crate::rollout::index_copies(keys.iter().zip(pods).map(|(k, p)| (k.as_str(), p.revision.as_str(), true)))
+    protocol::rollout::index_copies(
+        keys.iter().zip(pods).map(|(k, p)| (k.as_str(), p.revision.as_str(), true)),
+    )
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Rollout steps with plain values, and whole rollouts driven step by step.
 
-use protocol::spec::{IntOrPercent, Strategy};
+use crate::spec::{IntOrPercent, Strategy};
 
 use super::*;
 

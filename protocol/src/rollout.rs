@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use protocol::spec::{IntOrPercent, Strategy};
+use crate::spec::{IntOrPercent, Strategy};
 
 /// One copy of a replica as the claims show it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ fn spec(version: &str, surge: u32, unavailable: u32) -> String {
 kind: Deployment
 metadata: {{name: web}}
 spec:
-  replicas: 4
+  replicas: 10
   selector: {{matchLabels: {{app: web}}}}
   strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}}}
   template:
@@ -24,7 +24,7 @@ spec:
         nodeAffinity:
           requiredDuringSchedulingIgnoredDuringExecution:
             nodeSelectorTerms:
-              - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [rb, rc]}}]
+              - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [rb, rc, rd, re]}}]
       containers:
         - name: web
           image: peer-demo:latest
@@ -67,14 +67,14 @@ fn count(rows: &[Value]) -> (usize, usize, Vec<String>) {
 
 fn roll(surge: u32, unavailable: u32) {
     let mut net = TestNet::new("roll");
-    let nodes = cluster_on(&mut net, &["ra", "rb", "rc"]);
+    let nodes = cluster_on(&mut net, &["ra", "rb", "rc", "rd", "re"]);
     let a = &nodes[0];
     tests::apply(a, "web.yaml", &spec("v1", surge, unavailable));
-    let v1 = wait_for("4 ready v1 replicas and the client", Duration::from_secs(90), || {
+    let v1 = wait_for("10 ready v1 replicas and the client", Duration::from_secs(120), || {
         let rows = a.all_pods();
         let (ready, total, revs) = count(&rows);
         let client = rows.iter().any(|p| p["name"] == "client" && p["ready"] == "1/1");
-        (ready == 4 && total == 4 && client).then(|| revs[0].clone())
+        (ready == N && total == N && client).then(|| revs[0].clone())
     });
     wait_for("the service to answer", Duration::from_secs(20), || {
         a.peer(&["exec", "client", "--", "/peer-demo", "get", "http://web/"]).status.success().then_some(())
@@ -88,7 +88,7 @@ fn roll(surge: u32, unavailable: u32) {
                 .arg(format!("--net=/run/netns/{netns}"))
                 .arg("--")
                 .arg(tests::peer_bin())
-                .args(["exec", "client", "--", "/peer-demo", "hammer", "http://web/", "600", "50"])
+                .args(["exec", "client", "--", "/peer-demo", "hammer", "http://web/", "900", "50"])
                 .env("PEER_DATA_DIR", data)
                 .output()
                 .expect("running the load");
@@ -104,12 +104,12 @@ fn roll(surge: u32, unavailable: u32) {
         samples += 1;
         min_ready = min_ready.min(ready);
         max_total = max_total.max(total);
-        assert!(ready + unavailable as usize >= 4, "only {ready} ready replicas during the rollout");
-        assert!(total <= 4 + surge as usize, "{total} replicas during the rollout");
-        if ready == 4 && total == 4 && revs.iter().all(|r| *r != v1) {
+        assert!(ready + unavailable as usize >= N, "only {ready} ready replicas during the rollout");
+        assert!(total <= N + surge as usize, "{total} replicas during the rollout");
+        if ready == N && total == N && revs.iter().all(|r| *r != v1) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "the rollout did not finish");
+        assert!(started.elapsed() < Duration::from_secs(120), "the rollout did not finish");
         std::thread::sleep(Duration::from_millis(50));
     }
     let took = started.elapsed();
@@ -121,9 +121,21 @@ fn roll(surge: u32, unavailable: u32) {
         failed.len()
     );
     assert!(samples as f64 >= took.as_secs_f64() * 10.0 * 0.5, "sampled too rarely");
-    assert!(lines.lines().count() >= 500, "the load stopped early: {lines}");
+    assert!(lines.lines().count() >= 800, "the load stopped early: {lines}");
     assert!(failed.is_empty(), "failed requests during the rollout: {failed:?}");
+    let status = a.peer_ok(&["rollout", "status", "deployment/web", "--no-wait"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+
+    // Scaling keeps the revision: two more replicas, all of it Ready.
+    a.peer_ok(&["scale", "deployment/web", "--replicas", "12"]);
+    wait_for("12 ready replicas of the new revision", Duration::from_secs(60), || {
+        let (ready, total, revs) = count(&a.all_pods());
+        (ready == 12 && total == 12 && revs.iter().all(|r| *r != v1)).then_some(())
+    });
 }
+
+/// Replicas of the Deployment under test.
+const N: usize = 10;
 
 #[test]
 fn a_rolling_update_with_surge_loses_no_request() {

@@ -56,6 +56,18 @@ pub enum Request {
     DeleteFiles {
         files: Vec<(String, String)>,
     },
+    /// `peer scale KIND/NAME --replicas N`.
+    Scale {
+        kind: String,
+        namespace: String,
+        name: String,
+        replicas: u32,
+    },
+    /// Where a Deployment's rollout stands (`peer rollout status`).
+    RolloutStatus {
+        namespace: String,
+        name: String,
+    },
     /// `peer delete KIND NAME`.
     Delete {
         kind: String,
@@ -103,6 +115,7 @@ impl Request {
             Request::Apply { .. }
                 | Request::DeleteFiles { .. }
                 | Request::Delete { .. }
+                | Request::Scale { .. }
                 | Request::Label { .. }
                 | Request::Taint { .. }
                 | Request::Cordon { .. }

@@ -78,6 +78,29 @@ pub enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Set a Deployment's or StatefulSet's replica count: `peer scale deployment/web --replicas 5`.
+    Scale {
+        /// `deployment/NAME` or `statefulset/NAME` (or `KIND NAME`).
+        target: String,
+        name: Option<String>,
+        #[arg(long)]
+        replicas: u32,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Follow a Deployment's rollout: `peer rollout status deployment/web`.
+    Rollout {
+        /// `status`.
+        action: String,
+        /// `deployment/NAME` (or `deployment NAME`).
+        target: String,
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Print the state once instead of waiting for the rollout to finish.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Run a command in a running container.
     Exec {
         pod: String,

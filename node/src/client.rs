@@ -333,3 +333,42 @@ pub fn exec(client: &Client, req: Request, command: &[String]) -> anyhow::Result
     runtime::exec(&target.runtime_root, &target.container_id, command, tty)
         .with_context(|| format!("exec in container {}", target.container_id))
 }
+
+/// `peer rollout status`: prints where the rollout stands, as kubectl does, and with `wait`
+/// follows it until it is done. Returns the exit code.
+pub fn rollout_status(client: &Client, namespace: &str, name: &str, wait: bool) -> anyhow::Result<u8> {
+    let mut last = String::new();
+    loop {
+        let req = Request::RolloutStatus { namespace: namespace.to_owned(), name: name.to_owned() };
+        let data = client.call(&req)?;
+        let n = |k: &str| data[k].as_u64().unwrap_or(0);
+        let line = if data["done"] == true {
+            format!("deployment {name:?} successfully rolled out")
+        } else if n("updated") < n("replicas") {
+            format!(
+                "Waiting for deployment {name:?} rollout to finish: {} out of {} new replicas have been updated...",
+                n("updated"),
+                n("replicas")
+            )
+        } else if n("old") > 0 {
+            format!("Waiting for deployment {name:?} rollout to finish: {} old replicas are pending termination...", n("old"))
+        } else {
+            format!(
+                "Waiting for deployment {name:?} rollout to finish: {} of {} updated replicas are available...",
+                n("updatedReady"),
+                n("replicas")
+            )
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if data["done"] == true {
+            return Ok(0);
+        }
+        if !wait {
+            return Ok(1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -104,6 +104,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let data = client.call(&Request::Apply { files })?;
             client::report_write(&data, "applied")?;
         }
+        Command::Scale { target, name, replicas, namespace } => {
+            let (kind, name) = split_target(&target, name)?;
+            let data = client.call(&Request::Scale { kind, namespace, name, replicas })?;
+            client::report_write(&data, "scaled")?;
+        }
+        Command::Rollout { action, target, name, namespace, no_wait } => {
+            if action != "status" {
+                bail!("peer rollout supports status (got {action:?}); history, undo, pause and resume are not built yet");
+            }
+            let (kind, name) = split_target(&target, name)?;
+            if !matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
+                bail!("peer rollout status follows deployments (got {kind:?})");
+            }
+            return client::rollout_status(&client, &namespace, &name, !no_wait);
+        }
         Command::Delete { files, kind, name, namespace } => {
             let req = match (files.is_empty(), kind, name) {
                 (false, None, None) => Request::DeleteFiles { files: client::read_files(&files)? },
@@ -220,4 +235,15 @@ fn resolve(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("resolving {addr:?} (expected host:port)"))?
         .next()
         .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+/// `deployment/web` or (`deployment`, `web`) as kubectl takes them.
+fn split_target(target: &str, name: Option<String>) -> anyhow::Result<(String, String)> {
+    match (target.split_once('/'), name) {
+        (Some((kind, name)), None) if !kind.is_empty() && !name.is_empty() => {
+            Ok((kind.to_owned(), name.to_owned()))
+        }
+        (None, Some(name)) => Ok((target.to_owned(), name)),
+        _ => bail!("expected KIND/NAME (such as deployment/web) or KIND NAME, got {target:?}"),
+    }
 }

@@ -14,6 +14,7 @@ mod placement;
 mod pods;
 mod probes;
 mod queries;
+mod rollouts;
 mod services;
 
 use std::collections::BTreeMap;

@@ -200,6 +200,10 @@ impl Agent {
         match req {
             Request::GetPods => ok(self.pod_rows(now)),
             Request::GetWorkloads { kind } => ok(self.workload_rows(kind)),
+            Request::Scale { kind, namespace, name, replicas } => {
+                self.scale(&kind, namespace, name, replicas)
+            }
+            Request::RolloutStatus { namespace, name } => self.rollout_status(namespace, name),
             Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
             Request::DescribeService { namespace, name } => self.describe_service(namespace, name),
             Request::DescribePod { namespace, name } => {

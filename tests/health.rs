@@ -160,3 +160,44 @@ fn readiness_flips_without_a_restart_and_another_node_sees_it() {
     wait_for("a to see web ready again", Duration::from_secs(10), || ready_on(a, &pod)?.then_some(()));
     assert_eq!(restarts(b, &pod), 0);
 }
+
+#[test]
+fn pre_stop_hooks_run_before_the_container_is_stopped() {
+    if !require_root("pre_stop_hooks_run_before_the_container_is_stopped") {
+        return;
+    }
+    let node = Node::start("health-hook");
+    let sleepy = "      lifecycle: {preStop: {sleep: {seconds: 3}}}\n";
+    let failing = "      lifecycle: {preStop: {exec: {command: [/peer-demo, exit, \"3\"]}}}\n";
+    node.write_spec(
+        "sleepy.yaml",
+        &pod("sleepy", sleepy)
+            .replace("terminationGracePeriodSeconds: 1", "terminationGracePeriodSeconds: 10"),
+    );
+    node.write_spec("failing.yaml", &pod("failing", failing));
+    for name in ["sleepy", "failing"] {
+        wait_for(&format!("{name} to run"), Duration::from_secs(30), || ready_on(&node, name)?.then_some(()));
+    }
+    let pid = container(&node.describe("sleepy"))["state"]["running"]["pid"].as_i64().expect("a pid");
+    node.remove_spec("sleepy.yaml");
+    let deleted = Instant::now();
+    // The 3 s preStop sleep runs first: the container is still alive meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the container was stopped before its preStop hook ended"
+    );
+    wait_for("sleepy to be gone", Duration::from_secs(20), || {
+        node.pods().iter().all(|p| p["name"] != "sleepy").then_some(())
+    });
+    let took = deleted.elapsed();
+    assert!(took >= Duration::from_secs(3), "sleepy was gone after {took:?}, before its 3 s preStop sleep");
+
+    // A failing hook is reported, and the container is stopped all the same.
+    node.remove_spec("failing.yaml");
+    wait_for("failing to be gone", Duration::from_secs(20), || {
+        node.pods().iter().all(|p| p["name"] != "failing").then_some(())
+    });
+    let events = node.peer_ok(&["get", "events", "-o", "json"]);
+    assert!(events.contains("FailedPreStopHook") && events.contains("exited with code 3"), "{events}");
+}

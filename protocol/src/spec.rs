@@ -159,6 +159,18 @@ pub struct Container {
     /// Kubernetes' `livenessProbe`, `readinessProbe` and `startupProbe`.
     #[serde(default)]
     pub probes: Probes,
+    /// Kubernetes' `lifecycle.preStop`: runs before the container gets SIGTERM.
+    #[serde(default)]
+    pub pre_stop: Option<Hook>,
+}
+
+/// A lifecycle hook's handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hook {
+    /// `exec`, `httpGet` or `tcpSocket`, as a probe runs them.
+    Action(ProbeAction),
+    /// `sleep.seconds`.
+    Sleep(u32),
 }
 
 /// A container's probes; `None` where the manifest gives none.

@@ -35,6 +35,7 @@ pub fn workload(i: u8, variant: u32) -> Workload {
                 ports: vec![],
                 resources: Resources::default(),
                 probes: Default::default(),
+                pre_stop: None,
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,

@@ -294,6 +294,7 @@ fn workload(name: &str, replicas: u32) -> Workload {
                 ports: vec![],
                 resources: Resources::default(),
                 probes: Default::default(),
+                pre_stop: None,
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,

@@ -48,6 +48,11 @@ pub enum TaskResult {
     PodRemoved {
         pod: String,
     },
+    /// A container's preStop hook failed (it was stopped all the same).
+    HookFailed {
+        pod: String,
+        message: String,
+    },
     /// A probe worker's report about the container instance `pid`.
     Probe {
         pod: String,
@@ -334,8 +339,24 @@ impl Agent {
             Some(p) if p.ip.is_some() && self.is_service_endpoint(p) => ENDPOINT_DRAIN.min(grace),
             _ => Duration::ZERO,
         };
+        let netns = self
+            .pods
+            .get(key)
+            .filter(|p| !p.template.host_network)
+            .map(|p| self.runtime.pod_netns_path(&sandbox_id(&p.namespace, &p.name)));
         let Some(pod) = self.pods.get_mut(key) else { return };
         pod.deleting = true;
+        // preStop hooks of the containers that run (none when killed at once).
+        let hooks: BTreeMap<String, protocol::spec::Hook> = pod
+            .template
+            .containers
+            .iter()
+            .filter(|_| !grace.is_zero())
+            .filter(|c| {
+                pod.containers.get(&c.name).is_some_and(|o| matches!(o.state, ContainerState::Running { .. }))
+            })
+            .filter_map(|c| Some((container_id(&pod.namespace, &pod.name, &c.name), c.pre_stop.clone()?)))
+            .collect();
         for c in pod.containers.values_mut() {
             if matches!(c.state, ContainerState::Running { .. } | ContainerState::Creating) {
                 c.set_state(ContainerState::Stopping);
@@ -359,12 +380,21 @@ impl Agent {
         let key = key.to_owned();
         self.jobs.spawn(async move {
             tokio::time::sleep(drain).await;
-            // Containers of a pod stop together, each with the full grace period.
+            // Containers of a pod stop together, each within the full grace period: its
+            // preStop hook first, then SIGTERM, then SIGKILL when the grace is over.
             let mut stops = tokio::task::JoinSet::new();
             for id in ids.clone() {
-                let rt = rt.clone();
+                let (rt, hook, netns, tx, key) =
+                    (rt.clone(), hooks.get(&id).cloned(), netns.clone(), tx.clone(), key.clone());
                 stops.spawn(async move {
-                    if let Err(e) = rt.stop_container(&id, grace).await {
+                    let started = tokio::time::Instant::now();
+                    if let Some(hook) = hook {
+                        if let Err(message) = super::probes::run_hook(&rt, &id, netns, &hook, grace).await {
+                            let _ = tx.send(TaskResult::HookFailed { pod: key, message });
+                        }
+                    }
+                    let left = grace.saturating_sub(started.elapsed());
+                    if let Err(e) = rt.stop_container(&id, left).await {
                         tracing::warn!(container = %id, "stopping: {e}");
                     }
                 });
@@ -442,6 +472,10 @@ impl Agent {
                 tracing::warn!(pod = %pod, container = %container, "{reason}: {message}");
                 self.events.warning(&format!("pod/{}", p.name), &reason, &message);
                 self.persist(&pod);
+            }
+            TaskResult::HookFailed { pod, message } => {
+                tracing::warn!(%pod, "FailedPreStopHook: {message}");
+                self.events.warning(&super::pod_object(&pod), "FailedPreStopHook", &message);
             }
             TaskResult::Probe { pod, container, pid, report } => {
                 self.handle_probe(&pod, &container, pid, report)

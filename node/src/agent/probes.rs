@@ -155,6 +155,29 @@ impl RuntimeChecker {
     }
 }
 
+/// Runs a container's preStop hook, bounded by `timeout`: an exec or a request as a probe
+/// makes them, or a sleep. An error says why the hook failed.
+pub(super) async fn run_hook(
+    runtime: &Arc<Runtime>,
+    id: &str,
+    netns: Option<PathBuf>,
+    hook: &protocol::spec::Hook,
+    timeout: Duration,
+) -> Result<(), String> {
+    let action = match hook {
+        protocol::spec::Hook::Sleep(secs) => {
+            tokio::time::sleep(Duration::from_secs(u64::from(*secs)).min(timeout)).await;
+            return Ok(());
+        }
+        protocol::spec::Hook::Action(action) => action,
+    };
+    let checker = RuntimeChecker { runtime: runtime.clone(), id: id.to_owned(), netns };
+    match probe::Checker::check(&checker, action, timeout.max(Duration::from_secs(1))).await {
+        Outcome::Success => Ok(()),
+        Outcome::Failure(why) => Err(format!("preStop hook of container {id} failed: {why}")),
+    }
+}
+
 impl Agent {
     /// Starts the probes of a running container (just started, or adopted). A container
     /// without probes is started and ready at once.

@@ -124,6 +124,7 @@ mod tests {
                     }],
                     resources: Resources::default(),
                     probes: Default::default(),
+                    pre_stop: None,
                 }],
                 restart_policy: RestartPolicy::Always,
                 termination_grace_period_seconds: 30,

@@ -55,6 +55,7 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
     };
     let ports = ports(path, c.ports.as_deref().unwrap_or_default())?;
     let probes = super::probe::probes(path, c, &ports, notes)?;
+    let pre_stop = super::probe::pre_stop(path, c, &ports, notes)?;
     Ok(Container {
         name: c.name.clone(),
         image,
@@ -65,6 +66,7 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
         ports,
         resources: resources(&format!("{path}.resources"), c.resources.as_ref(), notes)?,
         probes,
+        pre_stop,
     })
 }
 

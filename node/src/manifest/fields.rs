@@ -153,6 +153,8 @@ const POD_SPEC: &[(&str, Rule)] = &[
     ("containers[].livenessProbe", Rule::Walk),
     ("containers[].readinessProbe", Rule::Walk),
     ("containers[].startupProbe", Rule::Walk),
+    ("containers[].lifecycle", Rule::Walk),
+    ("containers[].lifecycle.preStop", Rule::Walk),
     ("restartPolicy", Rule::Use),
     ("terminationGracePeriodSeconds", Rule::Use),
     ("hostNetwork", Rule::Use),
@@ -241,11 +243,29 @@ const PROBE: &[(&str, Rule)] = &[
     ("terminationGracePeriodSeconds", Rule::Use),
 ];
 
+/// A lifecycle hook's fields (`lifecycle.preStop`).
+const HOOK: &[(&str, Rule)] = &[
+    ("exec", Rule::Walk),
+    ("exec.command", Rule::Use),
+    ("httpGet", Rule::Walk),
+    ("httpGet.path", Rule::Use),
+    ("httpGet.port", Rule::Use),
+    ("httpGet.host", Rule::Use),
+    ("httpGet.scheme", Rule::Use),
+    ("httpGet.httpHeaders", Rule::Use),
+    ("tcpSocket", Rule::Walk),
+    ("tcpSocket.port", Rule::Use),
+    ("tcpSocket.host", Rule::Use),
+    ("sleep", Rule::Walk),
+    ("sleep.seconds", Rule::Use),
+];
+
 /// Tables used at several places of the pod spec: (pattern of the place, table).
 const NESTED: &[(&str, &[(&str, Rule)])] = &[
     ("containers[].livenessProbe", PROBE),
     ("containers[].readinessProbe", PROBE),
     ("containers[].startupProbe", PROBE),
+    ("containers[].lifecycle.preStop", HOOK),
     (
         "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[]",
         NODE_SELECTOR_TERM,

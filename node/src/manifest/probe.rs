@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use protocol::spec::{ContainerPort, Probe, ProbeAction, Probes};
+use protocol::spec::{ContainerPort, Hook, Probe, ProbeAction, Probes};
 
 use super::diagnostic::{index, FieldError, Note};
 
@@ -176,4 +176,36 @@ fn port(path: &str, port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, 
             )
         }
     }
+}
+
+/// The container's `lifecycle.preStop` hook: `exec`, `httpGet`, `tcpSocket` or `sleep`.
+pub(crate) fn pre_stop(
+    path: &str,
+    c: &core::Container,
+    ports: &[ContainerPort],
+    notes: &mut Vec<Note>,
+) -> Result<Option<Hook>, FieldError> {
+    let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else { return Ok(None) };
+    let path = format!("{path}.lifecycle.preStop");
+    let handlers = [h.exec.is_some(), h.http_get.is_some(), h.tcp_socket.is_some(), h.sleep.is_some()];
+    if handlers.iter().filter(|h| **h).count() != 1 {
+        return Err(FieldError::new(path, "expected exactly one of exec, httpGet, tcpSocket or sleep"));
+    }
+    if let Some(sleep) = &h.sleep {
+        let seconds = u32::try_from(sleep.seconds).map_err(|_| {
+            FieldError::new(
+                format!("{path}.sleep.seconds"),
+                format!("expected a non-negative number of seconds, got {}", sleep.seconds),
+            )
+        })?;
+        return Ok(Some(Hook::Sleep(seconds)));
+    }
+    // The same handlers as a probe's, checked the same way.
+    let as_probe = core::Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        ..core::Probe::default()
+    };
+    Ok(probe(&path, "preStop", &as_probe, ports, notes)?.map(|p| Hook::Action(p.action)))
 }

@@ -128,7 +128,8 @@ fn seed_example() {
                       "liveness": null,
                       "readiness": null,
                       "startup": null
-                    }
+                    },
+                    "pre_stop": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -259,7 +260,8 @@ spec:
                       "liveness": null,
                       "readiness": null,
                       "startup": null
-                    }
+                    },
+                    "pre_stop": null
                   },
                   {
                     "name": "sidecar",
@@ -283,7 +285,8 @@ spec:
                       "liveness": null,
                       "readiness": null,
                       "startup": null
-                    }
+                    },
+                    "pre_stop": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -361,7 +364,8 @@ spec:
                       "liveness": null,
                       "readiness": null,
                       "startup": null
-                    }
+                    },
+                    "pre_stop": null
                   }
                 ],
                 "restart_policy": "OnFailure",
@@ -1070,7 +1074,8 @@ spec:
                       "liveness": null,
                       "readiness": null,
                       "startup": null
-                    }
+                    },
+                    "pre_stop": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -1184,7 +1189,8 @@ spec:
                       "liveness": null,
                       "readiness": null,
                       "startup": null
-                    }
+                    },
+                    "pre_stop": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -1400,4 +1406,43 @@ spec:
             error: test.yaml: document 5 (Pod e): spec.containers[0].readinessProbe.exec.command: required field is missing, expected a command such as [cat, /tmp/healthy]
         "#]],
     );
+}
+
+#[test]
+fn pre_stop_hooks_are_converted() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+    - name: a
+      image: x
+      ports: [{name: http, containerPort: 8080}]
+      lifecycle: {preStop: {httpGet: {path: /drain, port: http}}}
+    - name: b
+      image: x
+      lifecycle: {preStop: {sleep: {seconds: 5}}, postStart: {exec: {command: ["true"]}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad}
+spec:
+  containers: [{name: a, image: x, lifecycle: {preStop: {sleep: {seconds: 1}, exec: {command: ["true"]}}}}]
+"#;
+    let result = parse_file("test.yaml", yaml);
+    let hooks: Vec<String> = result
+        .workloads()
+        .flat_map(|w| w.template.containers.iter().map(|c| format!("{:?}", c.pre_stop)).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(
+        hooks,
+        [r#"Some(Action(HttpGet { path: "/drain", port: 8080, headers: [] }))"#, "Some(Sleep(5))"]
+    );
+    let mut out = String::new();
+    render_messages(&result, &mut out);
+    expect![[r#"
+        warning: test.yaml: document 1 (Pod web): spec.containers[1].lifecycle.postStart: not implemented by peer yet, ignored
+        error: test.yaml: document 2 (Pod bad): spec.containers[0].lifecycle.preStop: expected exactly one of exec, httpGet, tcpSocket or sleep
+    "#]].assert_eq(&out);
 }

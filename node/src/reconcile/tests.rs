@@ -20,6 +20,7 @@ fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
             ports: vec![],
             resources: Resources::default(),
             probes: Default::default(),
+            pre_stop: None,
         }],
         restart_policy: policy,
         termination_grace_period_seconds: 30,
@@ -107,9 +108,9 @@ fn creates_missing_replicas() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-            create default/web-77feaa21db-0
-            create default/web-77feaa21db-1
-            create default/web-77feaa21db-2
+            create default/web-a30497eb60-0
+            create default/web-a30497eb60-1
+            create default/web-a30497eb60-2
             wake_at=None
         "#]],
     );
@@ -139,8 +140,8 @@ fn scale_down_removes_highest_indices() {
         &observed,
         0,
         expect![[r#"
-            delete default/web-77feaa21db-1 grace=30s
-            delete default/web-77feaa21db-2 grace=30s
+            delete default/web-a30497eb60-1 grace=30s
+            delete default/web-a30497eb60-2 grace=30s
             wake_at=None
         "#]],
     );
@@ -165,8 +166,8 @@ fn template_change_follows_the_rollout_step() {
         &observed,
         0,
         expect![[r#"
-            delete default/web-9541603f15-0 grace=30s
-            delete default/web-9541603f15-1 grace=30s
+            delete default/web-22837cb63a-0 grace=30s
+            delete default/web-22837cb63a-1 grace=30s
             wake_at=None
         "#]],
     );
@@ -176,8 +177,8 @@ fn template_change_follows_the_rollout_step() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-            create default/web-e6fcc584b6-0
-            create default/web-e6fcc584b6-1
+            create default/web-ae50b0b9c1-0
+            create default/web-ae50b0b9c1-1
             wake_at=None
         "#]],
     );
@@ -194,7 +195,7 @@ fn template_change_follows_the_rollout_step() {
         &observed,
         0,
         expect![[r#"
-            create default/web-e6fcc584b6-0
+            create default/web-ae50b0b9c1-0
             wake_at=None
         "#]],
     );
@@ -203,9 +204,9 @@ fn template_change_follows_the_rollout_step() {
         &BTreeMap::new(),
         0,
         expect![[r#"
-        create default/web-e6fcc584b6-0
-        wake_at=None
-    "#]],
+            create default/web-ae50b0b9c1-0
+            wake_at=None
+        "#]],
     );
 }
 
@@ -219,7 +220,7 @@ fn first_restart_is_immediate_then_backs_off() {
         &observe([pod.clone()]),
         1_000,
         expect![[r#"
-            start default/web-77feaa21db-0 web
+            start default/web-a30497eb60-0 web
             wake_at=None
         "#]],
     );
@@ -238,7 +239,7 @@ fn first_restart_is_immediate_then_backs_off() {
         &observe([pod.clone()]),
         12_000,
         expect![[r#"
-            start default/web-77feaa21db-0 web
+            start default/web-a30497eb60-0 web
             wake_at=None
         "#]],
     );
@@ -300,7 +301,7 @@ fn removed_workload_deletes_its_pods_once() {
         &observe([pod.clone()]),
         0,
         expect![[r#"
-            delete default/web-77feaa21db-0 grace=30s
+            delete default/web-a30497eb60-0 grace=30s
             wake_at=None
         "#]],
     );
@@ -337,7 +338,7 @@ fn waiting_container_is_retried_when_due() {
         &observe([pod]),
         10_000,
         expect![[r#"
-            start default/web-b051cddd6d-0 web
+            start default/web-33f5a7c4c2-0 web
             wake_at=None
         "#]],
     );

@@ -72,6 +72,7 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
             limits: ResourceList::default(),
         },
         probes: Default::default(),
+        pre_stop: None,
     };
     let mut scheduling = Scheduling {
         anti_affinity_by_hostname: w % 5 == 0,

@@ -221,8 +221,8 @@ const POD_AFFINITY_TERM: &[(&str, Rule)] = &[
     ("mismatchLabelKeys", Rule::Use),
 ];
 
-/// A probe's fields, relative to each of the container's three probes.
-const PROBE: &[(&str, Rule)] = &[
+/// What a probe or a lifecycle hook does (relative to the probe or hook).
+const HANDLER: &[(&str, Rule)] = &[
     ("exec", Rule::Walk),
     ("exec.command", Rule::Use),
     ("httpGet", Rule::Walk),
@@ -234,6 +234,10 @@ const PROBE: &[(&str, Rule)] = &[
     ("tcpSocket", Rule::Walk),
     ("tcpSocket.port", Rule::Use),
     ("tcpSocket.host", Rule::Use),
+];
+
+/// A probe's other fields, relative to each of the container's three probes.
+const PROBE: &[(&str, Rule)] = &[
     ("grpc", Rule::Use),
     ("initialDelaySeconds", Rule::Use),
     ("periodSeconds", Rule::Use),
@@ -243,28 +247,19 @@ const PROBE: &[(&str, Rule)] = &[
     ("terminationGracePeriodSeconds", Rule::Use),
 ];
 
-/// A lifecycle hook's fields (`lifecycle.preStop`).
-const HOOK: &[(&str, Rule)] = &[
-    ("exec", Rule::Walk),
-    ("exec.command", Rule::Use),
-    ("httpGet", Rule::Walk),
-    ("httpGet.path", Rule::Use),
-    ("httpGet.port", Rule::Use),
-    ("httpGet.host", Rule::Use),
-    ("httpGet.scheme", Rule::Use),
-    ("httpGet.httpHeaders", Rule::Use),
-    ("tcpSocket", Rule::Walk),
-    ("tcpSocket.port", Rule::Use),
-    ("tcpSocket.host", Rule::Use),
-    ("sleep", Rule::Walk),
-    ("sleep.seconds", Rule::Use),
-];
+/// A lifecycle hook's other fields (`lifecycle.preStop`).
+const HOOK: &[(&str, Rule)] = &[("sleep", Rule::Walk), ("sleep.seconds", Rule::Use)];
 
-/// Tables used at several places of the pod spec: (pattern of the place, table).
+/// Tables used at several places of the pod spec: (pattern of the place, table); a place
+/// may have several tables.
 const NESTED: &[(&str, &[(&str, Rule)])] = &[
+    ("containers[].livenessProbe", HANDLER),
     ("containers[].livenessProbe", PROBE),
+    ("containers[].readinessProbe", HANDLER),
     ("containers[].readinessProbe", PROBE),
+    ("containers[].startupProbe", HANDLER),
     ("containers[].startupProbe", PROBE),
+    ("containers[].lifecycle.preStop", HANDLER),
     ("containers[].lifecycle.preStop", HOOK),
     (
         "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[]",

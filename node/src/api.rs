@@ -99,6 +99,11 @@ pub enum Request {
         name: Option<String>,
         cordoned: bool,
     },
+    /// `peer drain`: cordon this node and evict its pods within disruption budgets;
+    /// `name` must be this node's if given.
+    Drain {
+        name: Option<String>,
+    },
     /// Leave the cluster gracefully and stop the agent.
     Leave,
     /// Test hook (only with `PEER_TEST_HOOKS=1`): drop all traffic with these addresses.
@@ -119,6 +124,7 @@ impl Request {
                 | Request::Label { .. }
                 | Request::Taint { .. }
                 | Request::Cordon { .. }
+                | Request::Drain { .. }
         )
     }
 }

@@ -153,6 +153,14 @@ pub enum Command {
     },
     /// Mark this node schedulable again.
     Uncordon { name: Option<String> },
+    /// Cordon this node and evict its pods (DaemonSets stay), within PodDisruptionBudgets;
+    /// waits until none is left. `peer uncordon` ends it.
+    Drain {
+        name: Option<String>,
+        /// Return at once instead of waiting for the pods to leave.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Leave the cluster gracefully and stop this node's agent.
     Leave,
     /// Test hook: drop all traffic with these peers (agent needs PEER_TEST_HOOKS=1).

@@ -372,3 +372,25 @@ pub fn rollout_status(client: &Client, namespace: &str, name: &str, wait: bool) 
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// Waits until this node runs no pod but DaemonSet pods, printing each pod as it leaves.
+pub fn wait_drained(client: &Client) -> anyhow::Result<()> {
+    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    loop {
+        let rows: Vec<PodRow> = serde_json::from_value(client.call(&Request::GetPods)?)?;
+        let left: std::collections::BTreeSet<String> = rows
+            .into_iter()
+            .filter(|r| r.local && !r.workload.starts_with("DaemonSet/"))
+            .map(|r| r.name)
+            .collect();
+        for gone in seen.difference(&left) {
+            println!("pod/{gone} evicted");
+        }
+        if left.is_empty() {
+            println!("node drained");
+            return Ok(());
+        }
+        seen = left;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

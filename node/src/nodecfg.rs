@@ -21,6 +21,9 @@ struct Saved {
     /// The pod range this node holds (`network::Plan`), kept across restarts.
     #[serde(default)]
     pod_range: Option<crate::network::SlotClaim>,
+    /// `peer drain`: evict this node's pods (within disruption budgets) until none is left.
+    #[serde(default)]
+    draining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -116,10 +119,23 @@ impl NodeConfig {
         self.save()
     }
 
-    /// Cordons (no new pods placed here) or uncordons this node; persisted.
+    /// Cordons (no new pods placed here) or uncordons this node; persisted. Uncordoning
+    /// ends a drain too.
     pub fn set_cordoned(&mut self, cordoned: bool) -> anyhow::Result<()> {
         self.saved.cordoned = cordoned;
+        self.saved.draining &= cordoned;
         self.save()
+    }
+
+    /// Starts draining: cordoned, and the node evicts its pods; persisted.
+    pub fn set_draining(&mut self) -> anyhow::Result<()> {
+        self.saved.cordoned = true;
+        self.saved.draining = true;
+        self.save()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.saved.draining
     }
 
     /// The pod range this node holds, if it took one.

@@ -190,7 +190,7 @@ pub fn desired_pods<'a>(
             Kind::DaemonSet => {
                 pods.extend(nodes.iter().map(|n| pod(format!("{}-{}", w.key.name, n), 0, Some(n.clone()))));
             }
-            Kind::Service => {}
+            Kind::Service | Kind::PodDisruptionBudget => {}
         }
     }
     pods

@@ -125,6 +125,11 @@ impl Store {
         self.state.services()
     }
 
+    /// The PodDisruptionBudgets of the desired state.
+    pub fn budgets(&self) -> impl Iterator<Item = &protocol::spec::DisruptionBudget> {
+        self.state.live().filter_map(|o| o.as_budget())
+    }
+
     /// Writes `object` as this node; returns the new entry, or `None` when the live
     /// version is identical (same object, same source), so nothing is rewritten.
     pub fn put(

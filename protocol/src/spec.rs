@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod budget;
 mod object;
 pub mod service;
 
+pub use budget::{Budget, DisruptionBudget};
 pub use object::Object;
 pub use service::{ClusterIp, Service, ServicePort, ServiceType, TargetPort};
 
@@ -24,6 +26,7 @@ pub enum Kind {
     StatefulSet,
     DaemonSet,
     Service,
+    PodDisruptionBudget,
 }
 
 impl Kind {
@@ -34,6 +37,7 @@ impl Kind {
             Kind::StatefulSet => "StatefulSet",
             Kind::DaemonSet => "DaemonSet",
             Kind::Service => "Service",
+            Kind::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 }
@@ -49,7 +53,7 @@ impl Kind {
     pub fn is_workload(self) -> bool {
         match self {
             Kind::Deployment | Kind::Pod | Kind::StatefulSet | Kind::DaemonSet => true,
-            Kind::Service => false,
+            Kind::Service | Kind::PodDisruptionBudget => false,
         }
     }
 }

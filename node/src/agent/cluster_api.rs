@@ -18,6 +18,7 @@ pub fn is_cluster(req: &Request) -> bool {
             | Request::Label { .. }
             | Request::Taint { .. }
             | Request::Cordon { .. }
+            | Request::Drain { .. }
             | Request::Block { .. }
     )
 }
@@ -144,6 +145,28 @@ impl Agent {
                 }
                 Err(e) => err(format!("{e:#}")),
             },
+            Request::Drain { name } => {
+                let me = self.cluster.me().0.clone();
+                if name.as_ref().is_some_and(|n| *n != me) {
+                    return err(format!(
+                        "this is node {me}: a node drains only itself; run `peer drain` on {}",
+                        name.unwrap_or_default()
+                    ));
+                }
+                match self.node.set_draining() {
+                    Ok(()) => {
+                        let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
+                        self.cluster.publish(&self.store, Some(&info)).await;
+                        self.events.normal(
+                            &format!("node/{me}"),
+                            "NodeDraining",
+                            "cordoned; evicting its pods within disruption budgets",
+                        );
+                        ok(serde_json::json!({ "node": me, "draining": true }))
+                    }
+                    Err(e) => err(format!("{e:#}")),
+                }
+            }
             Request::Cordon { name, cordoned } => {
                 let me = self.cluster.me().0.clone();
                 if name.as_ref().is_some_and(|n| *n != me) {

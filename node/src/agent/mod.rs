@@ -8,6 +8,7 @@
 
 mod cluster_api;
 mod cluster_events;
+mod drain;
 mod events;
 mod network;
 mod placement;
@@ -324,6 +325,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         agent.cluster.local_writes(&agent.store, writes);
         agent.cluster.publish(&agent.store, None).await;
         wake = agent.reconcile();
+        agent.drain_step();
         agent.publish_claims().await;
         agent.sync_services();
     }

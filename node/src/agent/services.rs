@@ -48,8 +48,9 @@ pub fn pod_infos(
 }
 
 impl Agent {
-    /// Every service with its address, ports and endpoints, from this node's view.
-    pub(super) fn service_table(&self) -> ServiceTable {
+    /// Every pod of the cluster with its node, address, labels and readiness, from this
+    /// node's view (its own claims and the live peers').
+    pub(super) fn pod_view(&self) -> Vec<PodInfo> {
         let me = self.cluster.me().0.clone();
         let mine = self.claims();
         let mut claims: BTreeMap<&str, &Claims> = BTreeMap::from([(me.as_str(), &mine)]);
@@ -61,7 +62,12 @@ impl Agent {
                 .flat_map(|c| c.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),
         );
         let desired = reconcile::desired_pods(self.store.workloads(), &nodes, &copies);
-        let pods = pod_infos(&desired, &self.placement.planned, &claims);
+        pod_infos(&desired, &self.placement.planned, &claims)
+    }
+
+    /// Every service with its address, ports and endpoints, from this node's view.
+    pub(super) fn service_table(&self) -> ServiceTable {
+        let pods = self.pod_view();
         let services: Vec<&Service> = self.store.services().collect();
         services::table(&services, &pods, (self.cfg.net.services.addr, self.cfg.net.services.len))
     }

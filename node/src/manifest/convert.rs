@@ -317,7 +317,7 @@ fn update_strategy(
 }
 
 /// `maxSurge`/`maxUnavailable`: an integer or a percentage; `default` when absent.
-fn int_or_percent(
+pub(crate) fn int_or_percent(
     value: Option<&IntOrString>,
     default: IntOrPercent,
     path: &str,
@@ -354,7 +354,14 @@ fn pod_template(
     let restart_policy = match (kind, spec.restart_policy.as_deref()) {
         (_, None | Some("Always")) => RestartPolicy::Always,
         // Services have no pod template; the arm only keeps the match exhaustive.
-        (Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet | Kind::Service, Some(other)) => {
+        (
+            Kind::Deployment
+            | Kind::StatefulSet
+            | Kind::DaemonSet
+            | Kind::Service
+            | Kind::PodDisruptionBudget,
+            Some(other),
+        ) => {
             return Err(FieldError::new(
                 format!("{prefix}.restartPolicy"),
                 format!("expected Always for a {kind}, got {other:?}"),

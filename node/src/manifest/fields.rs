@@ -125,6 +125,15 @@ const SERVICE: &[(&str, Rule)] = &[
     ("spec.ipFamilyPolicy", Rule::Note("peer is IPv4 only, ignored")),
 ];
 
+/// PodDisruptionBudget fields besides [`OBJECT`].
+const DISRUPTION_BUDGET: &[(&str, Rule)] = &[
+    ("spec", Rule::Walk),
+    ("spec.selector", Rule::Walk),
+    ("spec.selector.matchLabels", Rule::Use),
+    ("spec.minAvailable", Rule::Use),
+    ("spec.maxUnavailable", Rule::Use),
+];
+
 /// Pod spec fields, relative to `spec` (Pod) or `spec.template.spec` (the other kinds).
 const POD_SPEC: &[(&str, Rule)] = &[
     ("containers", Rule::Walk),
@@ -285,7 +294,7 @@ fn pod_spec_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => Some("spec.template.spec"),
         Kind::Pod => Some("spec"),
-        Kind::Service => None,
+        Kind::Service | Kind::PodDisruptionBudget => None,
     }
 }
 
@@ -297,6 +306,7 @@ fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
         Kind::DaemonSet => &[WORKLOAD, DAEMON_SET],
         Kind::Pod => &[],
         Kind::Service => &[SERVICE],
+        Kind::PodDisruptionBudget => &[DISRUPTION_BUDGET],
     }
 }
 
@@ -412,7 +422,14 @@ mod tests {
 
     #[test]
     fn every_pattern_is_reachable_from_a_walked_parent() {
-        for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::Pod, Kind::Service] {
+        for kind in [
+            Kind::Deployment,
+            Kind::StatefulSet,
+            Kind::DaemonSet,
+            Kind::Pod,
+            Kind::Service,
+            Kind::PodDisruptionBudget,
+        ] {
             let mut patterns: Vec<String> = OBJECT.iter().map(|(p, _)| (*p).to_owned()).collect();
             if let Some(prefix) = pod_spec_prefix(kind) {
                 patterns.extend(POD_SPEC.iter().map(|(p, _)| format!("{prefix}.{p}")));

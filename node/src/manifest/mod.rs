@@ -15,6 +15,7 @@
 //!
 //! One bad document does not stop the others: each gets its own [`DocResult`].
 
+mod budget;
 mod container;
 mod convert;
 mod diagnostic;
@@ -28,6 +29,7 @@ mod tests;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use protocol::spec::{Kind, Object, ObjectKey, Workload};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
@@ -102,7 +104,6 @@ const KNOWN_IGNORED_KINDS: &[&str] = &[
     "Namespace",
     "NetworkPolicy",
     "PersistentVolumeClaim",
-    "PodDisruptionBudget",
     "ReplicaSet",
     "Secret",
     "ServiceAccount",
@@ -234,6 +235,13 @@ impl Doc<'_> {
                 )),
                 name,
             },
+            Some("PodDisruptionBudget") => self.object::<PodDisruptionBudget, _>(
+                Kind::PodDisruptionBudget,
+                &value,
+                api_version,
+                key(Kind::PodDisruptionBudget),
+                budget::budget,
+            ),
             Some("Service") => self.object::<Service, _>(
                 Kind::Service,
                 &value,
@@ -245,7 +253,7 @@ impl Doc<'_> {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
                     format!("peer does not implement {other} objects yet, ignored")
                 } else {
-                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod and Service objects")
+                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service and PodDisruptionBudget objects")
                 };
                 DocResult::Ignored {
                     kind: other.to_owned(),

@@ -20,6 +20,7 @@ fn render(result: &FileResult) -> String {
                 let json = match object {
                     Object::Workload(w) => serde_json::to_string_pretty(w),
                     Object::Service(s) => serde_json::to_string_pretty(s),
+                    Object::PodDisruptionBudget(b) => serde_json::to_string_pretty(b),
                 }
                 .expect("an object is JSON");
                 writeln!(out, "object: {json}").expect("writing to a String");

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{fnv1a64, Kind, ObjectKey, Service, Workload};
+use super::{fnv1a64, DisruptionBudget, Kind, ObjectKey, Service, Workload};
 use crate::desired::Stamp;
 
 /// A desired-state value.
@@ -22,6 +22,7 @@ use crate::desired::Stamp;
 pub enum Object {
     Workload(Workload),
     Service(Service),
+    PodDisruptionBudget(DisruptionBudget),
 }
 
 /// The tagged form, for decoding.
@@ -30,6 +31,7 @@ pub enum Object {
 enum Tagged {
     Workload(Workload),
     Service(Service),
+    PodDisruptionBudget(DisruptionBudget),
 }
 
 impl From<Tagged> for Object {
@@ -37,6 +39,7 @@ impl From<Tagged> for Object {
         match t {
             Tagged::Workload(w) => Object::Workload(w),
             Tagged::Service(s) => Object::Service(s),
+            Tagged::PodDisruptionBudget(b) => Object::PodDisruptionBudget(b),
         }
     }
 }
@@ -50,9 +53,10 @@ impl<'de> Deserialize<'de> for Object {
         // workload of an earlier version (a workload has several fields, never one
         // named like a variant).
         let value = serde_json::Value::deserialize(d)?;
-        let tagged = value
-            .as_object()
-            .is_some_and(|m| m.len() == 1 && m.keys().all(|k| k == "Workload" || k == "Service"));
+        let tagged = value.as_object().is_some_and(|m| {
+            m.len() == 1
+                && m.keys().all(|k| ["Workload", "Service", "PodDisruptionBudget"].contains(&k.as_str()))
+        });
         let object = if tagged {
             serde_json::from_value::<Tagged>(value).map(Object::from)
         } else {
@@ -74,11 +78,18 @@ impl From<Service> for Object {
     }
 }
 
+impl From<DisruptionBudget> for Object {
+    fn from(b: DisruptionBudget) -> Object {
+        Object::PodDisruptionBudget(b)
+    }
+}
+
 impl Object {
     pub fn key(&self) -> &ObjectKey {
         match self {
             Object::Workload(w) => &w.key,
             Object::Service(s) => &s.key,
+            Object::PodDisruptionBudget(b) => &b.key,
         }
     }
 
@@ -89,6 +100,13 @@ impl Object {
     pub fn as_workload(&self) -> Option<&Workload> {
         match self {
             Object::Workload(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn as_budget(&self) -> Option<&DisruptionBudget> {
+        match self {
+            Object::PodDisruptionBudget(b) => Some(b),
             _ => None,
         }
     }
@@ -105,13 +123,14 @@ impl Object {
         match self {
             Object::Workload(w) => &w.labels,
             Object::Service(s) => &s.labels,
+            Object::PodDisruptionBudget(b) => &b.labels,
         }
     }
 
     /// The stamp of the write that created the object, for kinds that keep it.
     pub fn created(&self) -> Option<&Stamp> {
         match self {
-            Object::Workload(_) => None,
+            Object::Workload(_) | Object::PodDisruptionBudget(_) => None,
             Object::Service(s) => s.created.as_ref(),
         }
     }
@@ -119,7 +138,7 @@ impl Object {
     /// Sets the creation stamp of kinds that keep one; other kinds are unchanged.
     pub fn set_created(&mut self, stamp: Option<Stamp>) {
         match self {
-            Object::Workload(_) => {}
+            Object::Workload(_) | Object::PodDisruptionBudget(_) => {}
             Object::Service(s) => s.created = stamp,
         }
     }

@@ -136,7 +136,7 @@ pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
             }
             Kind::StatefulSet => (0..w.replicas).map(|i| format!("{ns}/{name}-{i}")).collect(),
             Kind::Pod => vec![format!("{ns}/{name}")],
-            Kind::DaemonSet | Kind::Service => vec![],
+            Kind::DaemonSet | Kind::Service | Kind::PodDisruptionBudget => vec![],
         };
         out.extend(identities.into_iter().map(|identity| ReplicaReq { identity, ..base.clone() }));
     }

@@ -471,6 +471,10 @@ fn rollouts_keep_the_bounds_under_crashes_and_finish() {
         Scenario { surge: 1, unavailable: 0, finish_limit: 1500, ..base },
         1,
     );
+    // Without crashes the debt stays 0: the bounds of a single view hold across lagging ones.
+    let calm = Scenario { crashes: 0, finish_limit: 200, ..base };
+    sweep("20x100 surge 25 unavailable 25, no crashes", calm, 2);
+    sweep("20x100 surge 10 unavailable 0, no crashes", Scenario { surge: 10, unavailable: 0, ..calm }, 2);
 }
 
 #[test]

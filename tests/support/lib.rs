@@ -63,7 +63,9 @@ pub fn peer_bin() -> &'static Path {
 pub fn demo_image() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        // Each test binary builds its own copy, so parallel test binaries never race on one file.
+        // Each test binary builds its own copy, so parallel test binaries never race on one
+        // file; copies of test processes that are gone are removed first.
+        remove_stale_demo_images();
         let out = workspace().join(format!("target/test-demo-image-{}", std::process::id()));
         let output = Command::new(workspace().join("scripts/demo-image"))
             .arg(&out)
@@ -78,6 +80,18 @@ pub fn demo_image() -> &'static Path {
         let _ = std::fs::remove_dir_all(&out);
         out.with_extension("tar")
     })
+}
+
+/// Removes `target/test-demo-image-PID.tar` files whose test process no longer runs.
+fn remove_stale_demo_images() {
+    let Ok(entries) = std::fs::read_dir(workspace().join("target")) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("test-demo-image-").and_then(|r| r.strip_suffix(".tar"));
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The static demo binary, to run on the host side (e.g. as an HTTP client).

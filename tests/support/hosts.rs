@@ -22,7 +22,11 @@ fn ip(args: &[&str]) {
 impl TestNet {
     /// A new switch; `tag` keeps names unique (at most 6 characters).
     pub fn new(tag: &str) -> TestNet {
-        let tag = format!("{tag}{}", std::process::id() % 10000);
+        // Unique per process and per network, so tests of one binary running in parallel
+        // never share a namespace name.
+        static NETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = format!("{tag}{}n{n}", std::process::id() % 10000);
         let net = TestNet { tag, hosts: vec![] };
         let sw = net.switch();
         let _ = Command::new("ip").args(["netns", "del", &sw]).output();

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
     // libcontainer and libcgroups log every create at info and warn about controllers this
     // kernel lacks; the agent's own messages say what matters. CLI commands stay quiet.
     let default_filter = match cli.command {
-        Command::Up(_) => "info,libcgroups=error,libcontainer=error",
+        Command::Up(_) => "info,libcgroups=error,libcontainer=error,hickory_server=warn",
         _ => "warn,libcgroups=error,libcontainer=error",
     };
     tracing_subscriber::fmt()

@@ -7,7 +7,7 @@
 //! hold the same slot, the one that took it earlier keeps it (then the smaller node id), so
 //! a node that joins never renumbers the incumbents; the other moves to the next slot that
 //! no live node holds. Pod addresses come from the node's range: `.1` is the node's bridge
-//! (the pods' gateway and DNS server), pods get the lowest free address from `.2` on.
+//! (the pods' gateway and DNS server), pods get the next free address from `.2` on, going round.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -160,10 +160,21 @@ impl Plan {
             })
     }
 
-    /// The lowest free pod address of the node's range (`.2` on; the last is broadcast).
-    pub fn allocate(&self, slot: u32, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    /// The next free pod address of the node's range after `last` (`.2` on, wrapping; the
+    /// last address is broadcast). Addresses go round rather than lowest-first, so a
+    /// just-freed address is not handed out again at once: neighbours may still map it to
+    /// the old pod's MAC for a while (the reason CNI's host-local IPAM goes round too).
+    pub fn allocate(&self, slot: u32, used: &BTreeSet<Ipv4Addr>, last: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         let range = self.node_range(slot);
-        (2..range.size().saturating_sub(1)).map(|i| range.nth(i as u32)).find(|ip| !used.contains(ip))
+        let (first, end) = (2u64, range.size().saturating_sub(1));
+        let n = end.saturating_sub(first);
+        let start = last
+            .filter(|ip| range.contains(*ip))
+            .map_or(first, |ip| u64::from(u32::from(ip) - u32::from(range.addr)) + 1);
+        (0..n)
+            .map(|k| first + (start.saturating_sub(first) + k) % n.max(1))
+            .map(|i| range.nth(i as u32))
+            .find(|ip| !used.contains(ip))
     }
 }
 
@@ -214,8 +225,17 @@ mod tests {
         assert!(plan.choose_slot("a", None, &peers, 5).is_err());
         let plan = Plan::default();
         let used: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 42, 3, 2), Ipv4Addr::new(10, 42, 3, 4)].into();
-        assert_eq!(plan.allocate(3, &used), Some(Ipv4Addr::new(10, 42, 3, 3)));
+        assert_eq!(plan.allocate(3, &used, None), Some(Ipv4Addr::new(10, 42, 3, 3)));
+        // Round: after .3 comes .5 (.4 is used), not the freed .2 again.
+        assert_eq!(
+            plan.allocate(3, &used, Some(Ipv4Addr::new(10, 42, 3, 3))),
+            Some(Ipv4Addr::new(10, 42, 3, 5))
+        );
+        assert_eq!(
+            plan.allocate(3, &BTreeSet::new(), Some(Ipv4Addr::new(10, 42, 3, 254))),
+            Some(Ipv4Addr::new(10, 42, 3, 2))
+        );
         let all: BTreeSet<Ipv4Addr> = (2..255).map(|i| Ipv4Addr::new(10, 42, 3, i)).collect();
-        assert_eq!(plan.allocate(3, &all), None, ".255 is the broadcast address");
+        assert_eq!(plan.allocate(3, &all, None), None, ".255 is the broadcast address");
     }
 }

@@ -183,7 +183,7 @@ impl Node {
             })
             .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PEER_DATA_DIR", &self.data)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,hickory_server=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

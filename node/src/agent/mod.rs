@@ -126,6 +126,8 @@ pub struct Agent {
     routes: Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
     /// Whether the node's bridge and NAT are set up (pods get addresses only then).
     network_up: bool,
+    /// The pod address handed out last (addresses go round).
+    last_ip: Option<std::net::Ipv4Addr>,
     /// The cluster DNS server on the bridge address, once up.
     dns: Option<crate::dns::DnsServer>,
     /// What the DNS server answers for the cluster domain.
@@ -211,6 +213,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         taints_seen: BTreeMap::new(),
         routes: Vec::new(),
         network_up: false,
+        last_ip: None,
         dns: None,
         dns_records: tokio::sync::watch::channel(Arc::new(crate::dns::Records {
             domain: crate::dns::zone::DEFAULT_DOMAIN.to_owned(),

@@ -174,11 +174,13 @@ impl Agent {
         }
     }
 
-    /// The lowest free address of this node's range for a new pod.
-    pub(super) fn allocate_pod_ip(&self) -> Option<Ipv4Addr> {
+    /// The next free address of this node's range for a new pod (round, see `Plan::allocate`).
+    pub(super) fn allocate_pod_ip(&mut self) -> Option<Ipv4Addr> {
         let slot = self.pod_slot()?;
         let used: BTreeSet<Ipv4Addr> = self.pods.values().filter_map(|p| p.ip).collect();
-        self.cfg.net.allocate(slot, &used)
+        let ip = self.cfg.net.allocate(slot, &used, self.last_ip)?;
+        self.last_ip = Some(ip);
+        Some(ip)
     }
 
     /// Routes to every live peer's pod range through the peer's address (host-gw).

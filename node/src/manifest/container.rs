@@ -105,16 +105,7 @@ fn ports(path: &str, ports: &[core::ContainerPort]) -> Result<Vec<ContainerPort>
             None | Some(0) => None,
             Some(n) => Some(port_number(n, format!("{path}.hostPort"))?),
         };
-        let protocol = match p.protocol.as_deref() {
-            None | Some("TCP") => Protocol::Tcp,
-            Some("UDP") => Protocol::Udp,
-            Some(other) => {
-                return Err(FieldError::new(
-                    format!("{path}.protocol"),
-                    format!("expected TCP or UDP (peer does not support SCTP), got {other:?}"),
-                ))
-            }
-        };
+        let protocol = protocol(&path, p.protocol.as_deref())?;
         out.push(ContainerPort { name: p.name.clone(), container_port, protocol, host_port });
     }
     Ok(out)
@@ -175,4 +166,16 @@ fn resource_list(
         }
     }
     Ok(out)
+}
+
+/// A port's `protocol`: TCP (the default) or UDP.
+pub(crate) fn protocol(path: &str, value: Option<&str>) -> Result<Protocol, FieldError> {
+    match value {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some(other) => Err(FieldError::new(
+            format!("{path}.protocol"),
+            format!("expected TCP or UDP (peer does not support SCTP), got {other:?}"),
+        )),
+    }
 }

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use protocol::spec::service::{DEFAULT_AFFINITY_TIMEOUT_SECONDS, DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE};
 use protocol::spec::{ClusterIp, Kind, Protocol, Service, ServicePort, ServiceType, TargetPort};
 
+use super::container::protocol;
 use super::convert::{is_dns_label, object_key};
 use super::diagnostic::{index, FieldError, Note};
 
@@ -172,16 +173,7 @@ fn ports(ports: &[core::ServicePort], service_type: ServiceType) -> Result<Vec<S
             }
             _ => {}
         }
-        let protocol = match p.protocol.as_deref() {
-            None | Some("TCP") => Protocol::Tcp,
-            Some("UDP") => Protocol::Udp,
-            Some(other) => {
-                return Err(FieldError::new(
-                    format!("{path}.protocol"),
-                    format!("expected TCP or UDP (peer does not support SCTP), got {other:?}"),
-                ))
-            }
-        };
+        let protocol = protocol(&path, p.protocol.as_deref())?;
         if !seen.insert((port, protocol == Protocol::Udp)) {
             return Err(FieldError::new(
                 format!("{path}.port"),

@@ -68,6 +68,24 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    /// `peer rollout history deployment/NAME [--revision N]`.
+    RolloutHistory {
+        namespace: String,
+        name: String,
+        revision: Option<u64>,
+    },
+    /// `peer rollout undo deployment/NAME [--to-revision N]`.
+    RolloutUndo {
+        namespace: String,
+        name: String,
+        to_revision: Option<u64>,
+    },
+    /// `peer rollout pause` (`paused: true`) and `peer rollout resume`.
+    RolloutPause {
+        namespace: String,
+        name: String,
+        paused: bool,
+    },
     /// `peer delete KIND NAME`.
     Delete {
         kind: String,
@@ -121,6 +139,8 @@ impl Request {
                 | Request::DeleteFiles { .. }
                 | Request::Delete { .. }
                 | Request::Scale { .. }
+                | Request::RolloutUndo { .. }
+                | Request::RolloutPause { .. }
                 | Request::Label { .. }
                 | Request::Taint { .. }
                 | Request::Cordon { .. }

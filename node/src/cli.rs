@@ -88,9 +88,9 @@ pub enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
-    /// Follow a Deployment's rollout: `peer rollout status deployment/web`.
+    /// Manage a Deployment's rollout: `peer rollout status|history|undo|pause|resume deployment/web`.
     Rollout {
-        /// `status`.
+        /// `status`, `history`, `undo`, `pause` or `resume`.
         action: String,
         /// `deployment/NAME` (or `deployment NAME`).
         target: String,
@@ -100,6 +100,12 @@ pub enum Command {
         /// Print the state once instead of waiting for the rollout to finish.
         #[arg(long)]
         no_wait: bool,
+        /// `history`: show this revision's template in full.
+        #[arg(long)]
+        revision: Option<u64>,
+        /// `undo`: go back to this revision (default: the previous one).
+        #[arg(long)]
+        to_revision: Option<u64>,
     },
     /// Run a command in a running container.
     Exec {

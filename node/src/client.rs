@@ -334,6 +334,30 @@ pub fn exec(client: &Client, req: Request, command: &[String]) -> anyhow::Result
         .with_context(|| format!("exec in container {}", target.container_id))
 }
 
+/// `peer rollout history`: a table of revisions, or one revision's template.
+pub fn print_history(name: &str, data: &serde_json::Value) {
+    let cause = |v: &serde_json::Value| v["changeCause"].as_str().unwrap_or("<none>").to_owned();
+    if let Some(template) = data.get("template") {
+        println!("deployment/{name} with revision #{}", data["revision"]);
+        println!("Change-Cause: {}", cause(data));
+        println!("Pod Template ({}):", data["hash"].as_str().unwrap_or("?"));
+        println!("{}", serde_json::to_string_pretty(template).unwrap_or_default());
+        return;
+    }
+    println!("deployment/{name}");
+    println!("REVISION  CHANGE-CAUSE");
+    for r in data["revisions"].as_array().into_iter().flatten() {
+        println!("{:<10}{}", r["revision"], cause(r));
+    }
+}
+
+/// Prints the `warnings` of a write's answer to stderr.
+pub fn print_warnings(data: &serde_json::Value) {
+    for w in data["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
+}
+
 /// `peer rollout status`: prints where the rollout stands, as kubectl does, and with `wait`
 /// follows it until it is done. Returns the exit code.
 pub fn rollout_status(client: &Client, namespace: &str, name: &str, wait: bool) -> anyhow::Result<u8> {
@@ -342,8 +366,13 @@ pub fn rollout_status(client: &Client, namespace: &str, name: &str, wait: bool) 
         let req = Request::RolloutStatus { namespace: namespace.to_owned(), name: name.to_owned() };
         let data = client.call(&req)?;
         let n = |k: &str| data[k].as_u64().unwrap_or(0);
+        if data["failed"] == true {
+            anyhow::bail!("deployment {name:?} exceeded its progress deadline");
+        }
         let line = if data["done"] == true {
             format!("deployment {name:?} successfully rolled out")
+        } else if data["paused"] == true {
+            format!("Waiting for deployment {name:?} rollout to finish: the rollout is paused (peer rollout resume deployment/{name})...")
         } else if n("updated") < n("replicas") {
             format!(
                 "Waiting for deployment {name:?} rollout to finish: {} out of {} new replicas have been updated...",

@@ -109,15 +109,38 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let data = client.call(&Request::Scale { kind, namespace, name, replicas })?;
             client::report_write(&data, "scaled")?;
         }
-        Command::Rollout { action, target, name, namespace, no_wait } => {
-            if action != "status" {
-                bail!("peer rollout supports status (got {action:?}); history, undo, pause and resume are not built yet");
-            }
+        Command::Rollout { action, target, name, namespace, no_wait, revision, to_revision } => {
             let (kind, name) = split_target(&target, name)?;
             if !matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
-                bail!("peer rollout status follows deployments (got {kind:?})");
+                bail!("peer rollout manages deployments (got {kind:?})");
             }
-            return client::rollout_status(&client, &namespace, &name, !no_wait);
+            match action.as_str() {
+                "status" => return client::rollout_status(&client, &namespace, &name, !no_wait),
+                "history" => {
+                    let data =
+                        client.call(&Request::RolloutHistory { namespace, name: name.clone(), revision })?;
+                    client::print_history(&name, &data);
+                }
+                "undo" => {
+                    let req = Request::RolloutUndo { namespace, name: name.clone(), to_revision };
+                    let data = client.call(&req)?;
+                    match data["skipped"].as_str() {
+                        Some(why) => println!("deployment/{name} skipped rollback ({why})"),
+                        None => println!("deployment/{name} rolled back"),
+                    }
+                    client::print_warnings(&data);
+                }
+                "pause" | "resume" => {
+                    let paused = action == "pause";
+                    let data =
+                        client.call(&Request::RolloutPause { namespace, name: name.clone(), paused })?;
+                    println!("deployment/{name} {}", if paused { "paused" } else { "resumed" });
+                    client::print_warnings(&data);
+                }
+                other => {
+                    bail!("unknown rollout action {other:?}; expected status, history, undo, pause or resume")
+                }
+            }
         }
         Command::Delete { files, kind, name, namespace } => {
             let req = match (files.is_empty(), kind, name) {

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use protocol::spec::{Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Workload};
+use protocol::spec::{
+    DisruptionBudget, Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Revision, Workload,
+};
 use serde::{Deserialize, Serialize};
 
 /// A container that ran at least this long before exiting has its back-off reset.
@@ -50,6 +52,9 @@ pub struct ObservedPod {
     /// The pod's address on the node's bridge; `None` for host-network pods.
     #[serde(default)]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// When the pod last became Ready (this node's clock); `None` while it is not.
+    #[serde(default)]
+    pub ready_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,9 +155,11 @@ pub fn desired_pods<'a>(
     workloads: impl IntoIterator<Item = &'a Workload>,
     nodes: &[String],
     copies: &BTreeMap<(String, String), Vec<protocol::rollout::Copy>>,
+    budgets: &[&DisruptionBudget],
 ) -> Vec<DesiredPod> {
+    let workloads: Vec<&Workload> = workloads.into_iter().collect();
     let mut pods = Vec::new();
-    for w in workloads {
+    for w in &workloads {
         let revision = w.template.revision_hash();
         let pod = |name: String, ordinal: u32, node_name: Option<String>| DesiredPod {
             namespace: w.key.namespace.clone(),
@@ -169,20 +176,29 @@ pub fn desired_pods<'a>(
             Kind::Pod => pods.push(pod(w.key.name.clone(), 0, None)),
             Kind::Deployment => {
                 let seen = copies.get(&(w.key.namespace.clone(), w.key.name.clone()));
-                let step = protocol::rollout::step(
-                    w.replicas,
-                    &w.strategy,
-                    &revision,
-                    seen.map_or(&[], Vec::as_slice),
-                );
-                pods.extend(
-                    (0..step.new).map(|i| pod(format!("{}-{}-{}", w.key.name, revision, i), i, None)),
-                );
-                pods.extend(step.keep_old.into_iter().map(|(old, i)| DesiredPod {
-                    revision: old.clone(),
-                    create: false,
-                    ..pod(format!("{}-{}-{}", w.key.name, old, i), i, None)
-                }));
+                let seen = seen.map_or(&[][..], Vec::as_slice);
+                let mut gates = protocol::rollout::Gates {
+                    paused: w.rollout.paused,
+                    disruptions: disruptions(w, &workloads, budgets, copies),
+                };
+                // Paused after a rollout finished: the revision that runs stays in charge
+                // (it scales and replaces lost copies) until the rollout resumes.
+                let (revision, template) = match running_revision(w, seen) {
+                    Some(r) if gates.paused => {
+                        gates.paused = false;
+                        (r.template.revision_hash(), &r.template)
+                    }
+                    _ => (revision.clone(), &w.template),
+                };
+                let step = protocol::rollout::step(w.replicas, &w.strategy, &revision, seen, &gates);
+                let replica = |rev: &str, i: u32, create: bool| DesiredPod {
+                    revision: rev.to_owned(),
+                    template: template.clone(),
+                    create,
+                    ..pod(format!("{}-{}-{}", w.key.name, rev, i), i, None)
+                };
+                pods.extend((0..step.new).map(|i| replica(&revision, i, true)));
+                pods.extend(step.keep_old.iter().map(|(old, i)| replica(old, *i, false)));
             }
             Kind::StatefulSet => {
                 pods.extend((0..w.replicas).map(|i| pod(format!("{}-{}", w.key.name, i), i, None)))
@@ -194,6 +210,45 @@ pub fn desired_pods<'a>(
         }
     }
     pods
+}
+
+/// The earlier revision every seen copy of a paused Deployment runs, if there is one
+/// such revision and its template is in the history.
+fn running_revision<'w>(w: &'w Workload, seen: &[protocol::rollout::Copy]) -> Option<&'w Revision> {
+    if !w.rollout.paused {
+        return None;
+    }
+    let first = &seen.first()?.revision;
+    if !seen.iter().all(|c| &c.revision == first) {
+        return None;
+    }
+    w.rollout.history.iter().rev().find(|r| &r.template.revision_hash() == first)
+}
+
+/// How many Ready copies the PodDisruptionBudgets covering Deployment `w` let a rollout
+/// take away now: the least over those budgets of Ready copies of the Deployments each
+/// covers, less what it needs Ready of their replicas. `None` when no budget covers `w`.
+fn disruptions(
+    w: &Workload,
+    workloads: &[&Workload],
+    budgets: &[&DisruptionBudget],
+    copies: &BTreeMap<(String, String), Vec<protocol::rollout::Copy>>,
+) -> Option<u32> {
+    budgets
+        .iter()
+        .filter(|b| b.selects(&w.key.namespace, &w.template.labels))
+        .map(|b| {
+            let covered = workloads.iter().filter(|o| {
+                o.key.kind == Kind::Deployment && b.selects(&o.key.namespace, &o.template.labels)
+            });
+            let (expected, ready) = covered.fold((0u32, 0u32), |(expected, ready), o| {
+                let seen = copies.get(&(o.key.namespace.clone(), o.key.name.clone()));
+                let r = seen.map_or(0, |c| c.iter().filter(|c| c.ready).count() as u32);
+                (expected.saturating_add(o.replicas), ready.saturating_add(r))
+            });
+            ready.saturating_sub(b.min_ready(expected))
+        })
+        .min()
 }
 
 /// Pod names are unique per namespace; the node keys pods by `namespace/name`.

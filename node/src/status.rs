@@ -146,6 +146,7 @@ mod tests {
             deleting: false,
             created_at_ms: 0,
             ip: None,
+            ready_since_ms: None,
             containers: containers
                 .iter()
                 .map(|(n, state, ready)| {

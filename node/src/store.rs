@@ -231,6 +231,7 @@ mod tests {
             selector: BTreeMap::new(),
             strategy: Strategy::Recreate,
             pod_management: Default::default(),
+            rollout: Default::default(),
             template: PodTemplate {
                 labels: BTreeMap::new(),
                 containers: vec![],
@@ -291,7 +292,9 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec(&disk).expect("json")).expect("write");
 
         let reopened = Store::open(&path, &node, 7).expect("a legacy file opens");
-        assert_eq!(reopened.workloads().cloned().collect::<Vec<_>>(), vec![workload("a", 3)]);
+        let mut want = workload("a", 3);
+        want.rollout.revision = 1; // the store numbers a Deployment's first revision
+        assert_eq!(reopened.workloads().cloned().collect::<Vec<_>>(), vec![want]);
         assert_eq!(reopened.state().digest(), digest);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

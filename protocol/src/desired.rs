@@ -162,8 +162,17 @@ impl DesiredState {
         if object.created().is_none() {
             object.set_created(Some(stamp.clone()));
         }
-        let len = crate::codec::encoded_len(&object)
+        let mut len = crate::codec::encoded_len(&object)
             .map_err(|source| DesiredError::Encode { key: key.clone(), source })?;
+        // A Deployment's history gives way (oldest first) before its write is refused.
+        while let Object::Workload(w) = &mut object {
+            if len <= MAX_ENTRY_BYTES || w.rollout.history.is_empty() {
+                break;
+            }
+            w.rollout.history.remove(0);
+            len = crate::codec::encoded_len(&object)
+                .map_err(|source| DesiredError::Encode { key: key.clone(), source })?;
+        }
         if len > MAX_ENTRY_BYTES {
             return Err(DesiredError::TooLarge { key, len, max: MAX_ENTRY_BYTES });
         }
@@ -171,10 +180,17 @@ impl DesiredState {
     }
 
     /// Copies what a new version of an object keeps from the live one under its key (the
-    /// creation stamp), so that an unchanged re-apply compares equal to what is stored.
+    /// creation stamp; a Deployment's revision history, see
+    /// [`crate::rollout::carry_history`]), so that an unchanged re-apply compares equal to
+    /// what is stored.
     pub fn inherit(&self, object: &mut Object) {
-        let created = self.get(object.key()).filter(|o| o.kind() == object.kind()).and_then(Object::created);
-        object.set_created(created.cloned());
+        let live = self.get(object.key()).filter(|o| o.kind() == object.kind());
+        object.set_created(live.and_then(Object::created).cloned());
+        if let Object::Workload(next) = object {
+            if next.key.kind == crate::spec::Kind::Deployment {
+                crate::rollout::carry_history(live.and_then(Object::as_workload), next);
+            }
+        }
     }
 
     /// Deletes a key by writing a tombstone. `None` when there is no live object to delete.

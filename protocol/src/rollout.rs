@@ -16,6 +16,11 @@
 //!   `N - unavailable`;
 //! - old copies are never created again (a lost one is replaced by a new-revision one).
 //!
+//! Two gates narrow a step ([`Gates`]): a PodDisruptionBudget covering the Deployment
+//! lowers how many Ready old copies may be dropped at once to what the budget allows, and
+//! a paused rollout freezes: it creates no index of the current revision beyond the
+//! highest one seen and drops no old copy.
+//!
 //! With `Recreate`, every old copy is dropped first and the new revision starts once no
 //! old copy is left. A stale view errs on the safe side: copies only disappear from a
 //! view late (a node still counts a removed old copy, so it creates less and keeps more),
@@ -23,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::spec::{IntOrPercent, Strategy};
+use crate::spec::{IntOrPercent, Revision, Strategy, Workload};
 
 /// One copy of a replica as the claims show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +47,16 @@ pub struct Step {
     pub keep_old: BTreeSet<(String, u32)>,
 }
 
+/// What besides the bounds holds a step back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gates {
+    /// `spec.paused`: nothing changes revision.
+    pub paused: bool,
+    /// Ready old copies the PodDisruptionBudgets covering the Deployment let go now
+    /// (`None`: no budget covers it).
+    pub disruptions: Option<u32>,
+}
+
 /// `maxSurge`/`maxUnavailable` against `n` replicas: percentages round up for a surge and
 /// down for unavailability, as Kubernetes does.
 pub fn resolve(v: &IntOrPercent, n: u32, round_up: bool) -> u32 {
@@ -57,7 +72,7 @@ pub fn resolve(v: &IntOrPercent, n: u32, round_up: bool) -> u32 {
 
 /// The step every node computes for a Deployment of `replicas` at revision `current`,
 /// given every copy the claims show.
-pub fn step(replicas: u32, strategy: &Strategy, current: &str, copies: &[Copy]) -> Step {
+pub fn step(replicas: u32, strategy: &Strategy, current: &str, copies: &[Copy], gates: &Gates) -> Step {
     let n = replicas;
     // Copies of the current revision by index (one per index; duplicates are placement's).
     let new: BTreeMap<u32, bool> =
@@ -68,6 +83,13 @@ pub fn step(replicas: u32, strategy: &Strategy, current: &str, copies: &[Copy]) 
     let old: Vec<&Copy> = copies.iter().filter(|c| c.revision != current).collect();
     let new_count = new.len() as u32;
     let new_ready = new.values().filter(|r| **r).count() as u32;
+    if gates.paused {
+        // Frozen: the indices of the current revision up to the highest one seen stay
+        // wanted (a lost one comes back), every old copy stays where it runs.
+        let new_target = new.keys().next_back().map_or(0, |i| i + 1);
+        let keep_old = old.iter().map(|c| (c.revision.clone(), c.index)).collect();
+        return Step { new: new_target, keep_old };
+    }
     match strategy {
         Strategy::Recreate => Step { new: if old.is_empty() { n } else { 0 }, keep_old: BTreeSet::new() },
         Strategy::RollingUpdate { max_surge, max_unavailable } => {
@@ -81,6 +103,7 @@ pub fn step(replicas: u32, strategy: &Strategy, current: &str, copies: &[Copy]) 
             let mut ready_old: Vec<&Copy> = old.iter().copied().filter(|c| c.ready).collect();
             let min_available = n.saturating_sub(unavailable);
             let drop = (ready_old.len() as u32 + new_ready).saturating_sub(min_available);
+            let drop = gates.disruptions.map_or(drop, |allowed| drop.min(allowed));
             // Keep the lowest indices; drop from the highest.
             ready_old.sort_by(|a, b| (a.index, &a.revision).cmp(&(b.index, &b.revision)));
             let keep = ready_old.len().saturating_sub(drop as usize);
@@ -101,6 +124,36 @@ pub fn parse_pod_name(name: &str, pod: &str) -> Option<(String, u32)> {
 
 #[cfg(test)]
 mod tests;
+
+/// Carries a Deployment's revision history from `prev` (the stored version) into `next`
+/// (the version about to be written): the same template keeps its revision number; a new
+/// one gets the next number and `prev`'s template joins the history, from which a
+/// template coming back (`peer rollout undo`, or a manifest set back) is taken out. The
+/// history keeps the newest `revision_history_limit` entries.
+pub fn carry_history(prev: Option<&Workload>, next: &mut Workload) {
+    let Some(prev) = prev else {
+        next.rollout.revision = next.rollout.revision.max(1);
+        next.rollout.history.clear();
+        return;
+    };
+    let prev_number = prev.rollout.revision.max(1);
+    let mut history = prev.rollout.history.clone();
+    if prev.template == next.template {
+        next.rollout.revision = prev_number;
+    } else {
+        history.push(Revision {
+            number: prev_number,
+            template: prev.template.clone(),
+            change_cause: prev.rollout.change_cause.clone(),
+        });
+        history.retain(|r| r.template != next.template);
+        next.rollout.revision = history.iter().map(|r| r.number).max().unwrap_or(0).max(prev_number) + 1;
+    }
+    history.sort_by_key(|r| r.number);
+    let extra = history.len().saturating_sub(next.rollout.revision_history_limit as usize);
+    history.drain(..extra);
+    next.rollout.history = history;
+}
 
 /// The copies of every Deployment replica among `claims` (pod key → (revision, Ready)),
 /// by `(namespace, deployment name)`. Pod keys that are no Deployment replica are skipped.

@@ -87,6 +87,52 @@ pub struct Workload {
     /// StatefulSet's `podManagementPolicy`; `OrderedReady` for every other kind.
     #[serde(default)]
     pub pod_management: PodManagement,
+    /// A Deployment's rollout settings and revision history.
+    #[serde(default)]
+    pub rollout: Box<Rollout>,
+}
+
+/// A Deployment's rollout settings (Kubernetes' defaults) and its revision history. The
+/// history is kept by whichever node writes a new template ([`crate::rollout::carry_history`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rollout {
+    /// A new replica counts as available once Ready this long.
+    pub min_ready_seconds: u32,
+    /// A rollout that makes no progress for this long is marked failed.
+    pub progress_deadline_seconds: u32,
+    /// Old revisions kept for `peer rollout undo`.
+    pub revision_history_limit: u32,
+    /// `spec.paused`: a template change starts no rollout; one under way stops where it is.
+    pub paused: bool,
+    /// The `kubernetes.io/change-cause` annotation, shown by `peer rollout history`.
+    pub change_cause: Option<String>,
+    /// The number of the current template's revision (1, 2, …); 0 until first stored.
+    pub revision: u64,
+    /// Earlier templates, oldest first, at most `revision_history_limit`.
+    pub history: Vec<Revision>,
+}
+
+impl Default for Rollout {
+    fn default() -> Rollout {
+        Rollout {
+            min_ready_seconds: 0,
+            progress_deadline_seconds: 600,
+            revision_history_limit: 10,
+            paused: false,
+            change_cause: None,
+            revision: 0,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// An earlier template of a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub number: u64,
+    pub template: PodTemplate,
+    pub change_cause: Option<String>,
 }
 
 /// StatefulSet `podManagementPolicy`: `OrderedReady` starts replica `i` only once

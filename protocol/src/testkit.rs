@@ -23,6 +23,7 @@ pub fn workload(i: u8, variant: u32) -> Workload {
         selector: BTreeMap::new(),
         strategy: Rollout::Recreate,
         pod_management: Default::default(),
+        rollout: Default::default(),
         template: PodTemplate {
             labels: BTreeMap::new(),
             containers: vec![Container {

@@ -281,7 +281,7 @@ impl World {
             let c = claimant.entry(replica).or_insert((since, from));
             *c = (*c).min((since, from));
         }
-        let step = rollout::step(self.s.replicas, &strategy, NEW, &copies);
+        let step = rollout::step(self.s.replicas, &strategy, NEW, &copies, &rollout::Gates::default());
         let keep_old: BTreeSet<u32> =
             step.keep_old.iter().filter(|(r, _)| r == OLD).map(|(_, i)| *i).collect();
         let wanted = |r: &Replica| if r.0 == 0 { keep_old.contains(&r.1) } else { r.1 < step.new };

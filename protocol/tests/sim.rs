@@ -282,6 +282,7 @@ fn workload(name: &str, replicas: u32) -> Workload {
         selector: Default::default(),
         strategy: Strategy::Recreate,
         pod_management: Default::default(),
+        rollout: Default::default(),
         template: PodTemplate {
             labels: Default::default(),
             containers: vec![Container {

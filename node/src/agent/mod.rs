@@ -122,6 +122,8 @@ pub struct Agent {
     view_key: u64,
     /// This node's taints and when this agent first saw each (for `tolerationSeconds`).
     taints_seen: BTreeMap<String, u64>,
+    /// Rollouts under way and since when each stood still (`observe_rollouts`).
+    progress: BTreeMap<protocol::spec::ObjectKey, rollouts::Progress>,
     /// The routes to the peers' pod ranges last programmed (net, prefix, via).
     routes: Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
     /// Whether the node's bridge and NAT are set up (pods get addresses only then).
@@ -211,6 +213,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         placement: placement::Placement::new(started_at_ms, known_peers),
         view_key: 0,
         taints_seen: BTreeMap::new(),
+        progress: BTreeMap::new(),
         routes: Vec::new(),
         network_up: false,
         last_ip: None,
@@ -314,6 +317,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.rotate_logs();
                 agent.cluster.tick(&mut agent.store, now_ms());
                 agent.cluster.forget_departed().await;
+                agent.observe_rollouts(now_ms());
                 let info = agent.node.info(agent.started_at_ms, agent.pods.len() as u32);
                 agent.cluster.publish(&agent.store, Some(&info)).await;
             }
@@ -395,9 +399,10 @@ impl Agent {
         let copies = protocol::rollout::index_copies(
             nodes
                 .iter()
-                .flat_map(|n| n.claims.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),
+                .flat_map(|n| n.claims.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.available))),
         );
-        let all = reconcile::desired_pods(self.store.workloads(), &ids, &copies);
+        let budgets: Vec<_> = self.store.budgets().collect();
+        let all = reconcile::desired_pods(self.store.workloads(), &ids, &copies, &budgets);
         let before = std::mem::take(&mut self.placement.unschedulable);
         let mut share = self.placement.decide(&me, &all, &nodes, self.cluster.quorum(), now);
         let taints = self.node.taints();
@@ -456,10 +461,23 @@ impl Agent {
             .live_peers()
             .flat_map(|p| p.claims.iter().filter(|(_, c)| c.running).map(|(k, _)| k.as_str()))
             .collect();
-        placement::my_claims(&self.pods, &peers_running, self.placement.is_settling(), now_ms())
+        let min_ready = |w: &protocol::spec::ObjectKey| {
+            let stored = self.store.get(w);
+            stored.and_then(|s| s.object.as_workload()).map_or(0, |w| w.rollout.min_ready_seconds)
+        };
+        placement::my_claims(&self.pods, &peers_running, self.placement.is_settling(), now_ms(), &min_ready)
     }
 
     async fn publish_claims(&mut self) {
+        let now = now_ms();
+        for pod in self.pods.values_mut() {
+            let ready = crate::status::pod_ready(pod);
+            match (ready, pod.ready_since_ms) {
+                (true, None) => pod.ready_since_ms = Some(now),
+                (false, Some(_)) => pod.ready_since_ms = None,
+                _ => {}
+            }
+        }
         let claims = self.claims();
         self.cluster.publish_claims(&claims).await;
     }
@@ -474,6 +492,7 @@ impl Agent {
                 text.push_str(k);
                 text.push(if c.running { 'R' } else { 'P' });
                 text.push(if c.is_ready() { 'r' } else { 'u' });
+                text.push(if c.available { 'a' } else { 'n' });
                 text.push_str(&c.revision);
             }
             text.push('\n');

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::fence::Fence;
 use protocol::placement::{self, Claim, NodeView, ReplicaReq, Resources, Taint, TaintEffect};
-use protocol::spec::Kind;
+use protocol::spec::{Kind, ObjectKey};
 
 use crate::cluster::claims::{ClaimState, Claims};
 use crate::cluster::NodeInfo;
@@ -205,6 +205,7 @@ pub fn my_claims(
     peers_running: &BTreeSet<&str>,
     settling: bool,
     now_ms: u64,
+    min_ready_seconds: &dyn Fn(&ObjectKey) -> u32,
 ) -> Claims {
     pods.iter()
         .filter(|(_, p)| !p.deleting)
@@ -231,6 +232,13 @@ pub fn my_claims(
                 },
                 restarts: p.containers.values().map(|c| c.restart_count).sum(),
                 ip: p.ip,
+                available: false,
+            };
+            let min_ready_ms = u64::from(min_ready_seconds(&p.workload)) * 1000;
+            let claim = ClaimState {
+                available: claim.is_ready()
+                    && p.ready_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= min_ready_ms),
+                ..claim
             };
             let claim_pending = !settling && !peers_running.contains(k.as_str());
             (running || claim_pending).then(|| (k.clone(), claim))

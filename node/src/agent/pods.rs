@@ -310,6 +310,7 @@ impl Agent {
             deleting: false,
             created_at_ms: now_ms(),
             ip,
+            ready_since_ms: None,
             containers,
         };
         self.events.normal(

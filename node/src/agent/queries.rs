@@ -204,6 +204,13 @@ impl Agent {
                 self.scale(&kind, namespace, name, replicas)
             }
             Request::RolloutStatus { namespace, name } => self.rollout_status(namespace, name),
+            Request::RolloutHistory { namespace, name, revision } => {
+                self.rollout_history(namespace, name, revision)
+            }
+            Request::RolloutUndo { namespace, name, to_revision } => {
+                self.rollout_undo(namespace, name, to_revision)
+            }
+            Request::RolloutPause { namespace, name, paused } => self.rollout_pause(namespace, name, paused),
             Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
             Request::DescribeService { namespace, name } => self.describe_service(namespace, name),
             Request::DescribePod { namespace, name } => {

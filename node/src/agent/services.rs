@@ -59,9 +59,10 @@ impl Agent {
         let copies = protocol::rollout::index_copies(
             claims
                 .values()
-                .flat_map(|c| c.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.is_ready()))),
+                .flat_map(|c| c.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.available))),
         );
-        let desired = reconcile::desired_pods(self.store.workloads(), &nodes, &copies);
+        let budgets: Vec<_> = self.store.budgets().collect();
+        let desired = reconcile::desired_pods(self.store.workloads(), &nodes, &copies, &budgets);
         pod_infos(&desired, &self.placement.planned, &claims)
     }
 
@@ -153,6 +154,7 @@ mod tests {
             ready: (u32::from(ready), 1),
             restarts: 0,
             ip: Some(std::net::Ipv4Addr::new(10, 42, 0, 2)),
+            available: ready,
         }
     }
 

@@ -4,8 +4,10 @@
 //! containers run yet and since when (the claimant's clock, ms; it only breaks ties between
 //! two running copies), its status as `peer get pods` shows it, and how many of its
 //! containers are ready. Each key holds lines `R namespace/name revision since status
-//! ready/all restarts ip` (running) or `P namespace/name revision 0 status ready/all
-//! restarts ip` (pending; `ip` is `-` for a host-network pod or before it has one), at most
+//! ready/all restarts ip avail` (running) or `P namespace/name revision 0 status ready/all
+//! restarts ip avail` (pending; `ip` is `-` for a host-network pod or before it has one;
+//! `avail` is `A` once the pod has been Ready for its Deployment's `minReadySeconds`, else
+//! `N`; a line without it counts as available when Ready), at most
 //! [`CHUNK_BYTES`] per key, so a node with many pods stays under the gossip key limit.
 //! Claims only inform placement; they vanish with their node, which is what they mean.
 
@@ -26,6 +28,8 @@ pub struct ClaimState {
     pub restarts: u32,
     /// The pod's address (`None` for host-network pods).
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Ready for its Deployment's `minReadySeconds` (Kubernetes' "available").
+    pub available: bool,
 }
 
 impl ClaimState {
@@ -49,7 +53,7 @@ pub fn encode(claims: &Claims) -> Vec<String> {
         let status =
             if c.status.is_empty() || c.status.contains(char::is_whitespace) { "-" } else { &c.status };
         let line = format!(
-            "{} {pod} {} {} {status} {}/{} {} {}\n",
+            "{} {pod} {} {} {status} {}/{} {} {} {}\n",
             if c.running { 'R' } else { 'P' },
             c.revision,
             c.since_ms,
@@ -57,6 +61,7 @@ pub fn encode(claims: &Claims) -> Vec<String> {
             c.ready.1,
             c.restarts,
             c.ip.map_or("-".to_owned(), |ip| ip.to_string()),
+            if c.available { 'A' } else { 'N' },
         );
         let last = chunks.last_mut().expect("never empty");
         if !last.is_empty() && last.len() + line.len() > CHUNK_BYTES {
@@ -74,7 +79,15 @@ pub fn decode(keys: &BTreeMap<String, String>) -> Claims {
     for (_, chunk) in keys.range(KEY_PREFIX.to_owned()..).take_while(|(k, _)| k.starts_with(KEY_PREFIX)) {
         for line in chunk.lines() {
             let parts: Vec<&str> = line.split(' ').collect();
-            let [phase, pod, revision, since, status, ready, restarts, ip] = parts[..] else { continue };
+            let (phase, pod, revision, since, status, ready, restarts, ip, avail) = match parts[..] {
+                [phase, pod, revision, since, status, ready, restarts, ip] => {
+                    (phase, pod, revision, since, status, ready, restarts, ip, None)
+                }
+                [phase, pod, revision, since, status, ready, restarts, ip, avail] => {
+                    (phase, pod, revision, since, status, ready, restarts, ip, Some(avail))
+                }
+                _ => continue,
+            };
             let ip = match ip {
                 "-" => None,
                 ip => match ip.parse() {
@@ -96,7 +109,7 @@ pub fn decode(keys: &BTreeMap<String, String>) -> Claims {
                 _ => continue,
             };
             if !pod.is_empty() {
-                let state = ClaimState {
+                let mut state = ClaimState {
                     running,
                     revision: revision.to_owned(),
                     since_ms,
@@ -104,6 +117,13 @@ pub fn decode(keys: &BTreeMap<String, String>) -> Claims {
                     ready,
                     restarts,
                     ip,
+                    available: false,
+                };
+                state.available = match avail {
+                    None => state.is_ready(),
+                    Some("A") => state.is_ready(),
+                    Some("N") => false,
+                    Some(_) => continue,
                 };
                 claims.insert(pod.to_owned(), state);
             }
@@ -132,6 +152,7 @@ mod tests {
                     ready: (i as u32 % 2, 1),
                     restarts: i as u32 % 4,
                     ip: (i % 2 == 0).then(|| std::net::Ipv4Addr::new(10, 42, (i / 256) as u8, i as u8)),
+                    available: i % 3 == 0 && i % 4 == 1,
                 };
                 (format!("default/web-abcdef0123-{i}"), state)
             })
@@ -149,7 +170,7 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_skipped() {
-        let text = "R default/a r1 5 Running 1/1 3 10.42.0.7\nX default/b r1 0 - 0/1 0 -\nP  r1 0 - 0/1 0 -\nnonsense\nR default/d r1 Running 1/1 0 -\nR default/e r1 x Running 1/1 0 -\nR default/f r1 1 Running 1/1 2 3 -\nR default/g r1 1 Running 1 0 -\nR default/h r1 1 Running 1/1 -1 -\nR default/i r1 1 Running 1/1 0 10.42.0\nP default/c r2 0 ImagePullBackOff 0/2 0 -\n";
+        let text = "R default/a r1 5 Running 1/1 3 10.42.0.7\nX default/b r1 0 - 0/1 0 -\nP  r1 0 - 0/1 0 -\nnonsense\nR default/d r1 Running 1/1 0 -\nR default/e r1 x Running 1/1 0 -\nR default/f r1 1 Running 1/1 2 3 -\nR default/g r1 1 Running 1 0 -\nR default/h r1 1 Running 1/1 -1 -\nR default/i r1 1 Running 1/1 0 10.42.0\nP default/c r2 0 ImagePullBackOff 0/2 0 -\nR default/j r1 1 Running 1/1 0 - N\nR default/k r1 1 Running 1/1 0 - X\n";
         let keys = BTreeMap::from([(key(0), text.to_owned())]);
         let state = |running: bool, revision: &str, since_ms, status: &str, ready, restarts, ip| ClaimState {
             running,
@@ -159,6 +180,7 @@ mod tests {
             ready,
             restarts,
             ip,
+            available: running && ready.0 == ready.1,
         };
         let want = Claims::from([
             (
@@ -166,6 +188,10 @@ mod tests {
                 state(true, "r1", 5, "Running", (1, 1), 3, Some(std::net::Ipv4Addr::new(10, 42, 0, 7))),
             ),
             ("default/c".to_owned(), state(false, "r2", 0, "ImagePullBackOff", (0, 2), 0, None)),
+            (
+                "default/j".to_owned(),
+                ClaimState { available: false, ..state(true, "r1", 1, "Running", (1, 1), 0, None) },
+            ),
         ]);
         assert_eq!(decode(&keys), want);
     }

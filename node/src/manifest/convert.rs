@@ -12,10 +12,11 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use protocol::spec::{
-    IntOrPercent, Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Strategy, Workload,
+    IntOrPercent, Kind, ObjectKey, PodManagement, PodTemplate, RestartPolicy, Rollout, Strategy, Workload,
 };
 
 use super::diagnostic::{FieldError, Note};
+use super::fields::CHANGE_CAUSE;
 use super::{container, scheduling};
 
 /// What peer does instead of a StatefulSet's or DaemonSet's update strategy.
@@ -33,9 +34,11 @@ pub(crate) fn deployment(d: &Deployment, notes: &mut Vec<Note>) -> Result<Worklo
     let spec = &d.spec;
     let replicas = replicas(spec.replicas)?;
     let (selector, template) = selector_and_template(&key, &spec.selector, &spec.template, notes)?;
+    let rollout = rollout(d)?;
     Ok(Workload {
         strategy: strategy(spec.strategy.as_ref())?,
         pod_management: PodManagement::default(),
+        rollout: Box::new(rollout),
         labels: d.metadata.labels.clone().unwrap_or_default(),
         key,
         replicas,
@@ -80,6 +83,7 @@ pub(crate) fn stateful_set(s: &StatefulSet, notes: &mut Vec<Note>) -> Result<Wor
         strategy,
         template,
         pod_management,
+        rollout: Box::default(),
     })
 }
 
@@ -107,6 +111,7 @@ pub(crate) fn daemon_set(d: &DaemonSet, notes: &mut Vec<Note>) -> Result<Workloa
         strategy,
         template,
         pod_management: PodManagement::default(),
+        rollout: Box::default(),
     })
 }
 
@@ -118,6 +123,7 @@ pub(crate) fn pod(p: &Pod, notes: &mut Vec<Note>) -> Result<Workload, FieldError
     let template = pod_template(Kind::Pod, "spec", labels.clone(), p.spec.as_ref(), notes)?;
     Ok(Workload {
         pod_management: PodManagement::default(),
+        rollout: Box::default(),
         key,
         selector: labels.clone(),
         labels,
@@ -210,6 +216,46 @@ fn selector_and_template(
     let template =
         pod_template(key.kind, "spec.template.spec", template_labels, template.spec.as_ref(), notes)?;
     Ok((selector, template))
+}
+
+/// A Deployment's rollout settings, validated as Kubernetes does; the revision history is
+/// the store's.
+fn rollout(d: &Deployment) -> Result<Rollout, FieldError> {
+    let spec = &d.spec;
+    let defaults = Rollout::default();
+    let non_negative = |v: Option<i32>, field: &str, default: u32| match v {
+        None => Ok(default),
+        Some(v) => u32::try_from(v)
+            .map_err(|_| FieldError::new(field, format!("expected a number of at least 0, got {v}"))),
+    };
+    let min_ready_seconds = non_negative(spec.min_ready_seconds, "spec.minReadySeconds", 0)?;
+    let progress_deadline_seconds = non_negative(
+        spec.progress_deadline_seconds,
+        "spec.progressDeadlineSeconds",
+        defaults.progress_deadline_seconds,
+    )?;
+    if progress_deadline_seconds <= min_ready_seconds {
+        return Err(FieldError::new(
+            "spec.progressDeadlineSeconds",
+            format!(
+                "must be greater than minReadySeconds ({min_ready_seconds}), got {progress_deadline_seconds}"
+            ),
+        ));
+    }
+    let revision_history_limit = non_negative(
+        spec.revision_history_limit,
+        "spec.revisionHistoryLimit",
+        defaults.revision_history_limit,
+    )?;
+    let change_cause = d.metadata.annotations.as_ref().and_then(|a| a.get(CHANGE_CAUSE)).cloned();
+    Ok(Rollout {
+        min_ready_seconds,
+        progress_deadline_seconds,
+        revision_history_limit,
+        paused: spec.paused.unwrap_or(false),
+        change_cause,
+        ..defaults
+    })
 }
 
 fn strategy(s: Option<&DeploymentStrategy>) -> Result<Strategy, FieldError> {

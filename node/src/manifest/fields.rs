@@ -36,7 +36,8 @@ const OBJECT: &[(&str, Rule)] = &[
     ("metadata.name", Rule::Use),
     ("metadata.namespace", Rule::Use),
     ("metadata.labels", Rule::Use),
-    ("metadata.annotations", Rule::Note(ANNOTATIONS)),
+    // Each annotation is checked by [`annotation_rule`].
+    ("metadata.annotations", Rule::Walk),
     ("status", Rule::Note("status is written by the cluster, not read from manifests; ignored")),
 ];
 
@@ -64,6 +65,10 @@ const DEPLOYMENT: &[(&str, Rule)] = &[
     ("spec.strategy.rollingUpdate", Rule::Walk),
     ("spec.strategy.rollingUpdate.maxSurge", Rule::Use),
     ("spec.strategy.rollingUpdate.maxUnavailable", Rule::Use),
+    ("spec.minReadySeconds", Rule::Use),
+    ("spec.progressDeadlineSeconds", Rule::Use),
+    ("spec.revisionHistoryLimit", Rule::Use),
+    ("spec.paused", Rule::Use),
 ];
 
 /// StatefulSet fields outside the pod spec, besides [`WORKLOAD`].
@@ -285,7 +290,18 @@ const NESTED: &[(&str, &[(&str, Rule)])] = &[
     ),
 ];
 
-const ANNOTATIONS: &str = "peer does not read annotations yet, ignored";
+const ANNOTATIONS: &str = "peer reads no annotation but a Deployment's kubernetes.io/change-cause, ignored";
+/// The annotation `peer rollout history` shows.
+pub(crate) const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+
+/// The rule for one annotation: only a Deployment's change cause is read.
+fn annotation_rule(kind: Kind, key: &str) -> Rule {
+    if kind == Kind::Deployment && key == CHANGE_CAUSE {
+        Rule::Use
+    } else {
+        Rule::Note(ANNOTATIONS)
+    }
+}
 const NOT_IMPLEMENTED: &str = "not implemented by peer yet, ignored";
 const UNKNOWN: &str = "unknown field, ignored (not part of the Kubernetes API peer knows)";
 
@@ -315,6 +331,9 @@ fn find(table: &[(&str, Rule)], pattern: &str) -> Option<Rule> {
 }
 
 fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
+    if let Some(key) = pattern.strip_prefix("metadata.annotations.") {
+        return Some(annotation_rule(kind, key));
+    }
     if let Some(rule) = find(OBJECT, pattern) {
         return Some(rule);
     }

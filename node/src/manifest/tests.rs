@@ -145,7 +145,16 @@ fn seed_example() {
                   "topology_spread": null
                 }
               },
-              "pod_management": "OrderedReady"
+              "pod_management": "OrderedReady",
+              "rollout": {
+                "min_ready_seconds": 0,
+                "progress_deadline_seconds": 600,
+                "revision_history_limit": 10,
+                "paused": false,
+                "change_cause": null,
+                "revision": 0,
+                "history": []
+              }
             }
         "#]],
     );
@@ -302,7 +311,16 @@ spec:
                   "topology_spread": null
                 }
               },
-              "pod_management": "OrderedReady"
+              "pod_management": "OrderedReady",
+              "rollout": {
+                "min_ready_seconds": 0,
+                "progress_deadline_seconds": 600,
+                "revision_history_limit": 10,
+                "paused": false,
+                "change_cause": null,
+                "revision": 0,
+                "history": []
+              }
             }
         "#]],
     );
@@ -381,7 +399,16 @@ spec:
                   "topology_spread": null
                 }
               },
-              "pod_management": "OrderedReady"
+              "pod_management": "OrderedReady",
+              "rollout": {
+                "min_ready_seconds": 0,
+                "progress_deadline_seconds": 600,
+                "revision_history_limit": 10,
+                "paused": false,
+                "change_cause": null,
+                "revision": 0,
+                "history": []
+              }
             }
         "#]],
     );
@@ -543,9 +570,8 @@ spec:
 status: {}
 "#,
         expect![[r#"
-            warning: test.yaml: document 1 (Deployment api): metadata.annotations: peer does not read annotations yet, ignored
+            warning: test.yaml: document 1 (Deployment api): metadata.annotations.owner: peer reads no annotation but a Deployment's kubernetes.io/change-cause, ignored
             warning: test.yaml: document 1 (Deployment api): spec.replica: unknown field, ignored (not part of the Kubernetes API peer knows)
-            warning: test.yaml: document 1 (Deployment api): spec.revisionHistoryLimit: not implemented by peer yet, ignored
             warning: test.yaml: document 1 (Deployment api): spec.selector.matchExpressions: not implemented by peer yet, ignored: pods are selected by matchLabels, or by the template labels when there are none
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.volumes: not implemented by peer yet, ignored
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].imagee: unknown field, ignored (not part of the Kubernetes API peer knows)
@@ -1091,7 +1117,16 @@ spec:
                   "topology_spread": null
                 }
               },
-              "pod_management": "Parallel"
+              "pod_management": "Parallel",
+              "rollout": {
+                "min_ready_seconds": 0,
+                "progress_deadline_seconds": 600,
+                "revision_history_limit": 10,
+                "paused": false,
+                "change_cause": null,
+                "revision": 0,
+                "history": []
+              }
             }
             warning: test.yaml: document 1 (StatefulSet db): spec.updateStrategy.rollingUpdate.partition: not implemented by peer yet, ignored
             warning: test.yaml: document 1 (StatefulSet db): spec.minReadySeconds: not implemented by peer yet, ignored
@@ -1214,7 +1249,16 @@ spec:
                   "topology_spread": null
                 }
               },
-              "pod_management": "OrderedReady"
+              "pod_management": "OrderedReady",
+              "rollout": {
+                "min_ready_seconds": 0,
+                "progress_deadline_seconds": 600,
+                "revision_history_limit": 10,
+                "paused": false,
+                "change_cause": null,
+                "revision": 0,
+                "history": []
+              }
             }
             warning: test.yaml: document 1 (DaemonSet agent): spec.replicas: unknown field, ignored (not part of the Kubernetes API peer knows)
             warning: test.yaml: document 1 (DaemonSet agent): spec.updateStrategy.type: OnDelete is not implemented by peer yet, read as RollingUpdate: a changed template recreates every pod at once instead of waiting for them to be deleted
@@ -1445,5 +1489,67 @@ spec:
     expect![[r#"
         warning: test.yaml: document 1 (Pod web): spec.containers[1].lifecycle.postStart: not implemented by peer yet, ignored
         error: test.yaml: document 2 (Pod bad): spec.containers[0].lifecycle.preStop: expected exactly one of exec, httpGet, tcpSocket or sleep
+    "#]].assert_eq(&out);
+}
+
+#[test]
+fn rollout_settings_are_read_and_checked() {
+    let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations: {kubernetes.io/change-cause: "image v2"}
+spec:
+  minReadySeconds: 5
+  progressDeadlineSeconds: 60
+  revisionHistoryLimit: 3
+  paused: true
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: slow}
+spec:
+  minReadySeconds: 30
+  progressDeadlineSeconds: 30
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: negative}
+spec:
+  revisionHistoryLimit: -1
+  template:
+    spec:
+      containers: [{name: a, image: peer-demo:latest}]
+"#;
+    let result = parse_file("test.yaml", yaml);
+    let mut out = String::new();
+    for doc in &result.documents {
+        match doc {
+            DocResult::Object { object: Object::Workload(w), warnings } => {
+                writeln!(out, "{}: {:?}", w.key.name, w.rollout).expect("writing to a String");
+                for warning in warnings {
+                    writeln!(out, "warning: {warning}").expect("writing to a String");
+                }
+            }
+            other => {
+                let mut one = FileResult { documents: vec![other.clone()], ..result.clone() };
+                one.syntax_error = None;
+                out.push_str(&render(&one));
+            }
+        }
+    }
+    expect![[r#"
+        web: Rollout { min_ready_seconds: 5, progress_deadline_seconds: 60, revision_history_limit: 3, paused: true, change_cause: Some("image v2"), revision: 0, history: [] }
+        invalid: Some("Deployment/default/slow")
+        error: test.yaml: document 2 (Deployment slow): spec.progressDeadlineSeconds: must be greater than minReadySeconds (30), got 30
+        invalid: Some("Deployment/default/negative")
+        error: test.yaml: document 3 (Deployment negative): spec.revisionHistoryLimit: expected a number of at least 0, got -1
     "#]].assert_eq(&out);
 }

@@ -37,6 +37,7 @@ fn deployment(name: &str, replicas: u32, image: &str) -> Workload {
         selector: BTreeMap::from([("app".into(), "web".into())]),
         strategy: Strategy::Recreate,
         pod_management: Default::default(),
+        rollout: Default::default(),
         template: template(RestartPolicy::Always, image),
     }
 }
@@ -51,6 +52,7 @@ fn running(d: &DesiredPod) -> ObservedPod {
         deleting: false,
         created_at_ms: 0,
         ip: None,
+        ready_since_ms: None,
         containers: BTreeMap::from([(
             "web".to_string(),
             ObservedContainer {
@@ -102,7 +104,7 @@ fn exited(pod: &mut ObservedPod, code: i32, finished_at_ms: u64, failures: u32) 
 
 #[test]
 fn creates_missing_replicas() {
-    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[], &Default::default());
+    let desired = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[], &Default::default(), &[]);
     check(
         &desired,
         &BTreeMap::new(),
@@ -118,7 +120,7 @@ fn creates_missing_replicas() {
 
 #[test]
 fn steady_state_does_nothing() {
-    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")], &[], &Default::default());
+    let desired = desired_pods([&deployment("web", 2, "peer-demo:latest")], &[], &Default::default(), &[]);
     let observed = observe(desired.iter().map(running));
     check(
         &desired,
@@ -132,9 +134,9 @@ fn steady_state_does_nothing() {
 
 #[test]
 fn scale_down_removes_highest_indices() {
-    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[], &Default::default());
+    let three = desired_pods([&deployment("web", 3, "peer-demo:latest")], &[], &Default::default(), &[]);
     let observed = observe(three.iter().map(running));
-    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default());
+    let one = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default(), &[]);
     check(
         &one,
         &observed,
@@ -157,10 +159,10 @@ fn seen(pods: &[DesiredPod]) -> BTreeMap<(String, String), Vec<protocol::rollout
 
 #[test]
 fn template_change_follows_the_rollout_step() {
-    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")], &[], &Default::default());
+    let v1 = desired_pods([&deployment("web", 2, "peer-demo:v1")], &[], &Default::default(), &[]);
     let observed = observe(v1.iter().map(running));
     // Recreate: while old copies are seen, none of the new revision is wanted.
-    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[], &seen(&v1));
+    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[], &seen(&v1), &[]);
     check(
         &v2,
         &observed,
@@ -171,7 +173,7 @@ fn template_change_follows_the_rollout_step() {
             wake_at=None
         "#]],
     );
-    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[], &Default::default());
+    let v2 = desired_pods([&deployment("web", 2, "peer-demo:v2")], &[], &Default::default(), &[]);
     check(
         &v2,
         &BTreeMap::new(),
@@ -189,7 +191,7 @@ fn template_change_follows_the_rollout_step() {
         max_surge: protocol::spec::IntOrPercent::Int(1),
         max_unavailable: protocol::spec::IntOrPercent::Int(0),
     };
-    let v2 = desired_pods([&rolling], &[], &seen(&v1));
+    let v2 = desired_pods([&rolling], &[], &seen(&v1), &[]);
     check(
         &v2,
         &observed,
@@ -212,7 +214,7 @@ fn template_change_follows_the_rollout_step() {
 
 #[test]
 fn first_restart_is_immediate_then_backs_off() {
-    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default());
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default(), &[]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 1_000, 0);
     check(
@@ -253,7 +255,7 @@ fn restart_policies() {
     let mut never = deployment("job", 1, "peer-demo:latest");
     never.key.kind = Kind::Pod;
     never.template.restart_policy = RestartPolicy::Never;
-    let desired = desired_pods([&never], &[], &Default::default());
+    let desired = desired_pods([&never], &[], &Default::default(), &[]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 1, 0, 0);
     check(
@@ -268,7 +270,7 @@ fn restart_policies() {
 
     let mut on_failure = never.clone();
     on_failure.template.restart_policy = RestartPolicy::OnFailure;
-    let desired = desired_pods([&on_failure], &[], &Default::default());
+    let desired = desired_pods([&on_failure], &[], &Default::default(), &[]);
     let mut pod = running(&desired[0]);
     exited(&mut pod, 0, 0, 0);
     check(
@@ -294,7 +296,7 @@ fn restart_policies() {
 
 #[test]
 fn removed_workload_deletes_its_pods_once() {
-    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default());
+    let desired = desired_pods([&deployment("web", 1, "peer-demo:latest")], &[], &Default::default(), &[]);
     let mut pod = running(&desired[0]);
     check(
         &[],
@@ -318,7 +320,7 @@ fn removed_workload_deletes_its_pods_once() {
 
 #[test]
 fn waiting_container_is_retried_when_due() {
-    let desired = desired_pods([&deployment("web", 1, "missing:v1")], &[], &Default::default());
+    let desired = desired_pods([&deployment("web", 1, "missing:v1")], &[], &Default::default(), &[]);
     let mut pod = running(&desired[0]);
     pod.containers.get_mut("web").expect("web").state = ContainerState::Waiting {
         reason: "ErrImageNeverPull".into(),
@@ -341,5 +343,53 @@ fn waiting_container_is_retried_when_due() {
             start default/web-33f5a7c4c2-0 web
             wake_at=None
         "#]],
+    );
+}
+
+fn names(pods: &[DesiredPod]) -> Vec<String> {
+    pods.iter().map(|p| format!("{}{}", p.name, if p.create { "" } else { " (kept)" })).collect()
+}
+
+#[test]
+fn a_paused_deployment_keeps_running_its_rolled_out_revision() {
+    let v1 = deployment("web", 2, "peer-demo:v1");
+    let running = desired_pods([&v1], &[], &Default::default(), &[]);
+    // Paused, then edited: v1's template is in the history, so v1 stays in charge and
+    // still scales (3 replicas), while nothing of v2 starts.
+    let mut v2 = deployment("web", 3, "peer-demo:v2");
+    v2.rollout.paused = true;
+    protocol::rollout::carry_history(Some(&v1), &mut v2);
+    let paused = desired_pods([&v2], &[], &seen(&running), &[]);
+    assert_eq!(names(&paused), ["web-22837cb63a-0", "web-22837cb63a-1", "web-22837cb63a-2"]);
+    assert!(paused.iter().all(|p| p.template == v1.template));
+    // Resumed: the rollout to v2 starts (Recreate here: the old copies go first).
+    v2.rollout.paused = false;
+    let resumed = desired_pods([&v2], &[], &seen(&running), &[]);
+    assert!(resumed.is_empty(), "{:?}", names(&resumed));
+}
+
+#[test]
+fn a_disruption_budget_slows_a_rollout_down() {
+    let v1 = deployment("web", 4, "peer-demo:v1");
+    let running = desired_pods([&v1], &[], &Default::default(), &[]);
+    let mut v2 = deployment("web", 4, "peer-demo:v2");
+    v2.strategy = Strategy::RollingUpdate {
+        max_surge: protocol::spec::IntOrPercent::Int(0),
+        max_unavailable: protocol::spec::IntOrPercent::Int(2),
+    };
+    let free = desired_pods([&v2], &[], &seen(&running), &[]);
+    assert_eq!(free.iter().filter(|p| !p.create).count(), 2, "maxUnavailable 2 lets two go");
+    let budget = protocol::spec::DisruptionBudget {
+        key: ObjectKey { kind: Kind::PodDisruptionBudget, namespace: "default".into(), name: "web".into() },
+        labels: BTreeMap::new(),
+        selector: BTreeMap::from([("app".into(), "web".into())]),
+        budget: protocol::spec::Budget::MinAvailable(protocol::spec::IntOrPercent::Int(3)),
+    };
+    let held = desired_pods([&v2], &[], &seen(&running), &[&budget]);
+    assert_eq!(
+        held.iter().filter(|p| !p.create).count(),
+        3,
+        "minAvailable 3 of 4 lets one go: {:?}",
+        names(&held)
     );
 }

@@ -27,7 +27,9 @@ fn put_get_delete() {
     let mut c = clock("a");
     let e = s.put(workload(1, 1), &mut c).expect("small workload");
     assert_eq!(e.stamp, Stamp { lamport: 1, node: NodeId("a".into()), incarnation: 7 });
-    assert_eq!(s.get(&key(1)), Some(&Object::Workload(workload(1, 1))));
+    let mut stored = workload(1, 1);
+    stored.rollout.revision = 1; // numbered on its first write
+    assert_eq!(s.get(&key(1)), Some(&Object::Workload(stored)));
     let t = s.delete(&key(1), &mut c).expect("live object");
     assert!(t.is_tombstone() && t.stamp.lamport == 2);
     assert_eq!(s.get(&key(1)), None);

@@ -98,6 +98,7 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
         strategy: Strategy::Recreate,
         // The simulated agent starts ordinals in any order.
         pod_management: PodManagement::Parallel,
+        rollout: Default::default(),
         template: PodTemplate {
             labels: BTreeMap::new(),
             // The sidecar has no memory request: requests are summed per resource.

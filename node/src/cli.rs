@@ -106,6 +106,9 @@ pub enum Command {
         /// `undo`: go back to this revision (default: the previous one).
         #[arg(long)]
         to_revision: Option<u64>,
+        /// `history` and `status`: print the answer as JSON or YAML.
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
     },
     /// Run a command in a running container.
     Exec {

@@ -109,17 +109,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let data = client.call(&Request::Scale { kind, namespace, name, replicas })?;
             client::report_write(&data, "scaled")?;
         }
-        Command::Rollout { action, target, name, namespace, no_wait, revision, to_revision } => {
+        Command::Rollout { action, target, name, namespace, no_wait, revision, to_revision, output } => {
             let (kind, name) = split_target(&target, name)?;
             if !matches!(kind.as_str(), "deployment" | "deployments" | "deploy") {
                 bail!("peer rollout manages deployments (got {kind:?})");
             }
             match action.as_str() {
-                "status" => return client::rollout_status(&client, &namespace, &name, !no_wait),
+                "status" => match output {
+                    Some(output) => {
+                        let data = client.call(&Request::RolloutStatus { namespace, name })?;
+                        client::print_structured(&data, output)?;
+                    }
+                    None => return client::rollout_status(&client, &namespace, &name, !no_wait),
+                },
                 "history" => {
                     let data =
                         client.call(&Request::RolloutHistory { namespace, name: name.clone(), revision })?;
-                    client::print_history(&name, &data);
+                    match output {
+                        Some(output) => client::print_structured(&data, output)?,
+                        None => client::print_history(&name, &data),
+                    }
                 }
                 "undo" => {
                     let req = Request::RolloutUndo { namespace, name: name.clone(), to_revision };

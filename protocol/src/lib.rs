@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod desired;
+pub mod duty;
 pub mod events;
 pub mod fence;
 pub mod members;

@@ -32,7 +32,7 @@
 
 mod engine;
 mod filter;
-mod hrw;
+pub(crate) mod hrw;
 #[cfg(test)]
 mod tests;
 

@@ -112,14 +112,19 @@ pub enum Request {
         taint: String,
         remove: bool,
     },
-    /// Cordon (`true`) or uncordon this node; `name` must be this node's if given.
+    /// Cordon (`true`) or uncordon a node: this one, or the live node `name`. Answered
+    /// with a [`NodeStatusAnswer`], as are `Drain` and `DrainStatus`.
     Cordon {
         name: Option<String>,
         cordoned: bool,
     },
-    /// `peer drain`: cordon this node and evict its pods within disruption budgets;
-    /// `name` must be this node's if given.
+    /// `peer drain`: cordon a node (this one, or the live node `name`) and evict its pods
+    /// within disruption budgets.
     Drain {
+        name: Option<String>,
+    },
+    /// Where a node's drain stands: the pods it still runs, DaemonSet pods aside.
+    DrainStatus {
         name: Option<String>,
     },
     /// Leave the cluster gracefully and stop the agent.
@@ -218,6 +223,15 @@ pub struct EventsAnswer {
     pub cursors: std::collections::BTreeMap<String, u64>,
     /// Live nodes that did not answer in time.
     pub unreachable: Vec<String>,
+}
+
+/// Answer to [`Request::Cordon`], [`Request::Drain`] and [`Request::DrainStatus`]: the
+/// node's state after the request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatusAnswer {
+    pub node: String,
+    #[serde(flatten)]
+    pub status: protocol::node_request::NodeStatus,
 }
 
 /// A row of `peer get nodes`.

@@ -155,16 +155,20 @@ pub enum Command {
     Label { label: String },
     /// Add (`key=value:Effect`) or remove (`key=value:Effect-`) a taint of this node.
     Taint { taint: String },
-    /// Mark this node unschedulable: no new pods are placed on it; running ones stay.
+    /// Mark a node unschedulable: no new pods are placed on it; running ones stay.
     Cordon {
-        /// This node's name (optional; a node can only cordon itself).
+        /// Any live node of the cluster [default: this node].
         name: Option<String>,
     },
-    /// Mark this node schedulable again.
-    Uncordon { name: Option<String> },
-    /// Cordon this node and evict its pods (DaemonSets stay), within PodDisruptionBudgets;
+    /// Mark a node schedulable again (ends a drain).
+    Uncordon {
+        /// Any live node of the cluster [default: this node].
+        name: Option<String>,
+    },
+    /// Cordon a node and evict its pods (DaemonSets stay), within PodDisruptionBudgets;
     /// waits until none is left. `peer uncordon` ends it.
     Drain {
+        /// Any live node of the cluster [default: this node].
         name: Option<String>,
         /// Return at once instead of waiting for the pods to leave.
         #[arg(long)]

@@ -14,7 +14,8 @@ use serde_json::Value;
 use protocol::spec::Kind;
 
 use crate::api::{
-    DeploymentRow, EventRow, EventsAnswer, ExecTarget, LogTarget, NodeRow, PodRow, Request, Response,
+    DeploymentRow, EventRow, EventsAnswer, ExecTarget, LogTarget, NodeRow, NodeStatusAnswer, PodRow, Request,
+    Response,
 };
 use crate::cli::Output;
 
@@ -402,24 +403,50 @@ pub fn rollout_status(client: &Client, namespace: &str, name: &str, wait: bool) 
     }
 }
 
-/// Waits until this node runs no pod but DaemonSet pods, printing each pod as it leaves.
-pub fn wait_drained(client: &Client) -> anyhow::Result<()> {
-    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+/// How long `peer drain` keeps asking a node that does not answer before it gives up.
+const DRAIN_STATUS_PATIENCE: Duration = Duration::from_secs(15);
+
+/// `peer drain [NAME]`: starts the drain of node `name` (this node when `None`) and with
+/// `wait` waits until it runs no pod but DaemonSet pods, asking the node itself, printing
+/// each pod as it leaves (of the first `protocol::node_request::MAX_LISTED_PODS` the node
+/// lists). Fails when the drain is ended (`peer uncordon`) or the node stops answering.
+pub fn drain(client: &Client, name: Option<String>, wait: bool) -> anyhow::Result<()> {
+    let started: NodeStatusAnswer = client.call_as(&Request::Drain { name: name.clone() })?;
+    println!("node {} cordoned; evicting its pods within disruption budgets", started.node);
+    if !wait {
+        return Ok(());
+    }
+    // The answer lists the pods before the first eviction, so every one is printed.
+    let mut listed: std::collections::BTreeSet<String> = started.status.listed.into_iter().collect();
+    let req = Request::DrainStatus { name };
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        let rows: Vec<PodRow> = serde_json::from_value(client.call(&Request::GetPods)?)?;
-        let left: std::collections::BTreeSet<String> = rows
-            .into_iter()
-            .filter(|r| r.local && !r.workload.starts_with("DaemonSet/"))
-            .map(|r| r.name)
-            .collect();
-        for gone in seen.difference(&left) {
-            println!("pod/{gone} evicted");
+        let answer: NodeStatusAnswer = match client.call_as(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= DRAIN_STATUS_PATIENCE {
+                    return Err(e.context("waiting for the drain"));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        failing_since = None;
+        let (node, status) = (answer.node, answer.status);
+        let now: std::collections::BTreeSet<String> = status.listed.into_iter().collect();
+        for gone in listed.difference(&now) {
+            println!("pod/{} evicted", gone.split_once('/').map_or(gone.as_str(), |(_, n)| n));
         }
-        if left.is_empty() {
-            println!("node drained");
+        if status.pods == 0 {
+            println!("node {node} drained");
             return Ok(());
         }
-        seen = left;
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        if !status.draining {
+            bail!("node {node} is no longer draining (uncordoned); {} of its pods are left", status.pods);
+        }
+        listed = now;
+        std::io::stdout().flush()?;
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

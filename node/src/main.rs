@@ -219,13 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let data = client.call(&Request::Cordon { name, cordoned: true })?;
             println!("node {} cordoned", data["node"].as_str().unwrap_or("?"));
         }
-        Command::Drain { name, no_wait } => {
-            client.call(&Request::Drain { name })?;
-            println!("node cordoned; evicting its pods within disruption budgets");
-            if !no_wait {
-                client::wait_drained(&client)?;
-            }
-        }
+        Command::Drain { name, no_wait } => client::drain(&client, name, !no_wait)?,
         Command::Uncordon { name } => {
             let data = client.call(&Request::Cordon { name, cordoned: false })?;
             println!("node {} uncordoned", data["node"].as_str().unwrap_or("?"));

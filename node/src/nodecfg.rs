@@ -134,6 +134,10 @@ impl NodeConfig {
         self.save()
     }
 
+    pub fn cordoned(&self) -> bool {
+        self.saved.cordoned
+    }
+
     pub fn draining(&self) -> bool {
         self.saved.draining
     }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod fence;
 pub mod members;
 pub mod membership;
+pub mod node_request;
 pub mod placement;
 pub mod replicate;
 pub mod rollout;

@@ -55,7 +55,10 @@ pub fn peer_bin() -> &'static Path {
             .status()
             .expect("running cargo build for the peer binary");
         assert!(status.success(), "building the peer binary failed");
-        workspace().join("target/debug/peer")
+        // Where that build put it: CARGO_TARGET_DIR (relative to the workspace, where cargo
+        // ran) when set, as it is for test runs that share a prebuilt target folder.
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+        workspace().join(target).join("debug/peer")
     })
 }
 
@@ -224,6 +227,21 @@ impl Node {
             Some(ns) => in_netns(ns),
         };
         cmd.args(args).env("PEER_DATA_DIR", &self.data).output().expect("running the peer CLI")
+    }
+
+    /// Starts a `peer` CLI command against this node and returns at once; its output is
+    /// piped (`Child::wait_with_output`).
+    pub fn peer_spawn(&self, args: &[&str]) -> Child {
+        let mut cmd = match &self.netns {
+            None => Command::new(peer_bin()),
+            Some(ns) => in_netns(ns),
+        };
+        cmd.args(args)
+            .env("PEER_DATA_DIR", &self.data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the peer CLI")
     }
 
     /// Runs a `peer` command that must succeed; returns its stdout.

@@ -1,4 +1,5 @@
-//! Answers to the local API's cluster requests: nodes, tokens, removal, labels, taints.
+//! Answers to the local API's cluster requests: nodes, tokens, removal, labels, taints;
+//! cordon and drain are `node_requests.rs`'s.
 
 use serde_json::json;
 
@@ -19,6 +20,7 @@ pub fn is_cluster(req: &Request) -> bool {
             | Request::Taint { .. }
             | Request::Cordon { .. }
             | Request::Drain { .. }
+            | Request::DrainStatus { .. }
             | Request::Block { .. }
     )
 }
@@ -145,50 +147,8 @@ impl Agent {
                 }
                 Err(e) => err(format!("{e:#}")),
             },
-            Request::Drain { name } => {
-                let me = self.cluster.me().0.clone();
-                if name.as_ref().is_some_and(|n| *n != me) {
-                    return err(format!(
-                        "this is node {me}: a node drains only itself; run `peer drain` on {}",
-                        name.unwrap_or_default()
-                    ));
-                }
-                match self.node.set_draining() {
-                    Ok(()) => {
-                        let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
-                        self.cluster.publish(&self.store, Some(&info)).await;
-                        self.events.normal(
-                            &format!("node/{me}"),
-                            "NodeDraining",
-                            "cordoned; evicting its pods within disruption budgets",
-                        );
-                        ok(serde_json::json!({ "node": me, "draining": true }))
-                    }
-                    Err(e) => err(format!("{e:#}")),
-                }
-            }
-            Request::Cordon { name, cordoned } => {
-                let me = self.cluster.me().0.clone();
-                if name.as_ref().is_some_and(|n| *n != me) {
-                    return err(format!(
-                        "this is node {me}: a node cordons only itself (its gossip state is its own); run `peer cordon` on {}",
-                        name.unwrap_or_default()
-                    ));
-                }
-                match self.node.set_cordoned(cordoned) {
-                    Ok(()) => {
-                        let info = self.node.info(self.started_at_ms, self.pods.len() as u32);
-                        self.cluster.publish(&self.store, Some(&info)).await;
-                        let reason = if cordoned { "NodeNotSchedulable" } else { "NodeSchedulable" };
-                        self.events.normal(
-                            &format!("node/{me}"),
-                            reason,
-                            &format!("node {me} cordoned: {cordoned}"),
-                        );
-                        ok(json!({ "node": me, "cordoned": cordoned }))
-                    }
-                    Err(e) => err(format!("{e:#}")),
-                }
+            req @ (Request::Drain { .. } | Request::Cordon { .. } | Request::DrainStatus { .. }) => {
+                self.handle_node_api(req).await
             }
             Request::Block { addrs } => {
                 if !self.cfg.test_hooks {

@@ -11,6 +11,7 @@ mod cluster_events;
 mod drain;
 mod events;
 mod network;
+mod node_requests;
 mod placement;
 mod pods;
 mod probes;
@@ -95,6 +96,13 @@ pub enum Input {
     /// A new snapshot of the live members and their gossip keys.
     Members(Vec<protocol::members::MemberView>),
     Cluster(ClusterInput),
+    /// A peer's request to cordon, uncordon or drain this node (or for its drain's
+    /// status); `from` is the node id of its certificate.
+    NodeRequest {
+        from: NodeId,
+        req: protocol::node_request::NodeRequest,
+        reply: oneshot::Sender<protocol::node_request::NodeAnswer>,
+    },
     Tick,
     Shutdown,
 }
@@ -270,6 +278,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.answer_events(after, reply);
                 continue;
             }
+            Input::Api(req, reply) if agent.names_a_peer(&req) => {
+                agent.forward_node_request(req, reply);
+                continue;
+            }
             Input::Api(req, reply) => {
                 let writes = req.writes();
                 let resp = match req {
@@ -296,6 +308,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     continue;
                 }
                 agent.view_key = key;
+            }
+            Input::NodeRequest { from, req, reply } => {
+                let _ = reply.send(agent.apply_node_request(req, Some(&from)).await);
+                if req == protocol::node_request::NodeRequest::DrainStatus {
+                    continue;
+                }
             }
             Input::Cluster(c) => {
                 let changed = agent.cluster.handle_input(c, &mut agent.store, now_ms());

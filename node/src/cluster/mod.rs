@@ -8,6 +8,7 @@
 pub mod claims;
 pub mod events;
 pub mod files;
+pub mod node_requests;
 mod streams;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,9 @@ pub const STREAM_PUSH: u8 = 1;
 pub const STREAM_SYNC: u8 = 2;
 /// A read of the peer's event log (`protocol::events`), served without the agent loop.
 pub const STREAM_EVENTS: u8 = 3;
+/// A request to cordon, uncordon or drain the peer, or for its drain's status
+/// (`protocol::node_request`); read by a task, applied by the peer's agent loop.
+pub const STREAM_NODE: u8 = 4;
 
 /// Gossip keys this node publishes.
 pub const KEY_DIGEST: &str = "digest";
@@ -182,12 +186,15 @@ impl Cluster {
         let mut tasks = JoinSet::new();
         let tx = inputs.clone();
         tasks.spawn(async move {
-            // Event reads are served here, off the agent loop; the rest goes to the loop.
+            // Event reads are served here, off the agent loop; node requests are read here
+            // and only their decoded request goes to the loop; the rest goes to the loop.
             let mut serving = JoinSet::new();
+            let mut requests = JoinSet::new();
             loop {
                 let s = tokio::select! {
                     s = incoming.recv() => s,
                     Some(_) = serving.join_next() => continue,
+                    Some(_) = requests.join_next() => continue,
                 };
                 let Some(s) = s else { break };
                 if s.kind == STREAM_EVENTS {
@@ -195,6 +202,12 @@ impl Cluster {
                         serving.spawn(events::serve(events.clone(), s.node_id, s.send, s.recv));
                     } else {
                         tracing::debug!(peer = %s.node_id, "too many event reads at once; refusing one");
+                    }
+                } else if s.kind == STREAM_NODE {
+                    if requests.len() < node_requests::MAX_SERVING {
+                        requests.spawn(node_requests::serve(s.node_id, s.send, s.recv, tx.clone()));
+                    } else {
+                        tracing::debug!(peer = %s.node_id, "too many node requests at once; refusing one");
                     }
                 } else if tx.send(Input::Cluster(ClusterInput::Stream(s))).is_err() {
                     break;

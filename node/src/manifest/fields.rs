@@ -310,7 +310,7 @@ fn pod_spec_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => Some("spec.template.spec"),
         Kind::Pod => Some("spec"),
-        Kind::Service | Kind::PodDisruptionBudget => None,
+        Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => None,
     }
 }
 
@@ -323,6 +323,8 @@ fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
         Kind::Pod => &[],
         Kind::Service => &[SERVICE],
         Kind::PodDisruptionBudget => &[DISRUPTION_BUDGET],
+        // Not read from manifests yet.
+        Kind::HorizontalPodAutoscaler => &[],
     }
 }
 

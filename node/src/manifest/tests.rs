@@ -21,6 +21,7 @@ fn render(result: &FileResult) -> String {
                     Object::Workload(w) => serde_json::to_string_pretty(w),
                     Object::Service(s) => serde_json::to_string_pretty(s),
                     Object::PodDisruptionBudget(b) => serde_json::to_string_pretty(b),
+                    Object::HorizontalPodAutoscaler(a) => serde_json::to_string_pretty(a),
                 }
                 .expect("an object is JSON");
                 writeln!(out, "object: {json}").expect("writing to a String");

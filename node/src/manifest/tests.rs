@@ -600,7 +600,7 @@ metadata: {name: w}
 "#,
         expect![[r#"
             warning: test.yaml: document 1 (ConfigMap api): kind: peer does not implement ConfigMap objects yet, ignored
-            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service and PodDisruptionBudget objects
+            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget and HorizontalPodAutoscaler objects
         "#]],
     );
 }

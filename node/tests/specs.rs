@@ -31,7 +31,14 @@ fn every_file_under_specs_parses_without_errors() {
         }
     }
     assert!(errors.is_empty(), "errors in specs/:\n{}", errors.join("\n"));
-    for kind in [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::Service] {
+    for kind in [
+        Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::DaemonSet,
+        Kind::Service,
+        Kind::PodDisruptionBudget,
+        Kind::HorizontalPodAutoscaler,
+    ] {
         assert!(kinds.contains(&kind), "no example {kind} in specs/");
     }
 }

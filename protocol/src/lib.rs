@@ -1,10 +1,11 @@
 //! Wire types and the desired-state model of peer: what the cluster wants, never how it runs.
 //!
 //! Architecture invariant: this crate knows nothing about containers. Its decisions
-//! (`desired`, `sync`, `replicate`, `codec`) are pure; only `transport` and `membership`
-//! do I/O.
+//! (`desired`, `sync`, `replicate`, `codec`, `placement`, `rollout`, `autoscale`) are pure;
+//! only `transport` and `membership` do I/O.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod codec;
 pub mod desired;
 pub mod duty;

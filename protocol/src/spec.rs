@@ -1,5 +1,6 @@
 //! peer's own domain types for desired state: workloads and their pod templates,
-//! services ([`service`]), and [`Object`], the value of a desired-state entry.
+//! services ([`service`]), disruption budgets ([`budget`]), autoscalers ([`autoscaler`]),
+//! and [`Object`], the value of a desired-state entry.
 //!
 //! Kubernetes manifests are converted into these types in exactly one place
 //! (`node::manifest`); everything downstream (reconcile, later gossip and placement)
@@ -10,10 +11,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod autoscaler;
 pub mod budget;
 mod object;
 pub mod service;
 
+pub use autoscaler::HorizontalPodAutoscaler;
 pub use budget::{Budget, DisruptionBudget};
 pub use object::Object;
 pub use service::{ClusterIp, Service, ServicePort, ServiceType, TargetPort};
@@ -27,6 +30,7 @@ pub enum Kind {
     DaemonSet,
     Service,
     PodDisruptionBudget,
+    HorizontalPodAutoscaler,
 }
 
 impl Kind {
@@ -38,6 +42,7 @@ impl Kind {
             Kind::DaemonSet => "DaemonSet",
             Kind::Service => "Service",
             Kind::PodDisruptionBudget => "PodDisruptionBudget",
+            Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
         }
     }
 }
@@ -53,7 +58,7 @@ impl Kind {
     pub fn is_workload(self) -> bool {
         match self {
             Kind::Deployment | Kind::Pod | Kind::StatefulSet | Kind::DaemonSet => true,
-            Kind::Service | Kind::PodDisruptionBudget => false,
+            Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => false,
         }
     }
 }

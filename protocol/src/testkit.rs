@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use crate::desired::{DesiredState, Entry, NodeId, Stamp};
+use crate::spec::autoscaler::{Behavior, MetricSpec, MetricTarget, Resource, ScaleTarget};
 use crate::spec::{
-    ClusterIp, Container, Kind, ObjectKey, PodTemplate, Protocol, Resources, RestartPolicy, Service,
-    ServicePort, ServiceType, Strategy as Rollout, TargetPort, Workload,
+    ClusterIp, Container, HorizontalPodAutoscaler, Kind, ObjectKey, PodTemplate, Protocol, Resources,
+    RestartPolicy, Service, ServicePort, ServiceType, Strategy as Rollout, TargetPort, Workload,
 };
 
 pub fn key(i: u8) -> ObjectKey {
@@ -63,6 +64,23 @@ pub fn service(i: u8) -> Service {
         selector: BTreeMap::from([("app".to_string(), format!("app-{i}"))]),
         session_affinity: None,
         created: None,
+    }
+}
+
+/// An autoscaler `hpa-{i}` of Deployment `app-{i}`: 1 to 10 replicas at 50 % cpu.
+pub fn autoscaler(i: u8) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        key: ObjectKey {
+            kind: Kind::HorizontalPodAutoscaler,
+            namespace: "default".into(),
+            name: format!("hpa-{i}"),
+        },
+        labels: BTreeMap::new(),
+        scale_target: ScaleTarget { kind: Kind::Deployment, name: format!("app-{i}") },
+        min_replicas: 1,
+        max_replicas: 10,
+        metrics: vec![MetricSpec { resource: Resource::Cpu, target: MetricTarget::Utilization(50) }],
+        behavior: Behavior::default(),
     }
 }
 

@@ -405,7 +405,8 @@ fn pod_template(
             | Kind::StatefulSet
             | Kind::DaemonSet
             | Kind::Service
-            | Kind::PodDisruptionBudget,
+            | Kind::PodDisruptionBudget
+            | Kind::HorizontalPodAutoscaler,
             Some(other),
         ) => {
             return Err(FieldError::new(

@@ -139,6 +139,54 @@ const DISRUPTION_BUDGET: &[(&str, Rule)] = &[
     ("spec.maxUnavailable", Rule::Use),
 ];
 
+/// HorizontalPodAutoscaler fields besides [`OBJECT`]: `autoscaling/v2`, and
+/// `targetCPUUtilizationPercentage` of `autoscaling/v1` (a v2 field in a v1 document, or
+/// the other way round, does not survive the typed round trip and is warned as unknown).
+const AUTOSCALER: &[(&str, Rule)] = &[
+    ("spec", Rule::Walk),
+    ("spec.scaleTargetRef", Rule::Walk),
+    ("spec.scaleTargetRef.apiVersion", Rule::Use),
+    ("spec.scaleTargetRef.kind", Rule::Use),
+    ("spec.scaleTargetRef.name", Rule::Use),
+    ("spec.minReplicas", Rule::Use),
+    ("spec.maxReplicas", Rule::Use),
+    ("spec.targetCPUUtilizationPercentage", Rule::Use),
+    ("spec.metrics", Rule::Walk),
+    ("spec.metrics[]", Rule::Walk),
+    ("spec.metrics[].type", Rule::Use),
+    ("spec.metrics[].resource", Rule::Walk),
+    // Resources other than cpu and memory are warned about in `autoscaler`.
+    ("spec.metrics[].resource.name", Rule::Use),
+    ("spec.metrics[].resource.target", Rule::Walk),
+    ("spec.metrics[].resource.target.type", Rule::Use),
+    ("spec.metrics[].resource.target.averageUtilization", Rule::Use),
+    ("spec.metrics[].resource.target.averageValue", Rule::Use),
+    (
+        "spec.metrics[].resource.target.value",
+        Rule::Note("a Resource metric's target is averageUtilization or averageValue; value is ignored, as Kubernetes does"),
+    ),
+    // Metric types peer does not implement are warned about, whole, in `autoscaler`.
+    ("spec.metrics[].pods", Rule::Use),
+    ("spec.metrics[].object", Rule::Use),
+    ("spec.metrics[].external", Rule::Use),
+    ("spec.metrics[].containerResource", Rule::Use),
+    ("spec.behavior", Rule::Walk),
+    ("spec.behavior.scaleUp", Rule::Walk),
+    ("spec.behavior.scaleDown", Rule::Walk),
+];
+
+/// A direction's scaling rules, relative to `spec.behavior.scaleUp` and `.scaleDown`.
+const SCALING_RULES: &[(&str, Rule)] = &[
+    ("stabilizationWindowSeconds", Rule::Use),
+    ("selectPolicy", Rule::Use),
+    ("tolerance", Rule::Use),
+    ("policies", Rule::Walk),
+    ("policies[]", Rule::Walk),
+    ("policies[].type", Rule::Use),
+    ("policies[].value", Rule::Use),
+    ("policies[].periodSeconds", Rule::Use),
+];
+
 /// Pod spec fields, relative to `spec` (Pod) or `spec.template.spec` (the other kinds).
 const POD_SPEC: &[(&str, Rule)] = &[
     ("containers", Rule::Walk),
@@ -310,7 +358,7 @@ fn pod_spec_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => Some("spec.template.spec"),
         Kind::Pod => Some("spec"),
-        Kind::Service | Kind::PodDisruptionBudget => None,
+        Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => None,
     }
 }
 
@@ -323,6 +371,7 @@ fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
         Kind::Pod => &[],
         Kind::Service => &[SERVICE],
         Kind::PodDisruptionBudget => &[DISRUPTION_BUDGET],
+        Kind::HorizontalPodAutoscaler => &[AUTOSCALER],
     }
 }
 
@@ -345,7 +394,26 @@ fn rule(kind: Kind, pattern: &str) -> Option<Rule> {
             return pod_spec_rule(rest);
         }
     }
-    kind_tables(kind).iter().find_map(|table| find(table, pattern))
+    kind_tables(kind)
+        .iter()
+        .find_map(|table| find(table, pattern))
+        .or_else(|| nested_kind_rule(kind, pattern))
+}
+
+/// A table of field patterns and their rules.
+type Table = &'static [(&'static str, Rule)];
+
+/// Tables used at several places outside the pod spec: (kind, pattern of the place, table).
+const NESTED_KIND: &[(Kind, &str, Table)] = &[
+    (Kind::HorizontalPodAutoscaler, "spec.behavior.scaleUp", SCALING_RULES),
+    (Kind::HorizontalPodAutoscaler, "spec.behavior.scaleDown", SCALING_RULES),
+];
+
+fn nested_kind_rule(kind: Kind, pattern: &str) -> Option<Rule> {
+    NESTED_KIND.iter().filter(|(k, _, _)| *k == kind).find_map(|(_, place, table)| {
+        let rest = pattern.strip_prefix(place)?.strip_prefix('.')?;
+        find(table, rest)
+    })
 }
 
 /// The rule for a pattern relative to the pod spec.
@@ -448,6 +516,7 @@ mod tests {
             Kind::Pod,
             Kind::Service,
             Kind::PodDisruptionBudget,
+            Kind::HorizontalPodAutoscaler,
         ] {
             let mut patterns: Vec<String> = OBJECT.iter().map(|(p, _)| (*p).to_owned()).collect();
             if let Some(prefix) = pod_spec_prefix(kind) {
@@ -459,6 +528,10 @@ mod tests {
             }
             for table in kind_tables(kind) {
                 patterns.extend(table.iter().map(|(p, _)| (*p).to_owned()));
+            }
+            for (_, place, table) in NESTED_KIND.iter().filter(|(k, _, _)| *k == kind) {
+                assert_eq!(rule(kind, place), Some(Rule::Walk), "{place}");
+                patterns.extend(table.iter().map(|(p, _)| format!("{place}.{p}")));
             }
             for pattern in patterns {
                 assert!(rule(kind, &pattern).is_some(), "{pattern} ({kind})");

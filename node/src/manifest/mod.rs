@@ -1,5 +1,6 @@
 //! Kubernetes manifests, as users write them, to peer's domain types: the only place
-//! where YAML becomes a `protocol::spec::Object` (a workload or a service).
+//! where YAML becomes a `protocol::spec::Object` (a workload, a service, a disruption
+//! budget or an autoscaler).
 //!
 //! [`parse_file`] reads a file in three steps:
 //! 1. The whole file is checked as YAML. A syntax error makes the whole file unreadable
@@ -7,14 +8,16 @@
 //! 2. Each document is read as a generic YAML value to learn `apiVersion`, `kind` and
 //!    `metadata.name`. Kinds peer does not implement (ConfigMap, Ingress, …) are ignored
 //!    with a warning, not an error, so whole application manifests can be applied.
-//! 3. Deployments, StatefulSets, DaemonSets, Pods and Services are deserialized into the
-//!    real Kubernetes types (k8s-openapi), with field paths in type errors, then converted
-//!    and validated in `convert` (pod placement fields in `scheduling`, services in
-//!    `service`). The field walk in `fields` warns about every field peer does not
+//! 3. Deployments, StatefulSets, DaemonSets, Pods, Services, PodDisruptionBudgets and
+//!    HorizontalPodAutoscalers are deserialized into the real Kubernetes types
+//!    (k8s-openapi), with field paths in type errors, then converted and validated in
+//!    `convert` (pod placement fields in `scheduling`, services in `service`, budgets in
+//!    `budget`, autoscalers in `autoscaler`). The field walk in `fields` warns about every field peer does not
 //!    implement.
 //!
 //! One bad document does not stop the others: each gets its own [`DocResult`].
 
+mod autoscaler;
 mod budget;
 mod container;
 mod convert;
@@ -28,6 +31,7 @@ mod service;
 mod tests;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::{v1 as autoscaling_v1, v2 as autoscaling_v2};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use protocol::spec::{Kind, Object, ObjectKey, Workload};
@@ -53,7 +57,7 @@ pub struct FileResult {
 pub enum DocResult {
     /// An object peer implements, with warnings about fields it does not implement.
     Object { object: Object, warnings: Vec<Warning> },
-    /// A kind peer does not implement yet (HorizontalPodAutoscaler, ConfigMap, …):
+    /// A kind peer does not implement yet (ConfigMap, Ingress, …):
     /// a warning, not an error.
     Ignored { kind: String, name: Option<String>, warning: Warning },
     /// The document cannot be used. `key` is set when its kind and name could be read,
@@ -98,7 +102,6 @@ impl FileResult {
 const KNOWN_IGNORED_KINDS: &[&str] = &[
     "ConfigMap",
     "CronJob",
-    "HorizontalPodAutoscaler",
     "Ingress",
     "Job",
     "Namespace",
@@ -242,6 +245,22 @@ impl Doc<'_> {
                 key(Kind::PodDisruptionBudget),
                 budget::budget,
             ),
+            Some("HorizontalPodAutoscaler") if api_version.as_deref() == Some("autoscaling/v1") => {
+                self.object::<autoscaling_v1::HorizontalPodAutoscaler, _>(
+                    Kind::HorizontalPodAutoscaler,
+                    &value,
+                    api_version,
+                    key(Kind::HorizontalPodAutoscaler),
+                    autoscaler::autoscaler_v1,
+                )
+            }
+            Some("HorizontalPodAutoscaler") => self.object::<autoscaling_v2::HorizontalPodAutoscaler, _>(
+                Kind::HorizontalPodAutoscaler,
+                &value,
+                api_version,
+                key(Kind::HorizontalPodAutoscaler),
+                autoscaler::autoscaler_v2,
+            ),
             Some("Service") => self.object::<Service, _>(
                 Kind::Service,
                 &value,
@@ -253,7 +272,7 @@ impl Doc<'_> {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
                     format!("peer does not implement {other} objects yet, ignored")
                 } else {
-                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service and PodDisruptionBudget objects")
+                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget and HorizontalPodAutoscaler objects")
                 };
                 DocResult::Ignored {
                     kind: other.to_owned(),

@@ -21,6 +21,7 @@ fn render(result: &FileResult) -> String {
                     Object::Workload(w) => serde_json::to_string_pretty(w),
                     Object::Service(s) => serde_json::to_string_pretty(s),
                     Object::PodDisruptionBudget(b) => serde_json::to_string_pretty(b),
+                    Object::HorizontalPodAutoscaler(a) => serde_json::to_string_pretty(a),
                 }
                 .expect("an object is JSON");
                 writeln!(out, "object: {json}").expect("writing to a String");
@@ -599,7 +600,7 @@ metadata: {name: w}
 "#,
         expect![[r#"
             warning: test.yaml: document 1 (ConfigMap api): kind: peer does not implement ConfigMap objects yet, ignored
-            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service and PodDisruptionBudget objects
+            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget and HorizontalPodAutoscaler objects
         "#]],
     );
 }

@@ -1,7 +1,7 @@
 //! [`Object`]: every kind of desired-state value, one variant per domain type.
 //!
-//! Adding a kind (HorizontalPodAutoscaler, PodDisruptionBudget, …) is one variant here,
-//! one arm in each `match` below, and one [`Kind`].
+//! Adding a kind is one variant here (at the end: bincode encodes the variant's index),
+//! its name in [`VARIANTS`], one arm in each `match` below, and one [`Kind`].
 //!
 //! Encodings. Serialized externally tagged: `{"Service": {...}}` in JSON, a variant index
 //! then the value in bincode. Two compatibility rules keep what existed before objects
@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{fnv1a64, DisruptionBudget, Kind, ObjectKey, Service, Workload};
+use super::{fnv1a64, DisruptionBudget, HorizontalPodAutoscaler, Kind, ObjectKey, Service, Workload};
 use crate::desired::Stamp;
 
 /// A desired-state value.
@@ -23,7 +23,11 @@ pub enum Object {
     Workload(Workload),
     Service(Service),
     PodDisruptionBudget(DisruptionBudget),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
 }
+
+/// The variant names, as tags in JSON.
+const VARIANTS: &[&str] = &["Workload", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"];
 
 /// The tagged form, for decoding.
 #[derive(Deserialize)]
@@ -32,6 +36,7 @@ enum Tagged {
     Workload(Workload),
     Service(Service),
     PodDisruptionBudget(DisruptionBudget),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
 }
 
 impl From<Tagged> for Object {
@@ -40,6 +45,7 @@ impl From<Tagged> for Object {
             Tagged::Workload(w) => Object::Workload(w),
             Tagged::Service(s) => Object::Service(s),
             Tagged::PodDisruptionBudget(b) => Object::PodDisruptionBudget(b),
+            Tagged::HorizontalPodAutoscaler(a) => Object::HorizontalPodAutoscaler(a),
         }
     }
 }
@@ -53,10 +59,9 @@ impl<'de> Deserialize<'de> for Object {
         // workload of an earlier version (a workload has several fields, never one
         // named like a variant).
         let value = serde_json::Value::deserialize(d)?;
-        let tagged = value.as_object().is_some_and(|m| {
-            m.len() == 1
-                && m.keys().all(|k| ["Workload", "Service", "PodDisruptionBudget"].contains(&k.as_str()))
-        });
+        let tagged = value
+            .as_object()
+            .is_some_and(|m| m.len() == 1 && m.keys().all(|k| VARIANTS.contains(&k.as_str())));
         let object = if tagged {
             serde_json::from_value::<Tagged>(value).map(Object::from)
         } else {
@@ -84,12 +89,19 @@ impl From<DisruptionBudget> for Object {
     }
 }
 
+impl From<HorizontalPodAutoscaler> for Object {
+    fn from(a: HorizontalPodAutoscaler) -> Object {
+        Object::HorizontalPodAutoscaler(a)
+    }
+}
+
 impl Object {
     pub fn key(&self) -> &ObjectKey {
         match self {
             Object::Workload(w) => &w.key,
             Object::Service(s) => &s.key,
             Object::PodDisruptionBudget(b) => &b.key,
+            Object::HorizontalPodAutoscaler(a) => &a.key,
         }
     }
 
@@ -118,19 +130,27 @@ impl Object {
         }
     }
 
+    pub fn as_autoscaler(&self) -> Option<&HorizontalPodAutoscaler> {
+        match self {
+            Object::HorizontalPodAutoscaler(a) => Some(a),
+            _ => None,
+        }
+    }
+
     /// Labels of the object itself (metadata.labels).
     pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
         match self {
             Object::Workload(w) => &w.labels,
             Object::Service(s) => &s.labels,
             Object::PodDisruptionBudget(b) => &b.labels,
+            Object::HorizontalPodAutoscaler(a) => &a.labels,
         }
     }
 
     /// The stamp of the write that created the object, for kinds that keep it.
     pub fn created(&self) -> Option<&Stamp> {
         match self {
-            Object::Workload(_) | Object::PodDisruptionBudget(_) => None,
+            Object::Workload(_) | Object::PodDisruptionBudget(_) | Object::HorizontalPodAutoscaler(_) => None,
             Object::Service(s) => s.created.as_ref(),
         }
     }
@@ -138,7 +158,7 @@ impl Object {
     /// Sets the creation stamp of kinds that keep one; other kinds are unchanged.
     pub fn set_created(&mut self, stamp: Option<Stamp>) {
         match self {
-            Object::Workload(_) | Object::PodDisruptionBudget(_) => {}
+            Object::Workload(_) | Object::PodDisruptionBudget(_) | Object::HorizontalPodAutoscaler(_) => {}
             Object::Service(s) => s.created = stamp,
         }
     }
@@ -157,16 +177,22 @@ impl Object {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{service, workload};
+    use crate::testkit::{autoscaler, service, workload};
+
+    fn one_of_each() -> [Object; 3] {
+        [
+            Object::Workload(workload(1, 2)),
+            Object::Service(service(3)),
+            Object::HorizontalPodAutoscaler(autoscaler(4)),
+        ]
+    }
 
     #[test]
     fn json_round_trips_tagged_and_reads_bare_workloads() {
-        for object in [Object::Workload(workload(1, 2)), Object::Service(service(3))] {
+        for (object, tag) in one_of_each().into_iter().zip(["Workload", "Service", "HorizontalPodAutoscaler"])
+        {
             let json = serde_json::to_string(&object).expect("encodes");
-            assert!(json.starts_with(&format!(
-                "{{\"{}\":",
-                if object.as_service().is_some() { "Service" } else { "Workload" }
-            )));
+            assert!(json.starts_with(&format!("{{\"{tag}\":")), "{json}");
             assert_eq!(serde_json::from_str::<Object>(&json).expect("decodes"), object);
         }
         let bare = serde_json::to_string(&workload(1, 2)).expect("encodes");
@@ -177,11 +203,15 @@ mod tests {
 
     #[test]
     fn bincode_round_trips() {
-        for object in [Object::Workload(workload(1, 2)), Object::Service(service(3))] {
+        for object in one_of_each() {
             let bytes = crate::codec::encode(&object).expect("encodes");
             let back: Object = crate::codec::decode(&bytes, crate::codec::MAX_MESSAGE).expect("decodes");
             assert_eq!(back, object);
         }
+        // Variant indices are on the wire and in peers' stores: new kinds go at the end.
+        let indices: Vec<u8> =
+            one_of_each().iter().map(|o| crate::codec::encode(o).expect("encodes")[0]).collect();
+        assert_eq!(indices, [0, 1, 3]);
     }
 
     #[test]

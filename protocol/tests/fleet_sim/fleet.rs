@@ -137,7 +137,9 @@ pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
             }
             Kind::StatefulSet => (0..w.replicas).map(|i| format!("{ns}/{name}-{i}")).collect(),
             Kind::Pod => vec![format!("{ns}/{name}")],
-            Kind::DaemonSet | Kind::Service | Kind::PodDisruptionBudget => vec![],
+            Kind::DaemonSet | Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => {
+                vec![]
+            }
         };
         out.extend(identities.into_iter().map(|identity| ReplicaReq { identity, ..base.clone() }));
     }

@@ -206,7 +206,10 @@ pub fn desired_pods<'a>(
             Kind::DaemonSet => {
                 pods.extend(nodes.iter().map(|n| pod(format!("{}-{}", w.key.name, n), 0, Some(n.clone()))));
             }
-            Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => {}
+            Kind::Service
+            | Kind::PodDisruptionBudget
+            | Kind::HorizontalPodAutoscaler
+            | Kind::AutoscalerStatus => {}
         }
     }
     pods

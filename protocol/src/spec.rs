@@ -31,6 +31,9 @@ pub enum Kind {
     Service,
     PodDisruptionBudget,
     HorizontalPodAutoscaler,
+    /// What the node deciding for an autoscaler wrote last (same namespace and name as the
+    /// autoscaler); never in a manifest.
+    AutoscalerStatus,
 }
 
 impl Kind {
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::PodDisruptionBudget => "PodDisruptionBudget",
             Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            Kind::AutoscalerStatus => "AutoscalerStatus",
         }
     }
 }
@@ -58,7 +62,10 @@ impl Kind {
     pub fn is_workload(self) -> bool {
         match self {
             Kind::Deployment | Kind::Pod | Kind::StatefulSet | Kind::DaemonSet => true,
-            Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => false,
+            Kind::Service
+            | Kind::PodDisruptionBudget
+            | Kind::HorizontalPodAutoscaler
+            | Kind::AutoscalerStatus => false,
         }
     }
 }

@@ -406,7 +406,8 @@ fn pod_template(
             | Kind::DaemonSet
             | Kind::Service
             | Kind::PodDisruptionBudget
-            | Kind::HorizontalPodAutoscaler,
+            | Kind::HorizontalPodAutoscaler
+            | Kind::AutoscalerStatus,
             Some(other),
         ) => {
             return Err(FieldError::new(

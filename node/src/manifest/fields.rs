@@ -358,7 +358,10 @@ fn pod_spec_prefix(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => Some("spec.template.spec"),
         Kind::Pod => Some("spec"),
-        Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => None,
+        Kind::Service
+        | Kind::PodDisruptionBudget
+        | Kind::HorizontalPodAutoscaler
+        | Kind::AutoscalerStatus => None,
     }
 }
 
@@ -372,6 +375,7 @@ fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
         Kind::Service => &[SERVICE],
         Kind::PodDisruptionBudget => &[DISRUPTION_BUDGET],
         Kind::HorizontalPodAutoscaler => &[AUTOSCALER],
+        Kind::AutoscalerStatus => &[],
     }
 }
 

@@ -22,6 +22,7 @@ fn render(result: &FileResult) -> String {
                     Object::Service(s) => serde_json::to_string_pretty(s),
                     Object::PodDisruptionBudget(b) => serde_json::to_string_pretty(b),
                     Object::HorizontalPodAutoscaler(a) => serde_json::to_string_pretty(a),
+                    Object::AutoscalerStatus(s) => serde_json::to_string_pretty(s),
                 }
                 .expect("an object is JSON");
                 writeln!(out, "object: {json}").expect("writing to a String");

@@ -36,6 +36,43 @@ impl HorizontalPodAutoscaler {
     }
 }
 
+/// The last decisions of an autoscaler, written by the node that made them (see
+/// `crate::duty`) under the autoscaler's namespace and name with kind
+/// [`Kind::AutoscalerStatus`], apart from the autoscaler so that the user's object stays
+/// the user's: the handover heartbeat, the algorithm's state, and what
+/// `peer describe hpa` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscalerStatus {
+    pub key: ObjectKey,
+    /// The last decision (a rescale or not).
+    pub last: DecisionRecord,
+    /// The last rescales, oldest first (at most [`AutoscalerStatus::RECENT`]).
+    pub rescales: Vec<DecisionRecord>,
+    /// Handed back to `autoscale::decide` on the next decision, by whichever node makes it.
+    pub state: crate::autoscale::AutoscalerState,
+    /// Each metric's current value at the last decision.
+    pub metrics: Vec<crate::autoscale::MetricStatus>,
+}
+
+impl AutoscalerStatus {
+    /// Rescales kept for `peer describe hpa`.
+    pub const RECENT: usize = 10;
+}
+
+/// One decision of an autoscaler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Grows by one with every decision, whoever makes it.
+    pub seq: u64,
+    /// The node that decided.
+    pub by: String,
+    /// When, on that node's clock (ms since the epoch).
+    pub at_ms: u64,
+    pub current_replicas: u32,
+    pub desired_replicas: u32,
+    pub reason: String,
+}
+
 /// `spec.scaleTargetRef`: a Deployment or a StatefulSet (apps/v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScaleTarget {

@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::autoscaler::AutoscalerStatus;
 use super::{fnv1a64, DisruptionBudget, HorizontalPodAutoscaler, Kind, ObjectKey, Service, Workload};
 use crate::desired::Stamp;
 
@@ -24,10 +25,12 @@ pub enum Object {
     Service(Service),
     PodDisruptionBudget(DisruptionBudget),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    AutoscalerStatus(AutoscalerStatus),
 }
 
 /// The variant names, as tags in JSON.
-const VARIANTS: &[&str] = &["Workload", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"];
+const VARIANTS: &[&str] =
+    &["Workload", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "AutoscalerStatus"];
 
 /// The tagged form, for decoding.
 #[derive(Deserialize)]
@@ -37,6 +40,7 @@ enum Tagged {
     Service(Service),
     PodDisruptionBudget(DisruptionBudget),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    AutoscalerStatus(AutoscalerStatus),
 }
 
 impl From<Tagged> for Object {
@@ -46,6 +50,7 @@ impl From<Tagged> for Object {
             Tagged::Service(s) => Object::Service(s),
             Tagged::PodDisruptionBudget(b) => Object::PodDisruptionBudget(b),
             Tagged::HorizontalPodAutoscaler(a) => Object::HorizontalPodAutoscaler(a),
+            Tagged::AutoscalerStatus(s) => Object::AutoscalerStatus(s),
         }
     }
 }
@@ -95,6 +100,12 @@ impl From<HorizontalPodAutoscaler> for Object {
     }
 }
 
+impl From<AutoscalerStatus> for Object {
+    fn from(s: AutoscalerStatus) -> Object {
+        Object::AutoscalerStatus(s)
+    }
+}
+
 impl Object {
     pub fn key(&self) -> &ObjectKey {
         match self {
@@ -102,6 +113,7 @@ impl Object {
             Object::Service(s) => &s.key,
             Object::PodDisruptionBudget(b) => &b.key,
             Object::HorizontalPodAutoscaler(a) => &a.key,
+            Object::AutoscalerStatus(s) => &s.key,
         }
     }
 
@@ -137,20 +149,32 @@ impl Object {
         }
     }
 
-    /// Labels of the object itself (metadata.labels).
+    pub fn as_autoscaler_status(&self) -> Option<&AutoscalerStatus> {
+        match self {
+            Object::AutoscalerStatus(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Labels of the object itself (metadata.labels); none for a status.
     pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
         match self {
             Object::Workload(w) => &w.labels,
             Object::Service(s) => &s.labels,
             Object::PodDisruptionBudget(b) => &b.labels,
             Object::HorizontalPodAutoscaler(a) => &a.labels,
+            Object::AutoscalerStatus(_) => &NONE,
         }
     }
 
     /// The stamp of the write that created the object, for kinds that keep it.
     pub fn created(&self) -> Option<&Stamp> {
         match self {
-            Object::Workload(_) | Object::PodDisruptionBudget(_) | Object::HorizontalPodAutoscaler(_) => None,
+            Object::Workload(_)
+            | Object::PodDisruptionBudget(_)
+            | Object::HorizontalPodAutoscaler(_)
+            | Object::AutoscalerStatus(_) => None,
             Object::Service(s) => s.created.as_ref(),
         }
     }
@@ -158,7 +182,10 @@ impl Object {
     /// Sets the creation stamp of kinds that keep one; other kinds are unchanged.
     pub fn set_created(&mut self, stamp: Option<Stamp>) {
         match self {
-            Object::Workload(_) | Object::PodDisruptionBudget(_) | Object::HorizontalPodAutoscaler(_) => {}
+            Object::Workload(_)
+            | Object::PodDisruptionBudget(_)
+            | Object::HorizontalPodAutoscaler(_)
+            | Object::AutoscalerStatus(_) => {}
             Object::Service(s) => s.created = stamp,
         }
     }

@@ -137,7 +137,11 @@ pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
             }
             Kind::StatefulSet => (0..w.replicas).map(|i| format!("{ns}/{name}-{i}")).collect(),
             Kind::Pod => vec![format!("{ns}/{name}")],
-            Kind::DaemonSet | Kind::Service | Kind::PodDisruptionBudget | Kind::HorizontalPodAutoscaler => {
+            Kind::DaemonSet
+            | Kind::Service
+            | Kind::PodDisruptionBudget
+            | Kind::HorizontalPodAutoscaler
+            | Kind::AutoscalerStatus => {
                 vec![]
             }
         };

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod folder;
 pub mod identity;
 pub mod manifest;
+pub mod metrics;
 pub mod network;
 pub mod nodecfg;
 pub mod probe;

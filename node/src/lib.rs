@@ -19,6 +19,7 @@ pub mod server;
 pub mod services;
 pub mod status;
 pub mod store;
+pub mod top;
 pub mod watch;
 
 /// `peer __runtime-helper …` runs libcontainer's create in a fresh single-threaded

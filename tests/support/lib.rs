@@ -55,7 +55,10 @@ pub fn peer_bin() -> &'static Path {
             .status()
             .expect("running cargo build for the peer binary");
         assert!(status.success(), "building the peer binary failed");
-        workspace().join("target/debug/peer")
+        // Where that build put it: CARGO_TARGET_DIR (relative to the workspace, where cargo
+        // ran) when set, as it is for test runs that share a prebuilt target folder.
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+        workspace().join(target).join("debug/peer")
     })
 }
 

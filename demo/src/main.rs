@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Some("rm") => rest.iter().try_for_each(|f| std::fs::remove_file(f).map_err(|e| format!("{f}: {e}"))),
         Some("alloc") => alloc(&rest),
         Some("sleep") => sleep(&rest),
+        Some("burn") => burn(&rest),
         Some("echo") => {
             println!("{}", rest.join(" "));
             Ok(())
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
         Some("mount-cgroup") => mount_cgroup(),
         Some("exit") => return ExitCode::from(rest.first().and_then(|c| c.parse().ok()).unwrap_or(1)),
         Some(other) => Err(format!(
-            "unknown command {other:?}; expected serve, get URL, hammer URL COUNT INTERVAL_MS, resolve NAME, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, echo ..., mount-cgroup, exit CODE"
+            "unknown command {other:?}; expected serve, get URL, hammer URL COUNT INTERVAL_MS, resolve NAME, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, burn [MILLICORES], echo ..., mount-cgroup, exit CODE"
         )),
     };
     match result {
@@ -55,12 +56,7 @@ extern "C" fn on_term(_: libc::c_int) {
 /// As PID 1 of its pid namespace the process ignores signals it has no handler for,
 /// so it installs one for SIGTERM and SIGINT and exits 0 on them.
 fn serve() -> Result<(), String> {
-    // SAFETY: `on_term` is async-signal-safe (one atomic store) and the handler
-    // pointer stays valid for the life of the process.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
-    }
+    exit_on_term();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let delay = std::env::var("START_DELAY_SECS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let ready_at = Instant::now() + Duration::from_secs(delay);
@@ -85,6 +81,52 @@ fn serve() -> Result<(), String> {
         }
     }
     println!("peer-demo: terminating");
+    Ok(())
+}
+
+/// Installs the SIGTERM and SIGINT handlers that set [`TERMINATING`].
+fn exit_on_term() {
+    // SAFETY: `on_term` is async-signal-safe (one atomic store) and the handler
+    // pointer stays valid for the life of the process.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+}
+
+/// `burn [MILLICORES]`: uses about MILLICORES of CPU (default 1000, one core) until
+/// SIGTERM: each of `ceil(MILLICORES / 1000)` threads spins its share of every 100 ms.
+/// A steady load for `peer top` and autoscaling tests.
+fn burn(args: &[&str]) -> Result<(), String> {
+    let millis: u64 = match args.first() {
+        Some(m) => m.parse().map_err(|_| format!("bad MILLICORES {m:?}; usage: burn [MILLICORES]"))?,
+        None => 1000,
+    };
+    exit_on_term();
+    let threads = millis.div_ceil(1000).max(1);
+    let busy = Duration::from_micros(millis * 100 / threads);
+    let period = Duration::from_millis(100);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut x: u64 = 1;
+                while !TERMINATING.load(Ordering::SeqCst) {
+                    let start = Instant::now();
+                    while start.elapsed() < busy {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    if let Some(rest) = period.checked_sub(start.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+                x
+            })
+        })
+        .collect();
+    println!("burning {millis}m on {threads} thread(s)");
+    for w in workers {
+        let _ = w.join();
+    }
     Ok(())
 }
 

@@ -22,6 +22,12 @@ pub enum Request {
     },
     /// Services with their addresses, ports and endpoints (`services::ServiceEntry`s).
     GetServices,
+    /// `peer top pods`: usage of the cluster's pods in `namespace` (all when `None`).
+    TopPods {
+        namespace: Option<String>,
+    },
+    /// `peer top nodes`: usage of every live node against its capacity.
+    TopNodes,
     /// One service's entry, selector and where it came from.
     DescribeService {
         namespace: String,
@@ -247,4 +253,33 @@ pub struct NodeRow {
     pub labels: std::collections::BTreeMap<String, String>,
     pub taints: Vec<String>,
     pub pods: Option<u32>,
+}
+
+/// A row of `peer top pods`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodUsageRow {
+    pub namespace: String,
+    pub name: String,
+    /// The node that runs it.
+    pub node: String,
+    /// Millicores, averaged over the node's last sampling interval.
+    pub cpu_millis: u64,
+    /// Working set of its containers.
+    pub memory_bytes: u64,
+    /// When its node sampled it (ms since the epoch, that node's clock).
+    pub sampled_at_ms: u64,
+}
+
+/// A row of `peer top nodes`; usage is `None` until the node has published a sample,
+/// capacity until its node info arrived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeUsageRow {
+    pub name: String,
+    pub cpu_millis: Option<u64>,
+    pub cpu_percent: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_percent: Option<u64>,
+    pub cpu_capacity_millis: Option<u64>,
+    pub memory_capacity_bytes: Option<u64>,
+    pub sampled_at_ms: Option<u64>,
 }

@@ -42,6 +42,18 @@ pub enum Command {
         #[arg(short, long)]
         watch: bool,
     },
+    /// Show CPU and memory use of pods or nodes, cluster-wide: `peer top pods|nodes`.
+    Top {
+        /// `pods` or `nodes`.
+        resource: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Pods of every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+    },
     /// Show one pod in detail.
     Describe {
         /// `pod` or `service`.

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod folder;
 pub mod identity;
 pub mod manifest;
+pub mod metrics;
 pub mod network;
 pub mod nodecfg;
 pub mod probe;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod services;
 pub mod status;
 pub mod store;
+pub mod top;
 pub mod watch;
 
 /// `peer __runtime-helper …` runs libcontainer's create in a fresh single-threaded

@@ -86,6 +86,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Get { resource, output, watch: true } => client::watch(&client, &resource, output)?,
         Command::Get { resource, output, .. } => client::get(&client, &resource, output)?,
+        Command::Top { resource, namespace, all_namespaces, output } => {
+            let namespace = (!all_namespaces).then_some(namespace);
+            node::top::top(&client, &resource, namespace, output)?;
+        }
         Command::Describe { resource, name, namespace } => {
             let req = match resource.as_str() {
                 "pod" | "pods" | "po" => Request::DescribePod { namespace, name },

@@ -1,12 +1,13 @@
 //! cgroup facts the runtime needs beyond libcontainer: which version the host runs,
 //! where a container's cgroup is, whether the OOM killer struck it, and leftover cleanup.
+//! Usage counters for metrics are read in `usage.rs`.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 /// Mount point of the cgroup filesystems.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Which cgroup hierarchy the host runs; hybrid hosts count as v1 (controllers live there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +45,16 @@ impl CgroupPlace {
 
     /// Directory of the memory controller for this container.
     fn memory_dir(&self) -> PathBuf {
+        self.dir_under(Path::new(CGROUP_ROOT), "memory")
+    }
+
+    /// This container's directory of `controller` (a v1 hierarchy such as `memory` or
+    /// `cpuacct`; v2 has one directory for all) in the cgroup filesystems mounted at `root`.
+    pub(crate) fn dir_under(&self, root: &Path, controller: &str) -> PathBuf {
         let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
         match self.version {
-            CgroupVersion::V1 => Path::new(CGROUP_ROOT).join("memory").join(rel),
-            CgroupVersion::V2 => Path::new(CGROUP_ROOT).join(rel),
+            CgroupVersion::V1 => root.join(controller).join(rel),
+            CgroupVersion::V2 => root.join(rel),
         }
     }
 

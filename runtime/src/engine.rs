@@ -420,6 +420,13 @@ impl Runtime {
         })
     }
 
+    /// The container's CPU time so far and its memory working set, read from its cgroup
+    /// (a few small files: cheap, but blocking); `None` when the cgroup is gone.
+    pub fn container_usage(&self, id: &str) -> Option<crate::Usage> {
+        validate_id(id).ok()?;
+        self.cgroup(id).usage()
+    }
+
     /// Watches the container process `pid` (which started at `start_time`); when it
     /// exits an `ExitEvent` goes to the `exits()` channel. A process that is already
     /// gone, or whose pid now belongs to another process, is reported at once with an

@@ -19,6 +19,7 @@ mod overlay;
 mod probe;
 mod process;
 mod spec;
+mod usage;
 
 pub use bundle::{mounts as container_mounts, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 pub use cgroup::kill_all_under;
@@ -28,3 +29,4 @@ pub use exec::exec;
 pub use image::{ImageConfig, ResolvedImage};
 pub use probe::{ExecOutcome, PROBE_OUTPUT_LIMIT};
 pub use spec::{ContainerSpec, ContainerStatus, DnsConfig, ExitEvent, Limits, Network, Started};
+pub use usage::{node_usage, Usage};

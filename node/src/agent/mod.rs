@@ -10,6 +10,7 @@ mod cluster_api;
 mod cluster_events;
 mod drain;
 mod events;
+mod metrics;
 mod network;
 mod node_requests;
 mod placement;
@@ -105,6 +106,10 @@ pub enum Input {
     },
     Tick,
     Shutdown,
+    /// Time to read the usage counters (every `metrics::SAMPLE_EVERY`).
+    SampleUsage,
+    /// A read of the usage counters finished.
+    Usage(Box<crate::metrics::Reading>),
 }
 
 pub struct Agent {
@@ -146,6 +151,8 @@ pub struct Agent {
     forwarding: runtime::net::Forwarding,
     latest_rules: network::Latest<runtime::net::Forwarding>,
     latest_routes: network::Latest<Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>>,
+    /// Usage metrics: the sampler, this node's latest sample, what gossip has.
+    usage: metrics::UsageState,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -234,6 +241,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         forwarding: runtime::net::Forwarding::default(),
         latest_rules: Default::default(),
         latest_routes: Default::default(),
+        usage: metrics::UsageState::new(input_tx.clone()),
     };
     agent.claim_pod_range();
     agent.setup_network().await;
@@ -245,6 +253,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut usage_tick = tokio::time::interval(metrics::SAMPLE_EVERY);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     agent.sync_folder();
     let mut wake = agent.reconcile();
     // A burst of folder events (create, write, close, rename) becomes one rescan.
@@ -258,6 +268,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Some(e) = exits.recv() => Input::Exit(e),
             Some(t) = task_rx.recv() => Input::Task(t),
             _ = tick.tick() => Input::Tick,
+            _ = usage_tick.tick() => Input::SampleUsage,
             _ = sleep => Input::Tick,
             _ = folder_sleep, if folder_due.is_some() => {
                 folder_due = None;
@@ -344,6 +355,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 // for failure detection; the containers keep running.
                 agent.cluster.leave().await;
                 break;
+            }
+            // Metrics change nothing the reconciler looks at.
+            Input::SampleUsage => {
+                agent.sample_usage();
+                continue;
+            }
+            Input::Usage(reading) => {
+                agent.handle_usage(*reading).await;
+                continue;
             }
         }
         let writes = agent.store.drain_local_writes();

@@ -212,6 +212,8 @@ impl Agent {
             }
             Request::RolloutPause { namespace, name, paused } => self.rollout_pause(namespace, name, paused),
             Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
+            Request::TopPods { namespace } => ok(self.top_pods(namespace.as_deref())),
+            Request::TopNodes => ok(self.top_nodes()),
             Request::DescribeService { namespace, name } => self.describe_service(namespace, name),
             Request::DescribePod { namespace, name } => {
                 let key = reconcile::pod_key(&namespace, &name);

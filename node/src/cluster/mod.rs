@@ -8,6 +8,7 @@
 pub mod claims;
 pub mod events;
 pub mod files;
+pub mod metrics;
 pub mod node_requests;
 mod streams;
 
@@ -85,6 +86,8 @@ pub struct Peer {
     pub claims: claims::Claims,
     /// Whether the peer's claims have arrived (it always publishes `claims.0`).
     pub claims_known: bool,
+    /// Its latest published usage sample.
+    pub metrics: Option<metrics::Metrics>,
     /// When this node last saw the peer become live.
     pub live_since_ms: u64,
     /// Whether the peer had been seen dead before it became live (again).
@@ -124,6 +127,7 @@ pub struct Cluster {
     tasks: JoinSet<()>,
     published_digest: Option<u64>,
     published_claims: Option<Vec<String>>,
+    published_metrics: Option<Vec<String>>,
     /// Peers seen going from live to not live (see [`RETURN_HOLD_MS`]).
     died: BTreeSet<NodeId>,
     /// Until then, peers becoming live are not reported as joins: a node that restarts
@@ -242,6 +246,7 @@ impl Cluster {
             tasks,
             published_digest: None,
             published_claims: None,
+            published_metrics: None,
             died: BTreeSet::new(),
             quiet_until_ms,
         })
@@ -281,13 +286,23 @@ impl Cluster {
             let info = v.keys.get(KEY_NODE).and_then(|i| serde_json::from_str(i).ok());
             let claims = claims::decode(&v.keys);
             let claims_known = v.keys.contains_key(&claims::key(0));
+            let metrics = metrics::decode(&v.keys);
             let (live_since_ms, returned) = match self.live.get(&id) {
                 Some(p) => (p.live_since_ms, p.returned),
                 None => (now_ms, self.died.contains(&id)),
             };
             live.insert(
                 id,
-                Peer { member: v.member, digest, info, claims, claims_known, live_since_ms, returned },
+                Peer {
+                    member: v.member,
+                    digest,
+                    info,
+                    claims,
+                    claims_known,
+                    metrics,
+                    live_since_ms,
+                    returned,
+                },
             );
         }
         let addrs: BTreeSet<SocketAddr> = live.values().map(|p| p.member.gossip_addr).collect();
@@ -530,22 +545,16 @@ impl Cluster {
     pub async fn publish_claims(&mut self, claims: &claims::Claims) {
         let Some(m) = self.membership.as_ref() else { return };
         let chunks = claims::encode(claims);
-        let old = self.published_claims.as_ref().map_or(0, Vec::len);
-        if self.published_claims.as_ref() == Some(&chunks) {
-            return;
-        }
-        for (i, chunk) in chunks.iter().enumerate() {
-            if self.published_claims.as_ref().and_then(|p| p.get(i)) == Some(chunk) {
-                continue;
-            }
-            if let Err(e) = m.set_self_key(&claims::key(i), chunk).await {
-                tracing::warn!("publishing claims: {e}");
-            }
-        }
-        for i in chunks.len()..old {
-            m.delete_self_key(&claims::key(i)).await;
-        }
+        publish_chunks(m, "claims", claims::key, &chunks, self.published_claims.as_deref()).await;
         self.published_claims = Some(chunks);
+    }
+
+    /// Publishes this node's usage sample (the caller decides when it is worth it).
+    pub async fn publish_metrics(&mut self, sample: &metrics::Metrics) {
+        let Some(m) = self.membership.as_ref() else { return };
+        let chunks = metrics::encode(sample);
+        publish_chunks(m, "metrics", metrics::key, &chunks, self.published_metrics.as_deref()).await;
+        self.published_metrics = Some(chunks);
     }
 
     /// Whether this node sees a quorum of the cluster's members (itself included).
@@ -593,6 +602,31 @@ impl Cluster {
         }
         self.transport.close();
         self.tasks.abort_all();
+    }
+}
+
+/// Sets the keys `key(0)`, `key(1)`, … to `chunks` where they differ from `old` (what was
+/// published before) and deletes the keys past the new last one.
+async fn publish_chunks(
+    m: &Membership,
+    what: &str,
+    key: fn(usize) -> String,
+    chunks: &[String],
+    old: Option<&[String]>,
+) {
+    if old == Some(chunks) {
+        return;
+    }
+    for (i, chunk) in chunks.iter().enumerate() {
+        if old.and_then(|p| p.get(i)) == Some(chunk) {
+            continue;
+        }
+        if let Err(e) = m.set_self_key(&key(i), chunk).await {
+            tracing::warn!("publishing {what}: {e}");
+        }
+    }
+    for i in chunks.len()..old.map_or(0, <[String]>::len) {
+        m.delete_self_key(&key(i)).await;
     }
 }
 

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Some("mount-cgroup") => mount_cgroup(),
         Some("exit") => return ExitCode::from(rest.first().and_then(|c| c.parse().ok()).unwrap_or(1)),
         Some(other) => Err(format!(
-            "unknown command {other:?}; expected serve, get URL, hammer URL COUNT INTERVAL_MS, resolve NAME, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, burn [MILLICORES], echo ..., mount-cgroup, exit CODE"
+            "unknown command {other:?}; expected serve, get URL, hammer URL COUNT INTERVAL_MS, resolve NAME, cat FILE, write FILE TEXT, mkdir DIR, rm FILE, alloc MIB, sleep SECS, burn [MILLICORES [IDLE_FILE]], echo ..., mount-cgroup, exit CODE"
         )),
     };
     match result {
@@ -94,25 +94,31 @@ fn exit_on_term() {
     }
 }
 
-/// `burn [MILLICORES]`: uses about MILLICORES of CPU (default 1000, one core) until
-/// SIGTERM: each of `ceil(MILLICORES / 1000)` threads spins its share of every 100 ms.
-/// A steady load for `peer top` and autoscaling tests.
+/// `burn [MILLICORES [IDLE_FILE]]`: uses about MILLICORES of CPU (default 1000, one
+/// core) until SIGTERM: each of `ceil(MILLICORES / 1000)` threads spins its share of every
+/// 100 ms, except while IDLE_FILE exists. A steady load for `peer top` and autoscaling
+/// tests, that a test turns off by writing the file.
 fn burn(args: &[&str]) -> Result<(), String> {
     let millis: u64 = match args.first() {
-        Some(m) => m.parse().map_err(|_| format!("bad MILLICORES {m:?}; usage: burn [MILLICORES]"))?,
+        Some(m) => {
+            m.parse().map_err(|_| format!("bad MILLICORES {m:?}; usage: burn [MILLICORES [IDLE_FILE]]"))?
+        }
         None => 1000,
     };
+    let idle_file: Option<std::path::PathBuf> = args.get(1).map(Into::into);
     exit_on_term();
     let threads = millis.div_ceil(1000).max(1);
     let busy = Duration::from_micros(millis * 100 / threads);
     let period = Duration::from_millis(100);
     let workers: Vec<_> = (0..threads)
         .map(|_| {
+            let idle_file = idle_file.clone();
             std::thread::spawn(move || {
                 let mut x: u64 = 1;
                 while !TERMINATING.load(Ordering::SeqCst) {
                     let start = Instant::now();
-                    while start.elapsed() < busy {
+                    let idle = idle_file.as_ref().is_some_and(|f| f.exists());
+                    while !idle && start.elapsed() < busy {
                         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
                     }
                     if let Some(rest) = period.checked_sub(start.elapsed()) {

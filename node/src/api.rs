@@ -92,6 +92,13 @@ pub enum Request {
         name: String,
         paused: bool,
     },
+    /// HorizontalPodAutoscalers as `peer get hpa` shows them.
+    GetAutoscalers,
+    /// `peer describe hpa NAME`.
+    DescribeAutoscaler {
+        namespace: String,
+        name: String,
+    },
     /// `peer delete KIND NAME`.
     Delete {
         kind: String,

@@ -239,6 +239,10 @@ pub struct UpArgs {
     /// nodes' ranges, services and DNS) or `none` (each pod gets only its loopback).
     #[arg(long, env = "PEER_POD_NETWORK", default_value = "bridge")]
     pub pod_network: String,
+    /// How often each HorizontalPodAutoscaler decides, in seconds (Kubernetes'
+    /// `--horizontal-pod-autoscaler-sync-period`); every node must use the same.
+    #[arg(long, env = "PEER_HPA_SYNC_PERIOD", default_value_t = 15)]
+    pub hpa_sync_period: u64,
 }
 
 #[derive(Debug, Subcommand)]

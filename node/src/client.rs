@@ -112,8 +112,9 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
         "events" | "event" | "ev" => return events(client, output, false),
         "nodes" | "node" | "no" => Request::GetNodes,
         "services" | "service" | "svc" => Request::GetServices,
+        "hpa" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => Request::GetAutoscalers,
         other => bail!(
-            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, services, nodes or events"
+            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, services, hpa, nodes or events"
         ),
     };
     let data = client.call(&req)?;
@@ -142,6 +143,28 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
                 })
                 .collect();
             print_table(&["NAME", "READY", "UP-TO-DATE", "SOURCE"], &rows);
+        }
+        Request::GetAutoscalers => {
+            let text = |v: &Value| match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "<none>".to_owned(),
+                other => other.to_string(),
+            };
+            let rows: Vec<Vec<String>> = data
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    ["name", "reference", "targets", "minPods", "maxPods", "replicas", "decidedBy"]
+                        .iter()
+                        .map(|k| text(&r[*k]))
+                        .collect()
+                })
+                .collect();
+            print_table(
+                &["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "DECIDED BY"],
+                &rows,
+            );
         }
         Request::GetServices => {
             let rows: Vec<crate::services::ServiceEntry> = serde_json::from_value(data)?;

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     other => anyhow::bail!("--pod-network: expected bridge or none, got {other:?}"),
                 },
                 test_hooks: std::env::var("PEER_TEST_HOOKS").as_deref() == Ok("1"),
+                hpa_sync_period: std::time::Duration::from_secs(up.hpa_sync_period.max(1)),
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(node::agent::run(cfg))?;
@@ -94,7 +95,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let req = match resource.as_str() {
                 "pod" | "pods" | "po" => Request::DescribePod { namespace, name },
                 "service" | "services" | "svc" => Request::DescribeService { namespace, name },
-                _ => bail!("describe supports pods and services only (got {resource:?})"),
+                "hpa" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => {
+                    Request::DescribeAutoscaler { namespace, name }
+                }
+                _ => bail!("describe supports pods, services and hpa (got {resource:?})"),
             };
             let data = client.call(&req)?;
             client::print_structured(&data, node::cli::Output::Yaml)?;

@@ -413,7 +413,20 @@ pub fn deployment(name: &str, replicas: u32) -> String {
 /// Starts `names[0]` as a new cluster and joins the others through it.
 /// Every agent has the test hooks (`peer block`) enabled.
 pub fn cluster(names: &[&str]) -> Vec<Node> {
-    form(names.iter().map(|n| Node::prepare(n)).collect())
+    cluster_with(names, &[])
+}
+
+/// Like [`cluster`], with extra arguments for every `peer up`.
+pub fn cluster_with(names: &[&str], args: &[&str]) -> Vec<Node> {
+    let nodes = names
+        .iter()
+        .map(|n| {
+            let mut node = Node::prepare(n);
+            node.agent_args.extend(args.iter().map(|a| (*a).to_owned()));
+            node
+        })
+        .collect();
+    form(nodes)
 }
 
 /// Like [`cluster`], but node `i` runs on test host `i` of `net` (its own network

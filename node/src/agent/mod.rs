@@ -6,6 +6,7 @@
 //! (`pods.rs`), whose slow work (creating, stopping containers) runs in tasks that
 //! report back as inputs. Only this loop mutates state.
 
+mod autoscalers;
 mod cluster_api;
 mod cluster_events;
 mod drain;
@@ -86,6 +87,8 @@ pub struct AgentConfig {
     pub net: crate::network::Plan,
     /// Whether pods get an address on the node's bridge (else only their loopback).
     pub pod_network: bool,
+    /// How often each autoscaler decides.
+    pub hpa_sync_period: Duration,
 }
 
 /// Everything that can wake the agent.
@@ -137,6 +140,8 @@ pub struct Agent {
     taints_seen: BTreeMap<String, u64>,
     /// Rollouts under way and since when each stood still (`observe_rollouts`).
     progress: BTreeMap<protocol::spec::ObjectKey, rollouts::Progress>,
+    /// What this node has seen of each autoscaler's decisions (`autoscalers.rs`).
+    autoscale_watch: BTreeMap<protocol::spec::ObjectKey, protocol::duty::Watch>,
     /// The routes to the peers' pod ranges last programmed (net, prefix, via).
     routes: Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
     /// Whether the node's bridge and NAT are set up (pods get addresses only then).
@@ -229,6 +234,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         view_key: 0,
         taints_seen: BTreeMap::new(),
         progress: BTreeMap::new(),
+        autoscale_watch: BTreeMap::new(),
         routes: Vec::new(),
         network_up: false,
         last_ip: None,
@@ -347,6 +353,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.cluster.tick(&mut agent.store, now_ms());
                 agent.cluster.forget_departed().await;
                 agent.observe_rollouts(now_ms());
+                agent.autoscale(now_ms());
                 let info = agent.node.info(agent.started_at_ms, agent.pods.len() as u32);
                 agent.cluster.publish(&agent.store, Some(&info)).await;
             }

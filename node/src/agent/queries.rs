@@ -51,6 +51,7 @@ pub fn parse_kind(kind: &str) -> Option<Kind> {
         "daemonset" | "daemonsets" | "ds" => Some(Kind::DaemonSet),
         "pod" | "pods" | "po" => Some(Kind::Pod),
         "service" | "services" | "svc" => Some(Kind::Service),
+        "hpa" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => Some(Kind::HorizontalPodAutoscaler),
         _ => None,
     }
 }
@@ -211,6 +212,8 @@ impl Agent {
                 self.rollout_undo(namespace, name, to_revision)
             }
             Request::RolloutPause { namespace, name, paused } => self.rollout_pause(namespace, name, paused),
+            Request::GetAutoscalers => ok(self.autoscaler_rows()),
+            Request::DescribeAutoscaler { namespace, name } => self.describe_autoscaler(namespace, name),
             Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
             Request::TopPods { namespace } => ok(self.top_pods(namespace.as_deref())),
             Request::TopNodes => ok(self.top_nodes()),

@@ -371,7 +371,7 @@ pub fn print_history(name: &str, data: &serde_json::Value) {
     println!("deployment/{name}");
     println!("REVISION  CHANGE-CAUSE");
     for r in data["revisions"].as_array().into_iter().flatten() {
-        println!("{:<10}{}", r["revision"], cause(r));
+        println!("{:<10}{}", r["revision"].as_u64().unwrap_or(0), cause(r));
     }
 }
 

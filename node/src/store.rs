@@ -154,6 +154,19 @@ impl Store {
         Ok(Some((key, entry)))
     }
 
+    /// Writes `object` as this node on behalf of the cluster (an autoscaler's count): the
+    /// source of the version it replaces stays, when this node wrote that version, so a spec
+    /// file that defined the object still deletes it when removed.
+    pub fn put_keeping_source(
+        &mut self,
+        object: impl Into<Object>,
+        otherwise: Source,
+    ) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
+        let object = object.into();
+        let source = self.get(object.key()).and_then(|s| s.source.cloned()).unwrap_or(otherwise);
+        self.put(object, source)
+    }
+
     /// Deletes `key` as this node (a tombstone); `None` when it was not there.
     pub fn remove(&mut self, key: &ObjectKey) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
         let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
@@ -268,6 +281,25 @@ mod tests {
         let (_, e) =
             reopened.put(workload("c", 1), Source::Api("c.yaml".into())).expect("put c").expect("new");
         assert_eq!(e.stamp.lamport, 4);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_write_for_the_cluster_keeps_the_file_as_source() {
+        let dir = std::env::temp_dir().join(format!("peer-store-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir.join("desired.json"), &NodeId("n1".into()), 7).expect("open");
+        let file = Source::File("specs/a.yaml".into());
+        store.put(workload("a", 3), file.clone()).expect("put");
+        let hpa = Source::Api("autoscaler a".into());
+        store.put_keeping_source(workload("a", 5), hpa.clone()).expect("scale");
+        let stored = store.get(&workload("a", 5).key).expect("live");
+        assert_eq!((stored.source, stored.object.as_workload().map(|w| w.replicas)), (Some(&file), Some(5)));
+        // Without a source of its own (written elsewhere), the write is the autoscaler's.
+        store.put(workload("b", 1), Source::Api("apply".into())).expect("put b");
+        store.sources.clear();
+        store.put_keeping_source(workload("b", 2), hpa.clone()).expect("scale b");
+        assert_eq!(store.get(&workload("b", 2).key).expect("live").source, Some(&hpa));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

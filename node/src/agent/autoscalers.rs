@@ -181,7 +181,8 @@ impl Agent {
                 if decision.rescale() {
                     let mut scaled = target.clone();
                     scaled.replicas = decision.desired_replicas;
-                    match self.store.put(scaled, Source::Api(format!("autoscaler {}", hpa.key.name))) {
+                    let by = Source::Api(format!("autoscaler {}", hpa.key.name));
+                    match self.store.put_keeping_source(scaled, by) {
                         Ok(_) => {
                             let msg = format!(
                                 "New size: {}; reason: {}",

@@ -152,6 +152,25 @@ fn pulled_image_runs_and_answers() {
 }
 
 #[test]
+fn agent_pulls_a_missing_registry_image() {
+    if !require_root("agent_pulls_a_missing_registry_image") {
+        return;
+    }
+    let registry = Registry::start("agent", None);
+    registry.push_demo("demo:v2", None);
+    let mut node = node_without_demo("agent");
+    node.start_agent();
+    let reference = format!("{}/demo:v2", registry.addr);
+    node.write_spec("web.yaml", &deployment("web", &reference));
+    let pod = wait_for("the agent to pull and run the image", Duration::from_secs(90), || {
+        node.running_pods().into_iter().next()
+    });
+    let body = node.peer_ok(&["exec", &pod, "--", "/peer-demo", "get", "http://127.0.0.1:8080/"]);
+    assert!(body.contains(&format!("hello from {pod}")), "pod {pod} answered {body:?}");
+    assert!(images(&node).contains(&reference), "image ls: {:?}", images(&node));
+}
+
+#[test]
 fn pull_by_digest_stores_the_image() {
     if !require_root("pull_by_digest_stores_the_image") {
         return;

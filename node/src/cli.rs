@@ -249,6 +249,19 @@ pub struct UpArgs {
 pub enum ImageCommand {
     /// Import an OCI image layout (directory or tar) or a `docker save` archive.
     Import { path: PathBuf },
+    /// Pull an image from an OCI registry (`host[:port]/repo:tag` or `…@sha256:…`).
+    ///
+    /// Loopback registries are spoken to over plain HTTP, others over HTTPS unless listed
+    /// with `--insecure-registry`.
+    Pull {
+        reference: String,
+        /// Docker `config.json`-shaped file with basic credentials per registry.
+        #[arg(long, env = "PEER_REGISTRY_AUTH")]
+        credentials: Option<PathBuf>,
+        /// A registry (`host[:port]`) to reach over plain HTTP; may be repeated.
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
     /// List images.
     Ls,
     /// Remove an image reference.

@@ -7,7 +7,7 @@ use node::api::Request;
 use node::cli::{Cli, Command, ImageCommand};
 use node::client::{self, Client};
 use node::cluster::files::ClusterFiles;
-use runtime::image::ImageStore;
+use runtime::image::{ImageStore, PullOptions};
 
 fn main() -> std::process::ExitCode {
     // The runtime helper must run before anything starts a thread (see ARCHITECTURE.md).
@@ -246,6 +246,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     for img in store.import(&path)? {
                         println!("imported {} ({})", img.reference.as_deref().unwrap_or("<none>"), img.id);
                     }
+                }
+                ImageCommand::Pull { reference, credentials, insecure_registries } => {
+                    let options = PullOptions { credentials, insecure_registries };
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let img = rt
+                        .block_on(store.pull(&reference, &options))
+                        .with_context(|| format!("pulling image {reference}"))?;
+                    println!("pulled {} ({})", img.reference.as_deref().unwrap_or(&reference), img.id);
                 }
                 ImageCommand::Ls => {
                     let rows: Vec<Vec<String>> = store

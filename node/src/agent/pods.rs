@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::spec::Container;
-use runtime::image::ImageStore;
+use runtime::image::{ImageError, ImageStore, PullOptions};
 use runtime::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Runtime};
 
 use super::{now_ms, Agent, DefaultLimits};
@@ -152,6 +152,20 @@ async fn start_one(
 ) -> Result<(i32, u64), (String, String)> {
     let resolved = match images.resolve(image) {
         Ok(r) => r,
+        Err(ImageError::NotFound { .. }) if names_registry(image) => {
+            // This task runs off the agent loop, as every create does. The pull holds the
+            // store's lock while it downloads; other creates only wait on it when they
+            // must re-extract a layer.
+            let options = PullOptions {
+                credentials: std::env::var_os("PEER_REGISTRY_AUTH").map(PathBuf::from),
+                ..PullOptions::default()
+            };
+            let pulled = match images.pull(image, &options).await {
+                Ok(_) => images.resolve(image),
+                Err(e) => Err(e),
+            };
+            pulled.map_err(|e| ("ImagePullBackOff".to_owned(), format!("pulling {image}: {e}")))?
+        }
         Err(e) => {
             return Err(("ImagePullBackOff".to_owned(), format!("{e} (import it with `peer image import`)")))
         }
@@ -170,6 +184,12 @@ async fn start_one(
         Ok(started) => Ok((started.pid, started.start_time)),
         Err(e) => Err(("CreateContainerError".to_owned(), e.to_string())),
     }
+}
+
+/// Whether `image` names a registry to pull from: its first path component is a host
+/// (has a dot or a port, or is `localhost`), as Docker decides it.
+fn names_registry(image: &str) -> bool {
+    image.split_once('/').is_some_and(|(host, _)| host.contains(['.', ':']) || host == "localhost")
 }
 
 impl Agent {
@@ -635,6 +655,21 @@ impl Agent {
                 }
             }
             Err(e) => tracing::warn!("listing runtime containers: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_registry;
+
+    #[test]
+    fn only_references_with_a_host_name_a_registry() {
+        for image in ["127.0.0.1:5000/demo:v1", "localhost/demo", "registry.example/app@sha256:ab"] {
+            assert!(names_registry(image), "{image}");
+        }
+        for image in ["peer-demo:latest", "library/nginx", "nginx", "sha256:abcd"] {
+            assert!(!names_registry(image), "{image}");
         }
     }
 }

@@ -36,7 +36,7 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(data))
     }
 
-    fn from_hasher(hasher: Sha256) -> Digest {
+    pub(crate) fn from_hasher(hasher: Sha256) -> Digest {
         let hex: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
         Digest(format!("sha256:{hex}"))
     }
@@ -177,6 +177,18 @@ impl Blobs {
             fs::rename(tmp, &dest).map_err(ImageError::io("renaming into", &dest))?;
         }
         Ok((digest, len))
+    }
+
+    /// A fresh path in the staging directory for a blob being written elsewhere (a pull).
+    pub(crate) fn staging_path(&self) -> PathBuf {
+        self.tmp.join(format!("pull-{}-{}", std::process::id(), unique_suffix()))
+    }
+
+    /// Moves a staged file whose content the caller has verified to hash to `digest` into
+    /// the store under that digest.
+    pub(crate) fn commit_staged(&self, staged: &Path, digest: &Digest) -> Result<(), ImageError> {
+        let dest = self.path(digest);
+        fs::rename(staged, &dest).map_err(ImageError::io("renaming into", &dest))
     }
 
     /// Reads a JSON blob of at most [`JSON_LIMIT`] bytes.

@@ -45,6 +45,16 @@ pub enum ImageError {
     /// A layer archive is hostile or malformed; the partial extraction was discarded.
     #[error("layer {digest}: {reason}")]
     Layer { digest: String, reason: String },
+    /// The registry refused the credentials (or their absence); nothing changed.
+    #[error("registry {registry} refused the credentials for {repository}: 401 {detail}")]
+    Unauthorized { registry: String, repository: String, detail: String },
+    /// Talking to a registry failed; blobs already verified may stay until the next
+    /// garbage collection, the index is unchanged.
+    #[error("pulling {reference} from registry {registry}: {reason}")]
+    Registry { registry: String, reference: String, reason: String },
+    /// The credentials file cannot be used; nothing changed.
+    #[error("credentials file {}: {reason}", path.display())]
+    Credentials { path: PathBuf, reason: String },
     /// A file system operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io { op: &'static str, path: PathBuf, source: io::Error },

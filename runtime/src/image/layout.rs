@@ -53,16 +53,16 @@ pub(crate) fn read_images(source: &Source, blobs: &Blobs) -> Result<Vec<FoundIma
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
-    digest: Digest,
-    size: Option<u64>,
-    platform: Option<Platform>,
+pub(crate) struct Descriptor {
+    pub digest: Digest,
+    pub size: Option<u64>,
+    pub platform: Option<Platform>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
-struct Platform {
+pub(crate) struct Platform {
     os: String,
     architecture: String,
 }
@@ -70,11 +70,11 @@ struct Platform {
 /// An image index or an image manifest; which one is told by the fields present.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ManifestOrIndex {
-    media_type: Option<String>,
-    manifests: Option<Vec<Descriptor>>,
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
+pub(crate) struct ManifestOrIndex {
+    pub media_type: Option<String>,
+    pub manifests: Option<Vec<Descriptor>>,
+    pub config: Option<Descriptor>,
+    pub layers: Option<Vec<Descriptor>>,
 }
 
 #[derive(Deserialize)]
@@ -124,7 +124,7 @@ fn host_arch() -> &'static str {
     }
 }
 
-fn is_host(platform: &Platform) -> bool {
+pub(crate) fn is_host(platform: &Platform) -> bool {
     platform.os == "linux" && platform.architecture == host_arch()
 }
 
@@ -240,7 +240,7 @@ fn read_docker_save(source: &Source, blobs: &Blobs) -> Result<Vec<FoundImage>, I
     Ok(images)
 }
 
-fn image_from_config(
+pub(crate) fn image_from_config(
     blobs: &Blobs,
     names: Vec<String>,
     manifest: Option<Digest>,

@@ -5,6 +5,7 @@ mod blob;
 mod error;
 mod index;
 mod layout;
+mod pull;
 mod reference;
 mod source;
 mod store;
@@ -15,6 +16,7 @@ mod unpack;
 
 pub use blob::Digest;
 pub use error::ImageError;
+pub use pull::PullOptions;
 pub use reference::{parse_image_id, Reference};
 pub use store::{ImageStore, ImageSummary};
 pub use types::*;

@@ -70,6 +70,16 @@ impl Reference {
         Ok(Reference { domain: domain.to_owned(), path, tag, digest })
     }
 
+    /// The registry host, with its port if it has one, e.g. `docker.io` or `127.0.0.1:5000`.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The repository path inside the registry, e.g. `library/nginx`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The repository, `domain/path`, without tag or digest.
     pub fn repository(&self) -> String {
         format!("{}/{}", self.domain, self.path)

@@ -25,7 +25,7 @@ use super::{ImageError, ResolvedImage};
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
-    blobs: Blobs,
+    pub(super) blobs: Blobs,
 }
 
 /// One line of `peer image ls`: a reference (or none) and the image it names.
@@ -78,6 +78,12 @@ impl ImageStore {
                 self.unpack(&layer.digest, &layer.diff_id)?;
             }
         }
+        self.record(found)
+    }
+
+    /// Adds images whose blobs are verified in the store and whose layers are extracted to
+    /// the index, tagging each with its names. The caller holds the lock.
+    pub(super) fn record(&self, found: Vec<FoundImage>) -> Result<Vec<ImageSummary>, ImageError> {
         let mut index = self.load_index()?;
         let mut summaries = Vec::new();
         for image in found {
@@ -170,7 +176,7 @@ impl ImageStore {
         })
     }
 
-    fn unpack(&self, digest: &Digest, diff_id: &Digest) -> Result<(), ImageError> {
+    pub(super) fn unpack(&self, digest: &Digest, diff_id: &Digest) -> Result<(), ImageError> {
         let staging = self.dir.join("tmp").join(format!(
             "layer-{}-{}-{}",
             diff_id.hex(),
@@ -189,7 +195,7 @@ impl ImageStore {
 
     /// Deletes blobs, layers and staging files no image in the index refers to.
     /// The caller holds the lock.
-    fn collect_garbage(&self) -> Result<(), ImageError> {
+    pub(super) fn collect_garbage(&self) -> Result<(), ImageError> {
         let index = self.load_index()?;
         let mut blobs = BTreeSet::new();
         let mut layers = BTreeSet::new();
@@ -206,7 +212,7 @@ impl ImageStore {
         remove_except(&self.dir.join("tmp"), &BTreeSet::new())
     }
 
-    fn lock(&self) -> Result<StoreLock, ImageError> {
+    pub(super) fn lock(&self) -> Result<StoreLock, ImageError> {
         StoreLock::acquire(&self.dir.join("lock"))
     }
 

@@ -166,8 +166,31 @@ impl Node {
     }
 
     pub fn start_agent(&mut self) {
-        let log = std::fs::File::create(self.dir.join(format!("agent-{}.log", crate::unique())))
-            .expect("creating agent log");
+        // A probed free port can be taken by another test's process (a CLI dialing out)
+        // before the agent binds it; on loopback the agent then gets another one.
+        for _ in 0..3 {
+            let log_path = self.dir.join(format!("agent-{}.log", crate::unique()));
+            self.spawn_agent(&log_path);
+            let up = wait_for("the agent's API socket", Duration::from_secs(20), || {
+                if self.peer(&["get", "pods"]).status.success() {
+                    return Some(true);
+                }
+                let exited = self.agent.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                let taken =
+                    std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Address already in use"));
+                (exited && taken && self.netns.is_none()).then_some(false)
+            });
+            if up {
+                return;
+            }
+            self.agent = None;
+            self.listen = free_udp_port();
+        }
+        panic!("the agent of {} could not bind a free port", self.name);
+    }
+
+    fn spawn_agent(&mut self, log_path: &Path) {
+        let log = std::fs::File::create(log_path).expect("creating agent log");
         let mut cmd = match &self.netns {
             None => Command::new(peer_bin()),
             Some(ns) => in_netns(ns),
@@ -192,9 +215,6 @@ impl Node {
             .spawn()
             .expect("starting peer up");
         self.agent = Some(child);
-        wait_for("the agent's API socket", Duration::from_secs(20), || {
-            self.peer(&["get", "pods"]).status.success().then_some(())
-        });
     }
 
     /// Stops the agent with SIGTERM (a graceful leave) and waits for it.

@@ -80,14 +80,19 @@ impl Agent {
         Ok((key, w.clone(), file))
     }
 
-    /// Where the rollout of `w` stands in the shared view (every live node's claims).
-    fn rollout_state(&self, w: &Workload) -> RolloutState {
-        let revision = w.template.revision_hash();
+    /// Every Deployment replica copy that this node and its live peers claim, indexed once
+    /// for all the Deployments a caller looks at.
+    fn copies(&self) -> Copies {
         let mine = self.claims();
         let all = std::iter::once(&mine).chain(self.cluster.live_peers().map(|p| &p.claims));
-        let copies = protocol::rollout::index_copies(
+        protocol::rollout::index_copies(
             all.flat_map(|c| c.iter().map(|(k, c)| (k.as_str(), c.revision.as_str(), c.available))),
-        );
+        )
+    }
+
+    /// Where the rollout of `w` stands in the shared view (every live node's claims).
+    fn rollout_state(&self, w: &Workload, copies: &Copies) -> RolloutState {
+        let revision = w.template.revision_hash();
         let seen = copies.get(&(w.key.namespace.clone(), w.key.name.clone())).cloned().unwrap_or_default();
         let updated: Vec<_> =
             seen.iter().filter(|c| c.revision == revision && c.index < w.replicas).collect();
@@ -110,7 +115,7 @@ impl Agent {
             Ok(d) => d,
             Err(e) => return e,
         };
-        let state = self.rollout_state(&w);
+        let state = self.rollout_state(&w, &self.copies());
         let failed = !state.done && self.progress.get(&key).is_some_and(|p| p.exceeded);
         Response::Ok {
             data: json!({
@@ -255,8 +260,9 @@ impl Agent {
         let deployments: Vec<Workload> =
             self.store.workloads().filter(|w| w.key.kind == Kind::Deployment).cloned().collect();
         let mut next = BTreeMap::new();
+        let copies = self.copies();
         for w in deployments {
-            let state = self.rollout_state(&w);
+            let state = self.rollout_state(&w, &copies);
             if state.done || w.rollout.paused {
                 continue;
             }
@@ -293,6 +299,8 @@ impl Agent {
         self.progress = next;
     }
 }
+
+type Copies = BTreeMap<(String, String), Vec<protocol::rollout::Copy>>;
 
 /// Where a rollout stands.
 struct RolloutState {

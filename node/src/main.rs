@@ -248,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
                 ImageCommand::Pull { reference, credentials, insecure_registries } => {
-                    let options = PullOptions { credentials, insecure_registries };
+                    let options = PullOptions { credentials, insecure_registries, ..PullOptions::default() };
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     let img = rt
                         .block_on(store.pull(&reference, &options))

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod blob;
 pub mod codec;
 pub mod desired;
 pub mod duty;

@@ -101,6 +101,8 @@ struct StartJob {
     /// Bounds concurrent creates: each one is a process doing clone-heavy work, and
     /// running more than the cores can take only makes every one of them slower.
     creates: Arc<tokio::sync::Semaphore>,
+    /// How this node pulls images it does not hold.
+    pull: PullOptions,
 }
 
 impl StartJob {
@@ -127,7 +129,7 @@ impl StartJob {
                 Ok(ns) => {
                     spec.network = ns.clone().map_or(Network::Host, Network::Namespace);
                     let _permit = self.creates.acquire().await;
-                    start_one(&self.runtime, &self.images, &image, &spec, self.fresh).await
+                    start_one(&self.runtime, &self.images, &image, &spec, self.fresh, &self.pull).await
                 }
             };
             let msg = match result {
@@ -149,6 +151,7 @@ async fn start_one(
     image: &str,
     spec: &ContainerSpec,
     fresh: bool,
+    pull: &PullOptions,
 ) -> Result<(i32, u64), (String, String)> {
     let resolved = match images.resolve(image) {
         Ok(r) => r,
@@ -156,11 +159,7 @@ async fn start_one(
             // This task runs off the agent loop, as every create does. The pull holds the
             // store's lock while it downloads; other creates only wait on it when they
             // must re-extract a layer.
-            let options = PullOptions {
-                credentials: std::env::var_os("PEER_REGISTRY_AUTH").map(PathBuf::from),
-                ..PullOptions::default()
-            };
-            let pulled = match images.pull(image, &options).await {
+            let pulled = match images.pull(image, pull).await {
                 Ok(_) => images.resolve(image),
                 Err(e) => Err(e),
             };
@@ -193,6 +192,14 @@ fn names_registry(image: &str) -> bool {
 }
 
 impl Agent {
+    /// How this node pulls images: the credentials file `PEER_REGISTRY_AUTH` names.
+    fn pull_options(&self) -> PullOptions {
+        PullOptions {
+            credentials: std::env::var_os("PEER_REGISTRY_AUTH").map(PathBuf::from),
+            ..PullOptions::default()
+        }
+    }
+
     pub(super) fn log_path(&self, namespace: &str, pod: &str, container: &str, restart: u32) -> PathBuf {
         self.cfg
             .data_dir
@@ -287,6 +294,7 @@ impl Agent {
             specs,
             fresh: only.is_none(),
             creates: self.creates.clone(),
+            pull: self.pull_options(),
         };
         let tx = self.tasks.clone();
         self.jobs.spawn(job.run(tx));

@@ -55,6 +55,9 @@ pub enum ImageError {
     /// The credentials file cannot be used; nothing changed.
     #[error("credentials file {}: {reason}", path.display())]
     Credentials { path: PathBuf, reason: String },
+    /// An image pull secret cannot be used; nothing changed.
+    #[error("{what}: {reason}")]
+    PullSecret { what: String, reason: String },
     /// A file system operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io { op: &'static str, path: PathBuf, source: io::Error },

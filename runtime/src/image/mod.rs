@@ -5,6 +5,7 @@ mod blob;
 mod error;
 mod index;
 mod layout;
+mod peers;
 mod pull;
 mod reference;
 mod source;
@@ -16,7 +17,8 @@ mod unpack;
 
 pub use blob::Digest;
 pub use error::ImageError;
-pub use pull::PullOptions;
+pub use peers::{BlobStream, Distribution, PeerBlobs, PeerFuture};
+pub use pull::{ProgressSnapshot, PullOptions, PullProgress, PullSecret};
 pub use reference::{parse_image_id, Reference};
 pub use store::{ImageStore, ImageSummary};
 pub use types::*;

@@ -24,7 +24,7 @@ use super::{ImageError, ResolvedImage};
 /// the index on every call.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     pub(super) blobs: Blobs,
 }
 
@@ -176,6 +176,17 @@ impl ImageStore {
         })
     }
 
+    /// The manifest digest of the image a tag or id names, `None` when the store lacks
+    /// the image or recorded no manifest for it.
+    pub(super) fn manifest_digest(&self, reference: &str) -> Result<Option<Digest>, ImageError> {
+        let index = self.load_index()?;
+        match lookup(&index, reference) {
+            Ok((id, _)) => Ok(index.images.get(&id).and_then(|record| record.manifest.clone())),
+            Err(ImageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(super) fn unpack(&self, digest: &Digest, diff_id: &Digest) -> Result<(), ImageError> {
         let staging = self.dir.join("tmp").join(format!(
             "layer-{}-{}-{}",
@@ -209,7 +220,9 @@ impl ImageStore {
         }
         remove_except(self.blobs.dir(), &blobs)?;
         remove_except(&self.dir.join("layers"), &layers)?;
-        remove_except(&self.dir.join("tmp"), &BTreeSet::new())
+        // Partial downloads stay for a day so an interrupted pull resumes where it stopped.
+        let tmp = self.dir.join("tmp");
+        remove_except(&tmp, &super::pull::resumable_partials(&tmp))
     }
 
     pub(super) fn lock(&self) -> Result<StoreLock, ImageError> {

@@ -243,6 +243,10 @@ pub struct UpArgs {
     /// `--horizontal-pod-autoscaler-sync-period`); every node must use the same.
     #[arg(long, env = "PEER_HPA_SYNC_PERIOD", default_value_t = 15)]
     pub hpa_sync_period: u64,
+    /// Where image blobs come from: `peers-first` (from nodes that hold them, the registry
+    /// for the rest), `registry-only`, or `peers-only` (air-gapped: never the registry).
+    #[arg(long, env = "PEER_IMAGE_DISTRIBUTION", default_value = "peers-first")]
+    pub image_distribution: runtime::image::Distribution,
 }
 
 #[derive(Debug, Subcommand)]

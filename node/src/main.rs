@@ -81,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 test_hooks: std::env::var("PEER_TEST_HOOKS").as_deref() == Ok("1"),
                 hpa_sync_period: std::time::Duration::from_secs(up.hpa_sync_period.max(1)),
+                image_distribution: up.image_distribution,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(node::agent::run(cfg))?;

@@ -28,6 +28,14 @@ pub fn owner<'a>(duty: &str, live: impl IntoIterator<Item = &'a str>) -> Option<
         .map(|(_, std::cmp::Reverse(node))| node)
 }
 
+/// `me`'s place in the order [`owner`] picks from (0: it is the owner), among `me` and the
+/// `others`; every node that sees the same live set derives the same order.
+pub fn rank<'a>(duty: &str, me: &str, others: impl IntoIterator<Item = &'a str>) -> usize {
+    let score = |node: &str| (key_hash(&format!("{duty}\u{0}{node}")), std::cmp::Reverse(node.to_owned()));
+    let mine = score(me);
+    others.into_iter().filter(|node| *node != me).filter(|node| score(node) > mine).count()
+}
+
 /// The last action on a duty as the desired state shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
@@ -86,6 +94,18 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_follow_the_owner_order() {
+        let nodes = ["a", "b", "c", "d", "e"];
+        for duty in ["sha256:1", "sha256:2", "x"] {
+            let mut ranks: Vec<usize> = nodes.iter().map(|me| rank(duty, me, nodes)).collect();
+            let first = nodes[ranks.iter().position(|r| *r == 0).expect("someone is first")];
+            assert_eq!(Some(first), owner(duty, nodes));
+            ranks.sort_unstable();
+            assert_eq!(ranks, vec![0, 1, 2, 3, 4], "{duty}");
+        }
+    }
 
     #[test]
     fn owners_spread_and_move_only_when_their_node_goes() {

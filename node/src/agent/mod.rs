@@ -9,6 +9,7 @@
 mod autoscalers;
 mod cluster_api;
 mod cluster_events;
+mod distribution;
 mod drain;
 mod events;
 mod metrics;
@@ -89,6 +90,8 @@ pub struct AgentConfig {
     pub pod_network: bool,
     /// How often each autoscaler decides.
     pub hpa_sync_period: Duration,
+    /// Where pulls take image blobs from.
+    pub image_distribution: runtime::image::Distribution,
 }
 
 /// Everything that can wake the agent.
@@ -113,6 +116,9 @@ pub enum Input {
     SampleUsage,
     /// A read of the usage counters finished.
     Usage(Box<crate::metrics::Reading>),
+    /// The image store gained a blob, or a pull started or stopped fetching one: time to
+    /// advertise this node's blobs again.
+    BlobsChanged,
 }
 
 pub struct Agent {
@@ -213,7 +219,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ClusterOptions { listen: cfg.listen, advertise: cfg.advertise, generation: identity.generation };
     let known_peers = !files.peers.is_empty();
     let events = EventLog::open(&cfg.data_dir.join("events.jsonl"), &identity.node_id, EVENT_LOG_CAP)?;
-    let cluster = Cluster::start(files, &opts, input_tx.clone(), &info, events.reader()).await?;
+    let cluster =
+        Cluster::start(files, &opts, input_tx.clone(), &info, events.reader(), images.clone()).await?;
 
     let mut agent = Agent {
         cfg: cfg.clone(),
@@ -354,6 +361,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.cluster.forget_departed().await;
                 agent.observe_rollouts(now_ms());
                 agent.autoscale(now_ms());
+                // Imports and removals through the CLI change the store behind the agent.
+                agent.publish_blobs().await;
                 let info = agent.node.info(agent.started_at_ms, agent.pods.len() as u32);
                 agent.cluster.publish(&agent.store, Some(&info)).await;
             }
@@ -370,6 +379,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             Input::Usage(reading) => {
                 agent.handle_usage(*reading).await;
+                continue;
+            }
+            Input::BlobsChanged => {
+                agent.publish_blobs().await;
                 continue;
             }
         }

@@ -5,6 +5,7 @@
 //! that report back through [`ClusterInput`]. Decisions come from the pure
 //! `protocol::replicate::Replicator` and `protocol::sync::SyncSession`.
 
+pub mod blobs;
 pub mod claims;
 pub mod events;
 pub mod files;
@@ -41,6 +42,9 @@ pub const STREAM_EVENTS: u8 = 3;
 /// A request to cordon, uncordon or drain the peer, or for its drain's status
 /// (`protocol::node_request`); read by a task, applied by the peer's agent loop.
 pub const STREAM_NODE: u8 = 4;
+/// A fetch of an image blob or manifest this node holds (`protocol::blob`), served by a
+/// task without the agent loop.
+pub const STREAM_BLOB: u8 = 5;
 
 /// Gossip keys this node publishes.
 pub const KEY_DIGEST: &str = "digest";
@@ -88,6 +92,8 @@ pub struct Peer {
     pub claims_known: bool,
     /// Its latest published usage sample.
     pub metrics: Option<metrics::Metrics>,
+    /// The image blobs it holds and fetches, as it advertises them.
+    pub blobs: protocol::blob::Advert,
     /// When this node last saw the peer become live.
     pub live_since_ms: u64,
     /// Whether the peer had been seen dead before it became live (again).
@@ -128,6 +134,9 @@ pub struct Cluster {
     published_digest: Option<u64>,
     published_claims: Option<Vec<String>>,
     published_metrics: Option<Vec<String>>,
+    published_blobs: Option<Vec<String>>,
+    /// The peers' image blobs, for pulls.
+    pub blobs: blobs::ClusterBlobs,
     /// Peers seen going from live to not live (see [`RETURN_HOLD_MS`]).
     died: BTreeSet<NodeId>,
     /// Until then, peers becoming live are not reported as joins: a node that restarts
@@ -156,6 +165,7 @@ impl Cluster {
         inputs: UnboundedSender<Input>,
         info: &NodeInfo,
         events: EventReader,
+        images: Arc<runtime::image::ImageStore>,
     ) -> anyhow::Result<Cluster> {
         let identity = files.identity()?;
         let me = NodeId(identity.node_id.clone());
@@ -194,11 +204,13 @@ impl Cluster {
             // and only their decoded request goes to the loop; the rest goes to the loop.
             let mut serving = JoinSet::new();
             let mut requests = JoinSet::new();
+            let mut blob_serving = JoinSet::new();
             loop {
                 let s = tokio::select! {
                     s = incoming.recv() => s,
                     Some(_) = serving.join_next() => continue,
                     Some(_) = requests.join_next() => continue,
+                    Some(_) = blob_serving.join_next() => continue,
                 };
                 let Some(s) = s else { break };
                 if s.kind == STREAM_EVENTS {
@@ -212,6 +224,16 @@ impl Cluster {
                         requests.spawn(node_requests::serve(s.node_id, s.send, s.recv, tx.clone()));
                     } else {
                         tracing::debug!(peer = %s.node_id, "too many node requests at once; refusing one");
+                    }
+                } else if s.kind == STREAM_BLOB {
+                    // Over the limit the asker still gets an answer (busy), so it asks another
+                    // holder at once instead of waiting for a timeout; that answer is a
+                    // task too, bounded by the request timeout.
+                    let busy = blob_serving.len() >= blobs::MAX_SERVING;
+                    if blob_serving.len() < 2 * blobs::MAX_SERVING {
+                        blob_serving.spawn(blobs::serve(images.clone(), s.node_id, s.send, s.recv, busy));
+                    } else {
+                        tracing::debug!(peer = %s.node_id, "too many blob requests at once; refusing one");
                     }
                 } else if tx.send(Input::Cluster(ClusterInput::Stream(s))).is_err() {
                     break;
@@ -231,8 +253,10 @@ impl Cluster {
         tracing::info!(node = %me, %addr, cluster = %files.cluster_id, seeds = ?files.peers, "cluster endpoint up");
         let seed = protocol::spec::fnv1a64(format!("{}/{}", me, opts.generation).as_bytes());
         let quiet_until_ms = if files.peers.is_empty() { 0 } else { crate::agent::now_ms() + JOIN_QUIET_MS };
+        let blobs = blobs::ClusterBlobs::new(me.clone(), transport.clone(), inputs.clone());
         Ok(Cluster {
             files,
+            blobs,
             transport,
             membership: Some(membership),
             join,
@@ -247,6 +271,7 @@ impl Cluster {
             published_digest: None,
             published_claims: None,
             published_metrics: None,
+            published_blobs: None,
             died: BTreeSet::new(),
             quiet_until_ms,
         })
@@ -287,6 +312,7 @@ impl Cluster {
             let claims = claims::decode(&v.keys);
             let claims_known = v.keys.contains_key(&claims::key(0));
             let metrics = metrics::decode(&v.keys);
+            let blobs = protocol::blob::Advert::decode(&v.keys);
             let (live_since_ms, returned) = match self.live.get(&id) {
                 Some(p) => (p.live_since_ms, p.returned),
                 None => (now_ms, self.died.contains(&id)),
@@ -300,11 +326,13 @@ impl Cluster {
                     claims,
                     claims_known,
                     metrics,
+                    blobs,
                     live_since_ms,
                     returned,
                 },
             );
         }
+        self.blobs.update(live.iter().map(|(id, p)| (id.clone(), p.member.gossip_addr, p.blobs.clone())));
         let addrs: BTreeSet<SocketAddr> = live.values().map(|p| p.member.gossip_addr).collect();
         let mut new_peers = !addrs.is_subset(&self.files.peers);
         if new_peers {
@@ -555,6 +583,14 @@ impl Cluster {
         let chunks = metrics::encode(sample);
         publish_chunks(m, "metrics", metrics::key, &chunks, self.published_metrics.as_deref()).await;
         self.published_metrics = Some(chunks);
+    }
+
+    /// Publishes which image blobs this node holds (`held`) and fetches, if that changed.
+    pub async fn publish_blobs(&mut self, held: &[runtime::image::Digest]) {
+        let Some(m) = self.membership.as_ref() else { return };
+        let chunks = self.blobs.advert(held).encode();
+        publish_chunks(m, "blobs", protocol::blob::key, &chunks, self.published_blobs.as_deref()).await;
+        self.published_blobs = Some(chunks);
     }
 
     /// Whether this node sees a quorum of the cluster's members (itself included).

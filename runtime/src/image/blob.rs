@@ -52,6 +52,20 @@ impl Digest {
     }
 }
 
+/// Computes a [`Digest`] over data fed in pieces (a blob streamed to or from a peer).
+#[derive(Default)]
+pub struct DigestHasher(Sha256);
+
+impl DigestHasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest::from_hasher(self.0)
+    }
+}
+
 /// Whether `hex` is exactly 64 lowercase hex digits.
 pub(crate) fn is_sha256_hex(hex: &str) -> bool {
     hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -15,7 +15,7 @@ mod tests;
 mod types;
 mod unpack;
 
-pub use blob::Digest;
+pub use blob::{Digest, DigestHasher};
 pub use error::ImageError;
 pub use peers::{BlobStream, Distribution, PeerBlobs, PeerFuture};
 pub use pull::{ProgressSnapshot, PullOptions, PullProgress, PullSecret};

@@ -1,12 +1,13 @@
 //! Pulls from a real OCI registry (Debian's `docker-registry` on loopback, filled with
-//! `skopeo`): pull and run, a tampered blob refused, wrong credentials named.
+//! `skopeo`): pull and run, a tampered blob refused, wrong credentials named, and nodes
+//! that start an image from a peer's blobs once the registry is gone.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tests::{demo_image, require_root, wait_for, Node};
+use tests::{cluster, demo_image, require_root, wait_for, Node};
 
 /// A `docker-registry serve` on 127.0.0.1 with its storage in a temporary folder; killed
 /// and removed on drop.
@@ -77,6 +78,12 @@ impl Registry {
     /// The file the registry keeps the blob `sha256:<hex>` in.
     fn blob_file(&self, hex: &str) -> PathBuf {
         self.dir.join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+
+    /// Stops the registry: from now on every connection to it is refused.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn log(&self) -> String {
@@ -260,4 +267,46 @@ fn base64(text: &str) -> String {
         }
     }
     out
+}
+
+/// One pod of `image` on every node.
+fn daemonset(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n        - name: main\n          image: {image}\n          resources:\n            limits: {{cpu: \"100m\", memory: \"32Mi\"}}\n"
+    )
+}
+
+#[test]
+fn peers_start_the_image_with_the_registry_stopped() {
+    if !require_root("peers_start_the_image_with_the_registry_stopped") {
+        return;
+    }
+    let mut registry = Registry::start("p2p", None);
+    registry.push_demo("demo:v1", None);
+    let reference = format!("{}/demo:v1", registry.addr);
+    let nodes = cluster(&["p2p-a", "p2p-b", "p2p-c"]);
+    for node in &nodes {
+        node.peer_ok(&["image", "rm", "peer-demo:latest"]);
+    }
+    // The first node pulls from the registry; then the registry goes away.
+    nodes[0].peer_ok(&["image", "pull", &reference]);
+    registry.stop();
+    // Its agent advertises the new blobs within a tick; gossip carries them in a moment.
+    std::thread::sleep(Duration::from_secs(4));
+    nodes[0].write_spec("agents.yaml", &daemonset("agents", &reference));
+    for node in &nodes {
+        wait_for(&format!("the image to run on {}", node.name), Duration::from_secs(90), || {
+            node.running_pods().into_iter().next()
+        });
+        assert!(images(node).contains(&reference), "{}: image ls: {:?}", node.name, images(node));
+    }
+    for node in &nodes[1..] {
+        let log = node.agent_log();
+        assert!(log.contains("fetched a blob from a peer"), "{} fetched nothing from a peer:\n{log}", node.name);
+        assert!(
+            log.contains("using the manifest a peer holds for the tag"),
+            "{} did not resolve the tag at a peer:\n{log}",
+            node.name
+        );
+    }
 }

@@ -78,22 +78,24 @@ pub struct ClusterReport {
     pub soak_loadavg: Option<String>,
 }
 
-struct Agent {
+pub(crate) struct Agent {
     name: String,
     data: PathBuf,
     specs: PathBuf,
     log: PathBuf,
     listen: SocketAddr,
     cgroup_parent: String,
+    /// Extra arguments of `peer up`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Agent {
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.data.join("peer.sock")
     }
 
-    fn cli(&self, peer: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    pub(crate) fn cli(&self, peer: &Path, args: &[&str]) -> anyhow::Result<Output> {
         Command::new(peer)
             .args(args)
             .env("PEER_DATA_DIR", &self.data)
@@ -101,7 +103,7 @@ impl Agent {
             .with_context(|| format!("running peer {args:?} on {}", self.name))
     }
 
-    fn cli_ok(&self, peer: &Path, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn cli_ok(&self, peer: &Path, args: &[&str]) -> anyhow::Result<String> {
         let out = self.cli(peer, args)?;
         if !out.status.success() {
             bail!(
@@ -127,6 +129,7 @@ impl Agent {
             .args(["--listen", &self.listen.to_string()])
             // Many agents share this machine's network namespace: no pod networking.
             .args(["--pod-network", "none"])
+            .args(&self.extra)
             .env("PEER_DATA_DIR", &self.data)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -206,9 +209,9 @@ fn request_json(socket: &Path, req: &Value) -> anyhow::Result<Value> {
 }
 
 /// The agents of one run; dropping stops them all.
-struct Fleet {
-    peer: PathBuf,
-    agents: Vec<Agent>,
+pub(crate) struct Fleet {
+    pub(crate) peer: PathBuf,
+    pub(crate) agents: Vec<Agent>,
 }
 
 impl Drop for Fleet {
@@ -220,7 +223,7 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
-    fn start(args: &ClusterArgs) -> anyhow::Result<Fleet> {
+    pub(crate) fn start(args: &ClusterArgs, extra: &[&str]) -> anyhow::Result<Fleet> {
         let mut fleet = Fleet { peer: args.peer.clone(), agents: Vec::new() };
         for k in 1..=args.nodes {
             let name = format!("n{k}");
@@ -234,6 +237,7 @@ impl Fleet {
                 log: dir.join("agent.log"),
                 listen: SocketAddr::from(([127, 0, 0, 1], port)),
                 cgroup_parent: format!("{}-{name}", args.cgroup_prefix),
+                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
                 name,
                 child: None,
             });
@@ -333,7 +337,7 @@ impl Agent {
 
 impl Fleet {
     /// Running pods per agent (`None` for a stopped one).
-    fn running(&self, skip: Option<usize>) -> Vec<Vec<String>> {
+    pub(crate) fn running(&self, skip: Option<usize>) -> Vec<Vec<String>> {
         self.agents
             .iter()
             .enumerate()
@@ -342,7 +346,7 @@ impl Fleet {
     }
 
     /// Waits until exactly `n` distinct pods run, one copy each, on the agents but `skip`.
-    fn wait_exactly(
+    pub(crate) fn wait_exactly(
         &self,
         n: usize,
         skip: Option<usize>,
@@ -459,7 +463,7 @@ impl Drop for Burners {
 pub fn run(args: &ClusterArgs) -> anyhow::Result<ClusterReport> {
     let mut report = ClusterReport { nodes: args.nodes, soak_secs: args.soak_secs, ..Default::default() };
     if args.soak_secs > 0 {
-        let fleet = Fleet::start(args)?;
+        let fleet = Fleet::start(args, &[])?;
         eprintln!("soak: {} nodes live; {} s with two CPU burners", args.nodes, args.soak_secs);
         // Learn the heartbeat rate first, as a running cluster would have.
         std::thread::sleep(Duration::from_secs(3));
@@ -483,7 +487,7 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<ClusterReport> {
     if args.kills == 0 && args.spreads == 0 && args.heal_kills == 0 {
         return Ok(report);
     }
-    let mut fleet = Fleet::start(args)?;
+    let mut fleet = Fleet::start(args, &[])?;
     std::thread::sleep(Duration::from_secs(3));
     for i in 0..args.spreads {
         let ms = fleet.spread(&format!("spread-{i}"))?;
@@ -546,6 +550,10 @@ fn loadavg() -> String {
 }
 
 /// Median and max of samples (ms).
+pub(crate) fn specs_dir(agent: &Agent) -> &Path {
+    &agent.specs
+}
+
 pub fn median_max(v: &[f64]) -> Option<(f64, f64)> {
     if v.is_empty() {
         return None;

@@ -4,6 +4,7 @@
 mod bundle;
 mod cluster;
 mod gossip;
+mod images;
 mod machine;
 mod peer;
 mod procfs;
@@ -42,6 +43,9 @@ enum Cmd {
     },
     /// In-process nodes with the real transport and membership: idle gossip bytes per node.
     Gossip(gossip::GossipArgs),
+    /// Real agents pulling one image through a throttled registry: registry only against
+    /// peers first.
+    Images(images::ImagesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Gossip(args) => gossip::main(&args),
+        Cmd::Images(args) => images::main(&args),
         Cmd::Report { json } => {
             let text =
                 std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;

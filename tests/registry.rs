@@ -302,7 +302,11 @@ fn peers_start_the_image_with_the_registry_stopped() {
     }
     for node in &nodes[1..] {
         let log = node.agent_log();
-        assert!(log.contains("fetched a blob from a peer"), "{} fetched nothing from a peer:\n{log}", node.name);
+        assert!(
+            log.contains("fetched a blob from a peer"),
+            "{} fetched nothing from a peer:\n{log}",
+            node.name
+        );
         assert!(
             log.contains("using the manifest a peer holds for the tag"),
             "{} did not resolve the tag at a peer:\n{log}",

@@ -68,7 +68,10 @@ pub fn main(args: &ImagesArgs) -> anyhow::Result<()> {
             fleet.wait_exactly(n, None, Duration::from_secs(900))?;
             let secs = start.elapsed().as_secs_f64();
             let mb = sent.load(Ordering::Relaxed).saturating_sub(before) as f64 / 1e6;
-            eprintln!("run {run} {}: {n} nodes running after {secs:.2} s, {mb:.1} MB from the registry", s.mode);
+            eprintln!(
+                "run {run} {}: {n} nodes running after {secs:.2} s, {mb:.1} MB from the registry",
+                s.mode
+            );
             s.secs.push(secs);
             s.registry_mb.push(mb);
             std::fs::remove_file(&spec).context("removing the spec")?;
@@ -82,7 +85,12 @@ pub fn main(args: &ImagesArgs) -> anyhow::Result<()> {
         let (secs, _) = median_max(&s.secs).unwrap_or_default();
         let (mb, _) = median_max(&s.registry_mb).unwrap_or_default();
         let list = |v: &[f64], p: usize| v.iter().map(|x| format!("{x:.p$}")).collect::<Vec<_>>().join(" ");
-        println!("| {} | **{secs:.1} s** | {} | **{mb:.1}** | {} |", s.mode, list(&s.secs, 1), list(&s.registry_mb, 1));
+        println!(
+            "| {} | **{secs:.1} s** | {} | **{mb:.1}** | {} |",
+            s.mode,
+            list(&s.secs, 1),
+            list(&s.registry_mb, 1)
+        );
     }
     Ok(())
 }
@@ -98,7 +106,13 @@ fn daemonset(image: &str) -> String {
 }
 
 /// Accepts connections and relays each to the registry.
-async fn serve(listener: TcpListener, upstream: SocketAddr, rate: u64, bucket: Arc<Mutex<Instant>>, sent: Arc<AtomicU64>) {
+async fn serve(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    rate: u64,
+    bucket: Arc<Mutex<Instant>>,
+    sent: Arc<AtomicU64>,
+) {
     while let Ok((client, _)) = listener.accept().await {
         let (bucket, sent) = (bucket.clone(), sent.clone());
         tokio::spawn(async move {
@@ -110,7 +124,13 @@ async fn serve(listener: TcpListener, upstream: SocketAddr, rate: u64, bucket: A
 }
 
 /// Client → registry as it comes; registry → client through the shared rate limit, counted.
-async fn relay(client: TcpStream, registry: TcpStream, rate: u64, bucket: Arc<Mutex<Instant>>, sent: Arc<AtomicU64>) {
+async fn relay(
+    client: TcpStream,
+    registry: TcpStream,
+    rate: u64,
+    bucket: Arc<Mutex<Instant>>,
+    sent: Arc<AtomicU64>,
+) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut registry_read, mut registry_write) = registry.into_split();
     let up = async {

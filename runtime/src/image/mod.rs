@@ -7,6 +7,8 @@ mod index;
 mod layout;
 mod peers;
 mod pull;
+#[cfg(test)]
+mod pull_tests;
 mod reference;
 mod source;
 mod store;

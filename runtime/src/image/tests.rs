@@ -13,10 +13,10 @@ use super::layout::host_platform;
 use super::{ImageError, ImageStore};
 
 /// A scratch directory removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
+    pub(super) fn new(name: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!(
             "peer-image-{name}-{}-{}",
             std::process::id(),
@@ -27,7 +27,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn join(&self, rel: &str) -> PathBuf {
+    pub(super) fn join(&self, rel: &str) -> PathBuf {
         self.0.join(rel)
     }
 }
@@ -119,7 +119,7 @@ fn config_json(diff_ids: Vec<String>, cmd: &str) -> Vec<u8> {
 
 /// Writes an image (layers gzipped if asked) into the layout at `dir`; returns the manifest
 /// descriptor and the image id.
-fn put_image(dir: &Path, layers: &[Vec<u8>], gzipped: bool, cmd: &str) -> (Value, String) {
+pub(super) fn put_image(dir: &Path, layers: &[Vec<u8>], gzipped: bool, cmd: &str) -> (Value, String) {
     let diff_ids = layers.iter().map(|l| Digest::of(l).to_string()).collect();
     let layer_descriptors: Vec<Value> = layers
         .iter()
@@ -158,7 +158,7 @@ fn tar_dir(dir: &Path, out: &Path) {
     builder.finish().expect("finish tar");
 }
 
-fn base_layer() -> Vec<u8> {
+pub(super) fn base_layer() -> Vec<u8> {
     layer(&[
         Entry::Dir("bin"),
         Entry::File("bin/sh", b"#!shell"),
@@ -167,7 +167,7 @@ fn base_layer() -> Vec<u8> {
     ])
 }
 
-fn app_layer(content: &[u8]) -> Vec<u8> {
+pub(super) fn app_layer(content: &[u8]) -> Vec<u8> {
     layer(&[Entry::Dir("app"), Entry::File("app/main", content)])
 }
 

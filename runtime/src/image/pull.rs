@@ -227,10 +227,11 @@ impl Pull<'_> {
         let sizes: BTreeMap<Digest, u64> =
             futures_util::stream::iter(fetches).buffer_unordered(CONCURRENT_BLOBS).try_collect().await?;
         let sized = layers.into_iter().map(|l| (l.digest.clone(), sizes[&l.digest])).collect();
-        // A tag names the image; a digest-only reference finds it through the manifest digest.
+        // A tag names the image; a digest-only reference finds it through the manifest
+        // digest, unless it named an index, whose digest the store would not know.
         let names = match self.reference.digest() {
-            None => vec![self.reference.to_string()],
-            Some(_) => Vec::new(),
+            Some(digest) if *digest == manifest_digest => Vec::new(),
+            _ => vec![self.reference.to_string()],
         };
         let store = self.store;
         let image = image_from_config(&store.blobs, names, Some(manifest_digest), config.digest, sized)?;

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use super::blob::Digest;
+use super::layout::host_platform;
 use super::peers::{BlobStream, Distribution, PeerBlobs, PeerFuture};
-use super::tests::{app_layer, base_layer, put_image, TempDir};
+use super::tests::{app_layer, base_layer, put_blob, put_image, TempDir};
 use super::{ImageStore, PullOptions, PullProgress};
 
 /// Peers that serve blobs from memory; `liar` sends wrong bytes for every blob.
@@ -125,4 +126,42 @@ async fn peers_only_pull_verifies_resumes_and_skips_a_lying_holder() {
     // A tag no peer records: peers-only fails at once, naming why.
     let err = store.pull("registry.example:5000/app:v9", &options).await.expect_err("no holder");
     assert!(err.to_string().contains("no live peer holds this image"), "{err}");
+}
+
+#[tokio::test]
+async fn a_pull_by_index_digest_finds_the_image_by_that_digest_afterwards() {
+    let tmp = TempDir::new("peer-pull-index");
+    let layout = tmp.join("layout");
+    let (mut host, host_id) = put_image(&layout, &[app_layer(b"host")], true, "host");
+    let (_, arch) =
+        host_platform().split_once('/').map(|(o, a)| (o.to_owned(), a.to_owned())).expect("os/arch");
+    host["platform"] = serde_json::json!({ "os": "linux", "architecture": arch });
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [host],
+    });
+    let index = put_blob(
+        &layout,
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).expect("encode"),
+    );
+    let mut blobs = BTreeMap::new();
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).expect("blobs") {
+        let entry = entry.expect("entry");
+        let digest =
+            Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy())).expect("digest");
+        blobs.insert(digest, std::fs::read(entry.path()).expect("blob"));
+    }
+    let peers = Arc::new(FakePeers { blobs, manifests: BTreeMap::new(), asked: Mutex::default() });
+    let store = ImageStore::open(&tmp.join("store")).expect("open store");
+    let options = PullOptions {
+        distribution: Distribution::PeersOnly,
+        peers: Some(peers.clone()),
+        ..PullOptions::default()
+    };
+    let reference = format!("registry.example/app@{}", index["digest"].as_str().expect("digest"));
+    assert_eq!(store.pull(&reference, &options).await.expect("pull").id, host_id);
+    // IfNotPresent finds it: no second pull.
+    assert_eq!(store.resolve(&reference).expect("resolve by index digest").id, host_id);
 }

@@ -251,6 +251,11 @@ fn lookup(index: &Index, reference: &str) -> Result<(Digest, Option<String>), Im
     }
     let parsed = Reference::parse(reference)?;
     if let Some(digest) = parsed.digest() {
+        // A pull by the digest of an image index records the platform manifest it chose
+        // and names the image by the reference as given.
+        if let Some(id) = index.tags.get(&parsed.to_string()) {
+            return Ok((id.clone(), Some(parsed.to_string())));
+        }
         return index
             .images
             .iter()

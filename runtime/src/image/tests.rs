@@ -96,7 +96,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// Writes `data` as a blob of the OCI layout in `dir` and returns its descriptor.
-fn put_blob(dir: &Path, media_type: &str, data: &[u8]) -> Value {
+pub(super) fn put_blob(dir: &Path, media_type: &str, data: &[u8]) -> Value {
     let digest = Digest::of(data);
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).expect("create blobs dir");

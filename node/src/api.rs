@@ -146,6 +146,14 @@ pub enum Request {
     Block {
         addrs: Vec<std::net::SocketAddr>,
     },
+    /// Pull an image into the node's store the way the agent pulls for pods (blobs from
+    /// peers as `--image-distribution` says); answered when the pull ends.
+    PullImage {
+        reference: String,
+        /// Overrides the agent's credentials file.
+        credentials: Option<std::path::PathBuf>,
+        insecure_registries: Vec<String>,
+    },
 }
 
 impl Request {

@@ -248,6 +248,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         println!("imported {} ({})", img.reference.as_deref().unwrap_or("<none>"), img.id);
                     }
                 }
+                ImageCommand::Pull { reference, credentials, insecure_registries }
+                    if std::os::unix::net::UnixStream::connect(cli.global.socket()).is_ok() =>
+                {
+                    // A running agent pulls, so blobs come from peers as it is configured.
+                    let req = Request::PullImage { reference, credentials, insecure_registries };
+                    let data = client.call(&req)?;
+                    let mb = |key: &str| data[key].as_f64().unwrap_or(0.0) / 1e6;
+                    println!(
+                        "pulled {} ({}) in {:.1}s: {:.1} MB, {:.1} MB from the registry, {:.1} MB from peers",
+                        data["reference"].as_str().unwrap_or("?"),
+                        data["id"].as_str().unwrap_or("?"),
+                        data["seconds"].as_f64().unwrap_or(0.0),
+                        mb("bytes"),
+                        mb("from_registry"),
+                        mb("from_peers"),
+                    );
+                }
                 ImageCommand::Pull { reference, credentials, insecure_registries } => {
                     let options = PullOptions { credentials, insecure_registries, ..PullOptions::default() };
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -302,6 +302,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.answer_events(after, reply);
                 continue;
             }
+            Input::Api(Request::PullImage { reference, credentials, insecure_registries }, reply) => {
+                agent.pull_image(reference, credentials, insecure_registries, reply);
+                continue;
+            }
             Input::Api(req, reply) if agent.names_a_peer(&req) => {
                 agent.forward_node_request(req, reply);
                 continue;

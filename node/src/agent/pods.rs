@@ -194,7 +194,7 @@ fn names_registry(image: &str) -> bool {
 impl Agent {
     /// How this node pulls images: the credentials file `PEER_REGISTRY_AUTH` names, and
     /// blobs from peers as `--image-distribution` says.
-    fn pull_options(&self) -> PullOptions {
+    pub(super) fn pull_options(&self) -> PullOptions {
         PullOptions {
             credentials: std::env::var_os("PEER_REGISTRY_AUTH").map(PathBuf::from),
             distribution: self.cfg.image_distribution,

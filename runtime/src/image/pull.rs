@@ -186,8 +186,10 @@ pub(super) fn resumable_partials(tmp: &Path) -> BTreeSet<String> {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX))
         .filter(|e| {
-            let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-            age.is_some_and(|age| age < PARTIAL_MAX_AGE)
+            // An empty one (reset after a failed verification) has nothing to resume.
+            let Ok(meta) = e.metadata() else { return false };
+            let age = meta.modified().ok().and_then(|t| t.elapsed().ok());
+            meta.len() > 0 && age.is_some_and(|age| age < PARTIAL_MAX_AGE)
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
@@ -354,6 +356,14 @@ impl Pull<'_> {
             return check_size(digest, size, len);
         }
         let mut partial = Partial::open(self.store, digest).await?;
+        if size.is_some_and(|size| partial.len >= size) {
+            // A whole download that failed its check (a source that verifies as it sends
+            // stops only after the last byte): verify it again, else start over.
+            if let Ok(len) = partial.finish(self.store, digest, size).await {
+                PullProgress::add(&self.progress.done, len);
+                return Ok(len);
+            }
+        }
         PullProgress::add(&self.progress.done, partial.len);
         let peers = self.peers.filter(|_| self.mode != Distribution::RegistryOnly);
         if let Some(peers) = peers {
@@ -673,8 +683,16 @@ impl<'a> Remote<'a> {
                 .stream
         };
         while let Some(chunk) = stream.next().await {
-            // The part fetched so far stays for the next attempt to resume.
-            let chunk = chunk.map_err(|err| self.error(&format!("downloading blob {digest}: {err}")))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // The client checks the digest itself and fails after the last byte: ours
+                // names the mismatch and drops what cannot be resumed.
+                Err(_) if size.is_some_and(|size| partial.len >= size) => {
+                    return partial.finish(store, digest, size).await
+                }
+                // The part fetched so far stays for the next attempt to resume.
+                Err(err) => return Err(self.error(&format!("downloading blob {digest}: {err}"))),
+            };
             if size.is_some_and(|size| partial.len + chunk.len() as u64 > size) {
                 let actual = partial.len + chunk.len() as u64;
                 partial.reset().await?;

@@ -183,12 +183,12 @@ impl Agent {
     }
 }
 
-fn rows_of(v: &Value) -> Vec<Value> {
+pub(crate) fn rows_of(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
 /// One request without fields over the agent's socket; returns the answer's `data`.
-fn request(socket: &Path, op: &str) -> anyhow::Result<Value> {
+pub(crate) fn request(socket: &Path, op: &str) -> anyhow::Result<Value> {
     request_json(socket, &serde_json::json!({ "op": op }))
 }
 

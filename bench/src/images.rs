@@ -14,7 +14,7 @@ use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cluster::{median_max, specs_dir, ClusterArgs, Fleet};
+use crate::cluster::{median_max, request, rows_of, specs_dir, ClusterArgs, Fleet};
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
@@ -25,7 +25,7 @@ pub struct ImagesArgs {
     pub registry: SocketAddr,
     /// The image in that registry, `repo:tag`.
     #[arg(long)]
-    pub image: String,
+    pub repo: String,
     /// The uplink's rate in KB/s, shared by all connections to the registry (0: no limit).
     #[arg(long, default_value_t = 2000)]
     pub rate_kbps: u64,
@@ -48,7 +48,7 @@ pub fn main(args: &ImagesArgs) -> anyhow::Result<()> {
     let proxy = listener.local_addr()?;
     let bucket = Arc::new(Mutex::new(Instant::now()));
     rt.spawn(serve(listener, args.registry, args.rate_kbps * 1000, bucket, sent.clone()));
-    let reference = format!("{proxy}/{}", args.image);
+    let reference = format!("{proxy}/{}", args.repo);
     let mut samples = vec![
         Samples { mode: "registry-only", secs: Vec::new(), registry_mb: Vec::new() },
         Samples { mode: "peers-first", secs: Vec::new(), registry_mb: Vec::new() },
@@ -75,7 +75,8 @@ pub fn main(args: &ImagesArgs) -> anyhow::Result<()> {
             s.secs.push(secs);
             s.registry_mb.push(mb);
             std::fs::remove_file(&spec).context("removing the spec")?;
-            let _ = fleet.wait_exactly(0, None, Duration::from_secs(60));
+            // Containers outlive their agent: the next run starts only once they are gone.
+            wait_no_pods(&fleet, Duration::from_secs(60))?;
             drop(fleet);
         }
     }
@@ -93,6 +94,26 @@ pub fn main(args: &ImagesArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits until no agent of the fleet holds a pod of its own, in any state.
+fn wait_no_pods(fleet: &Fleet, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: usize = fleet
+            .agents
+            .iter()
+            .map(|a| {
+                let rows = request(&a.socket(), "get_pods").map(|v| rows_of(&v)).unwrap_or_default();
+                rows.iter().filter(|r| r.get("local") == Some(&serde_json::Value::Bool(true))).count()
+            })
+            .sum();
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{left} pods still there after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One pod of `image` (the demo server) on every node.

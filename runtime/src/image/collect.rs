@@ -91,14 +91,15 @@ impl ImageStore {
         Ok(images)
     }
 
-    /// Usage of the file system the store lives on (`statvfs`).
+    /// Usage of the file system the store lives on (`statvfs`), as `df` shows it: blocks
+    /// reserved for root count neither as used nor as available.
     pub fn fs_usage(&self) -> Result<FsUsage, ImageError> {
         let stat = nix::sys::statvfs::statvfs(&self.dir)
             .map_err(|errno| ImageError::io("measuring the file system of", &self.dir)(errno.into()))?;
         let block = stat.fragment_size() as u64;
-        let total = (stat.blocks() as u64).saturating_mul(block);
+        let used = (stat.blocks().saturating_sub(stat.blocks_free()) as u64).saturating_mul(block);
         let available = (stat.blocks_available() as u64).saturating_mul(block);
-        Ok(FsUsage { used: total.saturating_sub(available), total })
+        Ok(FsUsage { used, total: used.saturating_add(available) })
     }
 
     /// Deletes the images a plan chose, each with all its tags, under the lock, then the

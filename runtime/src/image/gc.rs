@@ -87,9 +87,10 @@ impl GcImage {
 /// Usage of the file system the store lives on, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FsUsage {
-    /// Bytes in use, counting the blocks reserved for root (as kubelet does: capacity
-    /// minus what an unprivileged writer may still use).
+    /// Bytes in use.
     pub used: u64,
+    /// Bytes in use plus bytes still available (as `df` counts: blocks reserved for root
+    /// are left out, so a full disk is 100 %).
     pub total: u64,
 }
 

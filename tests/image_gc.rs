@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use tests::{require_root, wait_for, Node};
 
+/// An image no workload names.
 const OTHER: &str = "docker.io/library/gc-other:1";
+/// An image only a Deployment scaled to zero names: spared past the maximum age.
+const SPARED: &str = "docker.io/library/gc-spared:1";
 
 /// Writes `data` as a blob of the OCI layout at `dir`; returns its digest hex.
 fn put_blob(dir: &Path, data: &[u8]) -> String {
@@ -21,15 +24,15 @@ fn put_blob(dir: &Path, data: &[u8]) -> String {
     hex
 }
 
-/// A tiny image of its own (one layer with one file, so its id differs from the demo
-/// image's), written as an OCI layout directory tagged [`OTHER`].
-fn other_image(dir: &Path) -> std::path::PathBuf {
-    let layout = dir.join("other-layout");
-    let rootfs = dir.join("other-rootfs");
+/// A tiny image of its own (one layer with one file naming it, so its id differs from
+/// every other image's), written as an OCI layout directory tagged `reference`.
+fn tiny_image(dir: &Path, name: &str, reference: &str) -> std::path::PathBuf {
+    let layout = dir.join(format!("{name}-layout"));
+    let rootfs = dir.join(format!("{name}-rootfs"));
     std::fs::create_dir_all(layout.join("blobs/sha256")).expect("creating layout");
     std::fs::create_dir_all(&rootfs).expect("creating rootfs");
-    std::fs::write(rootfs.join("hello.txt"), b"an image nobody runs\n").expect("writing file");
-    let layer = dir.join("other-layer.tar");
+    std::fs::write(rootfs.join("hello.txt"), format!("image {name}\n")).expect("writing file");
+    let layer = dir.join(format!("{name}-layer.tar"));
     let status = Command::new("tar")
         .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-C"])
         .arg(&rootfs)
@@ -57,7 +60,7 @@ fn other_image(dir: &Path) -> std::path::PathBuf {
     );
     let manifest_hex = put_blob(&layout, manifest.as_bytes());
     let index = format!(
-        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_hex}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{OTHER}"}}}}]}}"#,
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_hex}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{reference}"}}}}]}}"#,
         manifest.len()
     );
     std::fs::write(layout.join("index.json"), index).expect("writing index.json");
@@ -81,6 +84,21 @@ spec:
           image: peer-demo:latest
 "#;
 
+/// A Deployment of no replicas: it names `SPARED`, yet runs nothing.
+const SCALED_TO_ZERO: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: standby}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: standby}}
+  template:
+    metadata: {labels: {app: standby}}
+    spec:
+      containers:
+        - name: main
+          image: gc-spared:1
+"#;
+
 fn image_refs(node: &Node) -> String {
     node.peer_ok(&["image", "ls"])
 }
@@ -91,7 +109,8 @@ fn unused_images_are_collected_and_images_in_use_stay() {
         return;
     }
     let mut node = Node::prepare("imagegc");
-    let layout = other_image(&node.dir);
+    let layout = tiny_image(&node.dir, "other", OTHER);
+    let spared = tiny_image(&node.dir, "spared", SPARED);
     let import = node.peer_ok(&["image", "import", &layout.display().to_string()]);
     assert!(import.contains(OTHER), "imported the other image: {import}");
     // First an agent that collects on its own only once an hour: prune runs on request.
@@ -118,7 +137,10 @@ fn unused_images_are_collected_and_images_in_use_stay() {
     // Then an agent that collects every second: an image unused for 3 s that no workload
     // names goes by itself; the demo image, in use, stays.
     node.stop_agent();
+    // The spared image is added first: unused longer, it would go no later than the other.
+    node.peer_ok(&["image", "import", &spared.display().to_string()]);
     node.peer_ok(&["image", "import", &layout.display().to_string()]);
+    node.write_spec("standby.yaml", SCALED_TO_ZERO);
     node.agent_args = [
         "--image-gc-period",
         "1s",
@@ -135,7 +157,10 @@ fn unused_images_are_collected_and_images_in_use_stay() {
     wait_for("the unnamed image to be collected", Duration::from_secs(30), || {
         (!image_refs(&node).contains(OTHER)).then_some(())
     });
-    assert!(image_refs(&node).contains("peer-demo:latest"), "the image in use stays");
+    // The spared image, unused for longer, was past the maximum age in that pass too.
+    let ls = image_refs(&node);
+    assert!(ls.contains("peer-demo:latest"), "the image in use stays: {ls}");
+    assert!(ls.contains(SPARED), "the image a workload names stays: {ls}");
     let events = node.json(&["get", "events"]);
     // The prune above recorded one event for the image, the periodic pass another.
     let removed = events

@@ -220,3 +220,31 @@ fn answer(pass: &Pass, policy: &GcPolicy) -> Response {
         Err(e) => Response::Error { message: format!("encoding the answer: {e}") },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_as_the_flags_that_caused_them() {
+        let policy = GcPolicy { max_age: Duration::from_secs(25 * 3600), ..GcPolicy::default() };
+        let lines: Vec<String> = [
+            Reason::MaxAge,
+            Reason::DiskPressure { spared: false },
+            Reason::DiskPressure { spared: true },
+            Reason::Pruned,
+        ]
+        .into_iter()
+        .map(|r| why(r, &policy, 91))
+        .collect();
+        expect_test::expect![[r#"
+            [
+                "unused for longer than the maximum age 25h and no workload names it",
+                "disk usage 91% reached the high threshold 85%",
+                "disk usage 91% reached the high threshold 85% and images no workload names did not free enough",
+                "peer image prune --all",
+            ]
+        "#]]
+        .assert_debug_eq(&lines);
+    }
+}

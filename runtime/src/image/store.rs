@@ -301,7 +301,7 @@ fn summary(reference: Option<String>, record: &ImageRecord) -> ImageSummary {
 }
 
 /// Removes every entry of `dir` whose name is not in `keep`.
-pub(super) fn remove_except(dir: &Path, keep: &BTreeSet<String>) -> Result<(), ImageError> {
+fn remove_except(dir: &Path, keep: &BTreeSet<String>) -> Result<(), ImageError> {
     let entries = fs::read_dir(dir).map_err(ImageError::io("reading", dir))?;
     for entry in entries {
         let entry = entry.map_err(ImageError::io("reading", dir))?;

@@ -601,3 +601,22 @@ fn collect_images_removes_an_image_and_its_own_layers_but_keeps_shared_ones() {
     assert!(store.resolve("b:1").is_ok());
     assert!(store.fs_usage().expect("usage").total > 0);
 }
+
+#[test]
+fn stamps_from_a_clock_not_yet_set_are_replaced_once_it_is() {
+    let tmp = TempDir::new("stamps");
+    let layout = tmp.join("layout");
+    let (manifest, id) = put_image(&layout, &[app_layer(b"s")], false, "s");
+    put_index(&layout, vec![annotated(manifest, json!({ "org.opencontainers.image.ref.name": "s:1" }))]);
+    let store = ImageStore::open(&tmp.join("store")).expect("open store");
+    store.import(&layout).expect("import");
+    let ids = std::collections::BTreeSet::from([id.clone()]);
+    // Booted without a real-time clock: 1970 plus a few seconds.
+    assert!(store.mark_used(&ids, 5_000).expect("mark used"));
+    let last_used = || store.list().expect("list")[0].last_used_ms;
+    assert_eq!(last_used(), Some(5_000));
+    // NTP caught up: the image was not unused for 56 years, it was used just now.
+    let now = super::store::now_ms();
+    assert!(store.mark_used(&std::collections::BTreeSet::new(), now).expect("mark used"));
+    assert_eq!(last_used(), Some(now));
+}

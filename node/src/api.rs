@@ -140,6 +140,12 @@ pub enum Request {
     DrainStatus {
         name: Option<String>,
     },
+    /// `peer image prune [--all]`: an image garbage collection pass now; with `all`,
+    /// every image no container of this node uses goes. Answered with an
+    /// [`ImagePruneAnswer`].
+    PruneImages {
+        all: bool,
+    },
     /// Leave the cluster gracefully and stop the agent.
     Leave,
     /// Test hook (only with `PEER_TEST_HOOKS=1`): drop all traffic with these addresses.
@@ -297,4 +303,25 @@ pub struct NodeUsageRow {
     pub cpu_capacity_millis: Option<u64>,
     pub memory_capacity_bytes: Option<u64>,
     pub sampled_at_ms: Option<u64>,
+}
+
+/// Answer to [`Request::PruneImages`]: what one image garbage collection pass removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImagePruneAnswer {
+    pub removed: Vec<RemovedImage>,
+    /// Usage of the image store's file system when the pass planned, in percent.
+    pub disk_percent: u64,
+}
+
+/// One image a garbage collection pass removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedImage {
+    pub id: String,
+    /// Its tags (none for an image known by id only).
+    pub names: Vec<String>,
+    /// Bytes of its layer blobs as stored (what `peer image ls` shows).
+    pub size: u64,
+    pub unused_secs: u64,
+    /// Why it went, in words (`unused for longer than …`, `disk usage …`, `pruned`).
+    pub why: String,
 }

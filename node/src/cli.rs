@@ -32,7 +32,7 @@ impl Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent in the foreground.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// List objects: pods, deployments, services, nodes, events.
     Get {
         resource: String,
@@ -247,6 +247,28 @@ pub struct UpArgs {
     /// for the rest), `registry-only`, or `peers-only` (air-gapped: never the registry).
     #[arg(long, env = "PEER_IMAGE_DISTRIBUTION", default_value = "peers-first")]
     pub image_distribution: runtime::image::Distribution,
+    /// How often unused images are collected (`90s`, `5m`, `1h`; a bare number is seconds).
+    #[arg(long, env = "PEER_IMAGE_GC_PERIOD", default_value = "5m", value_parser = crate::duration::parse)]
+    pub image_gc_period: std::time::Duration,
+    /// Disk usage (percent) of the image store's file system at which unused images are
+    /// deleted, least recently used first (kubelet's `--image-gc-high-threshold`); 100
+    /// turns it off.
+    #[arg(long, env = "PEER_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Disk usage (percent) that collection under disk pressure brings the file system
+    /// down to (kubelet's `--image-gc-low-threshold`).
+    #[arg(long, env = "PEER_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+    /// Images added more recently than this are never collected (kubelet's
+    /// `--minimum-image-ttl-duration`).
+    #[arg(long, env = "PEER_IMAGE_GC_MIN_AGE", default_value = "2m", value_parser = crate::duration::parse)]
+    pub image_gc_min_age: std::time::Duration,
+    /// Images unused this long are collected unless a workload of the cluster names them
+    /// (kubelet's `imageMaximumGCAge`); 0 turns it off.
+    #[arg(long, env = "PEER_IMAGE_GC_MAX_AGE", default_value = "24h", value_parser = crate::duration::parse)]
+    pub image_gc_max_age: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +292,13 @@ pub enum ImageCommand {
     Ls,
     /// Remove an image reference.
     Rm { reference: String },
+    /// Collect unused images now through the running agent and print what went.
+    Prune {
+        /// Remove every image no container of this node uses, whether or not workloads
+        /// name it and however recent (like `docker image prune -a`).
+        #[arg(short, long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

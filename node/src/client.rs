@@ -473,3 +473,24 @@ pub fn drain(client: &Client, name: Option<String>, wait: bool) -> anyhow::Resul
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `peer image prune [--all]`: asks the agent for a collection pass (only it knows which
+/// images its containers use) and prints what went.
+pub fn prune_images(client: &Client, all: bool) -> anyhow::Result<()> {
+    let answer: crate::api::ImagePruneAnswer = client
+        .call_as(&Request::PruneImages { all })
+        .context("`peer image prune` runs through the agent, which knows which images are in use")?;
+    if answer.removed.is_empty() {
+        println!("no image removed (disk usage {}%)", answer.disk_percent);
+    }
+    let mut total = 0;
+    for image in &answer.removed {
+        let name = image.names.first().cloned().unwrap_or_else(|| image.id.chars().take(19).collect());
+        println!("removed {name} ({}, {:.1}MB): {}", image.id, image.size as f64 / 1e6, image.why);
+        total += image.size;
+    }
+    if !answer.removed.is_empty() {
+        println!("total reclaimed: {:.1}MB", total as f64 / 1e6);
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod dns;
+pub mod duration;
 pub mod folder;
 pub mod identity;
 pub mod manifest;

@@ -82,6 +82,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 test_hooks: std::env::var("PEER_TEST_HOOKS").as_deref() == Ok("1"),
                 hpa_sync_period: std::time::Duration::from_secs(up.hpa_sync_period.max(1)),
                 image_distribution: up.image_distribution,
+                image_gc_period: up.image_gc_period.max(std::time::Duration::from_secs(1)),
+                image_gc_policy: {
+                    let policy = runtime::image::gc::GcPolicy {
+                        high_percent: up.image_gc_high_threshold,
+                        low_percent: up.image_gc_low_threshold,
+                        min_age: up.image_gc_min_age,
+                        max_age: up.image_gc_max_age,
+                    };
+                    policy.validate().map_err(|e| anyhow::anyhow!("--image-gc-low-threshold: {e}"))?;
+                    policy
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(node::agent::run(cfg))?;
@@ -274,17 +285,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     println!("pulled {} ({})", img.reference.as_deref().unwrap_or(&reference), img.id);
                 }
                 ImageCommand::Ls => {
+                    let now = node::agent::now_ms();
                     let rows: Vec<Vec<String>> = store
                         .list()?
                         .into_iter()
                         .map(|i| {
                             let reference = i.reference.unwrap_or_else(|| "<none>".to_owned());
                             let id = i.id.chars().take(19).collect();
-                            vec![reference, id, format!("{:.1}MB", i.size as f64 / 1e6)]
+                            let used = i.last_used_ms.map_or_else(
+                                || "never".to_owned(),
+                                |t| format!("{} ago", client::age(now.saturating_sub(t) / 1000)),
+                            );
+                            vec![reference, id, format!("{:.1}MB", i.size as f64 / 1e6), used]
                         })
                         .collect();
-                    client::print_table(&["REFERENCE", "ID", "SIZE"], &rows);
+                    client::print_table(&["REFERENCE", "ID", "SIZE", "LAST USED"], &rows);
                 }
+                ImageCommand::Prune { all } => client::prune_images(&client, all)?,
                 ImageCommand::Rm { reference } => {
                     store.remove(&reference)?;
                     println!("removed {reference}");

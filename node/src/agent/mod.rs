@@ -12,6 +12,7 @@ mod cluster_events;
 mod distribution;
 mod drain;
 mod events;
+mod image_gc;
 mod metrics;
 mod network;
 mod node_requests;
@@ -92,6 +93,9 @@ pub struct AgentConfig {
     pub hpa_sync_period: Duration,
     /// Where pulls take image blobs from.
     pub image_distribution: runtime::image::Distribution,
+    /// How often unused images are collected, and by which rules.
+    pub image_gc_period: Duration,
+    pub image_gc_policy: runtime::image::gc::GcPolicy,
 }
 
 /// Everything that can wake the agent.
@@ -119,6 +123,8 @@ pub enum Input {
     /// The image store gained a blob, or a pull started or stopped fetching one: time to
     /// advertise this node's blobs again.
     BlobsChanged,
+    /// An image garbage collection pass finished.
+    ImageGc(Box<image_gc::PassOutcome>),
 }
 
 pub struct Agent {
@@ -164,6 +170,8 @@ pub struct Agent {
     latest_routes: network::Latest<Vec<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>>,
     /// Usage metrics: the sampler, this node's latest sample, what gossip has.
     usage: metrics::UsageState,
+    /// Image garbage collection: when the next pass is due, whether one runs.
+    image_gc: image_gc::ImageGc,
 }
 
 /// The event object of a pod key (`namespace/name` → `pod/name`).
@@ -255,6 +263,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         latest_rules: Default::default(),
         latest_routes: Default::default(),
         usage: metrics::UsageState::new(input_tx.clone()),
+        image_gc: image_gc::ImageGc::new(cfg.image_gc_period, cfg.image_gc_policy, input_tx.clone()),
     };
     agent.claim_pod_range();
     agent.setup_network().await;
@@ -304,6 +313,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             Input::Api(Request::PullImage { reference, credentials, insecure_registries }, reply) => {
                 agent.pull_image(reference, credentials, insecure_registries, reply);
+                continue;
+            }
+            Input::Api(Request::PruneImages { all }, reply) => {
+                agent.prune_images(all, reply);
                 continue;
             }
             Input::Api(req, reply) if agent.names_a_peer(&req) => {
@@ -367,6 +380,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.autoscale(now_ms());
                 // Imports and removals through the CLI change the store behind the agent.
                 agent.publish_blobs().await;
+                agent.image_gc_tick();
                 let info = agent.node.info(agent.started_at_ms, agent.pods.len() as u32);
                 agent.cluster.publish(&agent.store, Some(&info)).await;
             }
@@ -387,6 +401,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             Input::BlobsChanged => {
                 agent.publish_blobs().await;
+                continue;
+            }
+            // Images change nothing the reconciler looks at.
+            Input::ImageGc(outcome) => {
+                agent.handle_image_gc(*outcome);
                 continue;
             }
         }

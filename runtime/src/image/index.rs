@@ -36,6 +36,14 @@ pub(crate) struct ImageRecord {
     pub layers: Vec<LayerRecord>,
     pub created: Option<String>,
     pub image: ImageConfig,
+    /// When this store last recorded the image (import or pull), ms since the epoch on
+    /// this node's clock. `None` in stores written before garbage collection: the first
+    /// collection pass stamps it, as kubelet counts from when it first saw an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_ms: Option<u64>,
+    /// When a collection pass last found a container of this node using the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

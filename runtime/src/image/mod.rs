@@ -2,7 +2,9 @@
 //! keeps verified blobs and extracted layers, and resolves references to layer stacks.
 
 mod blob;
+mod collect;
 mod error;
+pub mod gc;
 mod index;
 mod layout;
 mod peers;

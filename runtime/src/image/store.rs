@@ -39,6 +39,10 @@ pub struct ImageSummary {
     pub size: u64,
     /// The `created` timestamp from the image config, RFC 3339, if it has one.
     pub created: Option<String>,
+    /// When this store last recorded the image (ms since the epoch), if known.
+    pub added_ms: Option<u64>,
+    /// When a container of this node last used it, as the agent's collection passes saw.
+    pub last_used_ms: Option<u64>,
 }
 
 impl ImageStore {
@@ -86,8 +90,14 @@ impl ImageStore {
     pub(super) fn record(&self, found: Vec<FoundImage>) -> Result<Vec<ImageSummary>, ImageError> {
         let mut index = self.load_index()?;
         let mut summaries = Vec::new();
+        let now = now_ms();
         for image in found {
             let FoundImage { names, manifest, config, layers, created, image } = image;
+            // Recording an image again (a re-import or re-pull) keeps its stamps: it is
+            // the same content, first seen then (kubelet's "first detected").
+            let previous = index.images.get(&config);
+            let added_ms = previous.and_then(|r| r.added_ms).or(Some(now));
+            let last_used_ms = previous.and_then(|r| r.last_used_ms);
             let record = ImageRecord {
                 manifest,
                 config: config.clone(),
@@ -97,6 +107,8 @@ impl ImageStore {
                     .collect(),
                 created,
                 image,
+                added_ms,
+                last_used_ms,
             };
             if names.is_empty() {
                 summaries.push(summary(None, &record));
@@ -229,22 +241,29 @@ impl ImageStore {
         StoreLock::acquire(&self.dir.join("lock"))
     }
 
-    fn load_index(&self) -> Result<Index, ImageError> {
+    pub(super) fn load_index(&self) -> Result<Index, ImageError> {
         Index::load(&self.index_path())
     }
 
-    fn index_path(&self) -> PathBuf {
+    pub(super) fn index_path(&self) -> PathBuf {
         self.dir.join("index.json")
     }
 
-    fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+    pub(super) fn layer_path(&self, diff_id: &Digest) -> PathBuf {
         self.dir.join("layers").join(diff_id.hex())
     }
 }
 
+/// Milliseconds since the epoch on this node's clock (0 before 1970), for image stamps.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Finds the image `reference` names: an id, `name@digest` (by manifest digest), or a tag.
 /// Returns the id and, for a tag, the normalized tag.
-fn lookup(index: &Index, reference: &str) -> Result<(Digest, Option<String>), ImageError> {
+pub(super) fn lookup(index: &Index, reference: &str) -> Result<(Digest, Option<String>), ImageError> {
     let not_found = || ImageError::NotFound { reference: reference.to_owned() };
     if let Some(id) = parse_image_id(reference) {
         return index.images.contains_key(&id).then_some((id, None)).ok_or_else(not_found);
@@ -276,6 +295,8 @@ fn summary(reference: Option<String>, record: &ImageRecord) -> ImageSummary {
         id: record.config.to_string(),
         size: record.size(),
         created: record.created.clone(),
+        added_ms: record.added_ms,
+        last_used_ms: record.last_used_ms,
     }
 }
 

@@ -536,3 +536,87 @@ fn concurrent_imports_into_one_store_both_succeed() {
     let store = ImageStore::open(&store_dir).expect("open store");
     assert_eq!(store.resolve("c:1").expect("resolve").layers.len(), 2);
 }
+
+#[test]
+fn collect_images_removes_an_image_and_its_own_layers_but_keeps_shared_ones() {
+    use super::gc::{self, GcPolicy};
+    use std::collections::BTreeSet;
+
+    let tmp = TempDir::new("collect");
+    let layout = tmp.join("layout");
+    let (a, a_id) = put_image(&layout, &[base_layer(), app_layer(b"a")], true, "a");
+    let (b, b_id) = put_image(&layout, &[base_layer(), app_layer(b"b")], true, "b");
+    put_index(
+        &layout,
+        vec![
+            annotated(a.clone(), json!({ "org.opencontainers.image.ref.name": "docker.io/library/a:1" })),
+            annotated(a, json!({ "org.opencontainers.image.ref.name": "docker.io/library/a:2" })),
+            annotated(b, json!({ "org.opencontainers.image.ref.name": "docker.io/library/b:1" })),
+        ],
+    );
+    let store = ImageStore::open(&tmp.join("store")).expect("open store");
+    store.import(&layout).expect("import");
+    let layer_dir = |content: &[u8]| tmp.join("store/layers").join(Digest::of(&app_layer(content)).hex());
+    let base_dir = tmp.join("store/layers").join(Digest::of(&base_layer()).hex());
+
+    // b runs; references resolve to ids whichever way they are spelled.
+    let in_use = store.ids_of(["b:1", "docker.io/library/nothing:1", "not a reference"]).expect("ids");
+    assert_eq!(in_use, BTreeSet::from([b_id.clone()]));
+    let now = super::store::now_ms();
+    assert!(store.mark_used(&in_use, now).expect("mark used"));
+    assert!(!store.mark_used(&in_use, now).expect("mark used again"), "nothing changed: no write");
+    let listed = store.list().expect("list");
+    let b_row = listed.iter().find(|i| i.id == b_id).expect("b listed");
+    assert_eq!(b_row.last_used_ms, Some(now));
+    assert!(listed.iter().filter(|i| i.id == a_id).all(|i| i.last_used_ms.is_none() && i.added_ms.is_some()));
+
+    // An hour on, a is past a max age of a minute and goes with both its tags.
+    let later = now + 3_600_000;
+    let images = store.gc_images(false, later).expect("gc images");
+    let policy = GcPolicy { max_age: std::time::Duration::from_secs(60), ..GcPolicy::default() };
+    let input = gc::GcInput {
+        images: &images,
+        in_use: &in_use,
+        spare: &BTreeSet::new(),
+        usage: gc::FsUsage::default(),
+    };
+    let plan = gc::plan(&input, &policy, later);
+    assert_eq!(plan.deletions.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [a_id.as_str()]);
+    assert_eq!(plan.deletions[0].names, ["docker.io/library/a:1", "docker.io/library/a:2"]);
+    let done = store.collect_images(&plan).expect("collect");
+    assert_eq!(done.len(), 1);
+    assert!(!layer_dir(b"a").exists());
+    assert!(layer_dir(b"b").is_dir() && base_dir.is_dir(), "the base layer b shares stays");
+    assert_eq!(dir_names(&tmp.join("store/blobs/sha256")).len(), 4, "b's manifest, config and two layers");
+    let refs: Vec<_> = store.list().expect("list").into_iter().filter_map(|i| i.reference).collect();
+    assert_eq!(refs, ["docker.io/library/b:1"]);
+    assert!(store.resolve("b:1").is_ok());
+
+    // A plan made before the image was used again is not carried out.
+    let images = store.gc_images(true, later).expect("gc images");
+    assert!(images[0].parts.iter().any(|(key, bytes)| key.starts_with("layer:") && *bytes > 0));
+    let stale = gc::plan_all(&images, &BTreeSet::new(), later);
+    assert!(store.mark_used(&in_use, later).expect("mark used"));
+    assert_eq!(store.collect_images(&stale).expect("collect"), []);
+    assert!(store.resolve("b:1").is_ok());
+    assert!(store.fs_usage().expect("usage").total > 0);
+}
+
+#[test]
+fn stamps_from_a_clock_not_yet_set_are_replaced_once_it_is() {
+    let tmp = TempDir::new("stamps");
+    let layout = tmp.join("layout");
+    let (manifest, id) = put_image(&layout, &[app_layer(b"s")], false, "s");
+    put_index(&layout, vec![annotated(manifest, json!({ "org.opencontainers.image.ref.name": "s:1" }))]);
+    let store = ImageStore::open(&tmp.join("store")).expect("open store");
+    store.import(&layout).expect("import");
+    let ids = std::collections::BTreeSet::from([id.clone()]);
+    // Booted without a real-time clock: 1970 plus a few seconds.
+    assert!(store.mark_used(&ids, 5_000).expect("mark used"));
+    let last_used = || store.list().expect("list")[0].last_used_ms;
+    assert_eq!(last_used(), Some(5_000));
+    // NTP caught up: the image was not unused for 56 years, it was used just now.
+    let now = super::store::now_ms();
+    assert!(store.mark_used(&std::collections::BTreeSet::new(), now).expect("mark used"));
+    assert_eq!(last_used(), Some(now));
+}

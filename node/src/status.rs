@@ -142,6 +142,7 @@ mod tests {
                 termination_grace_period_seconds: 30,
                 host_network: false,
                 scheduling: Default::default(),
+                image_pull_secrets: vec![],
             },
             deleting: false,
             created_at_ms: 0,

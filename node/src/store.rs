@@ -252,6 +252,7 @@ mod tests {
                 termination_grace_period_seconds: 30,
                 host_network: false,
                 scheduling: Default::default(),
+                image_pull_secrets: vec![],
             },
         }
     }

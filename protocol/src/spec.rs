@@ -1,6 +1,6 @@
 //! peer's own domain types for desired state: workloads and their pod templates,
 //! services ([`service`]), disruption budgets ([`budget`]), autoscalers ([`autoscaler`]),
-//! and [`Object`], the value of a desired-state entry.
+//! secrets ([`secret`]), and [`Object`], the value of a desired-state entry.
 //!
 //! Kubernetes manifests are converted into these types in exactly one place
 //! (`node::manifest`); everything downstream (reconcile, later gossip and placement)
@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 pub mod autoscaler;
 pub mod budget;
 mod object;
+pub mod secret;
 pub mod service;
 
 pub use autoscaler::HorizontalPodAutoscaler;
 pub use budget::{Budget, DisruptionBudget};
 pub use object::Object;
+pub use secret::{Secret, SecretValue};
 pub use service::{ClusterIp, Service, ServicePort, ServiceType, TargetPort};
 
 /// The kind of a desired-state object.
@@ -34,6 +36,7 @@ pub enum Kind {
     /// What the node deciding for an autoscaler wrote last (same namespace and name as the
     /// autoscaler); never in a manifest.
     AutoscalerStatus,
+    Secret,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
             Kind::PodDisruptionBudget => "PodDisruptionBudget",
             Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             Kind::AutoscalerStatus => "AutoscalerStatus",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -65,7 +69,8 @@ impl Kind {
             Kind::Service
             | Kind::PodDisruptionBudget
             | Kind::HorizontalPodAutoscaler
-            | Kind::AutoscalerStatus => false,
+            | Kind::AutoscalerStatus
+            | Kind::Secret => false,
         }
     }
 }
@@ -181,6 +186,10 @@ pub struct PodTemplate {
     /// Where replicas may run (nodeSelector, affinity, tolerations, spread).
     #[serde(default)]
     pub scheduling: Scheduling,
+    /// `imagePullSecrets`: names of `kubernetes.io/dockerconfigjson` Secrets of the pod's
+    /// namespace whose credentials pulls of its images try first.
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// The pod spec fields placement reads, in `protocol::placement` terms.
@@ -224,6 +233,48 @@ pub struct Container {
     /// Kubernetes' `lifecycle.preStop`: runs before the container gets SIGTERM.
     #[serde(default)]
     pub pre_stop: Option<Hook>,
+    /// `imagePullPolicy`, defaulted from the image when the manifest gives none
+    /// ([`PullPolicy::default_for`]). Entries stored before it existed read
+    /// `IfNotPresent`, which is what peer did then.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+}
+
+/// Kubernetes' `imagePullPolicy`: when a node pulls a container's image before starting it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Pull on every start (the manifest is resolved again; layers held are not
+    /// downloaded again).
+    Always,
+    /// Pull only when the node does not hold the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull: the image must have been imported or pulled on the node.
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' default: `Always` when the image's tag is `latest`, or when it has
+    /// neither tag nor digest; `IfNotPresent` otherwise.
+    pub fn default_for(image: &str) -> PullPolicy {
+        if image.contains('@') {
+            return PullPolicy::IfNotPresent;
+        }
+        // A tag follows the last ':' after the last '/' (a ':' before it is a port).
+        let last = image.rsplit('/').next().unwrap_or(image);
+        match last.rsplit_once(':') {
+            Some((_, tag)) if tag != "latest" => PullPolicy::IfNotPresent,
+            _ => PullPolicy::Always,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
 }
 
 /// A lifecycle hook's handler.
@@ -366,9 +417,78 @@ impl PodTemplate {
     /// A stable hash of the template, used as the revision of a Deployment:
     /// FNV-1a over the canonical JSON encoding (field order is declaration
     /// order and maps are BTreeMaps, so the bytes are deterministic).
+    ///
+    /// Fields added later are left out while they hold the value a template written before
+    /// them means (a defaulted pull policy, no pull secrets), so an upgrade does not give
+    /// every Deployment a new revision and replace all its pods.
     pub fn revision_hash(&self) -> String {
-        let bytes = serde_json::to_vec(self).expect("a PodTemplate always serializes to JSON");
+        let bytes =
+            serde_json::to_vec(&HashedTemplate::of(self)).expect("a PodTemplate always serializes to JSON");
         format!("{:010x}", fnv1a64(&bytes) & 0xff_ffff_ffff)
+    }
+}
+
+/// A [`PodTemplate`] as [`PodTemplate::revision_hash`] hashes it: the same fields in the
+/// same order, with fields added later left out while they hold the value a template
+/// written before them means (a pull policy equal to its image's default, no pull
+/// secrets). So an upgrade gives no Deployment a new revision, which would replace all its
+/// pods. A new field of `PodTemplate` or `Container` must be added here too (a test checks).
+#[derive(Serialize)]
+struct HashedTemplate<'a> {
+    labels: &'a BTreeMap<String, String>,
+    containers: Vec<HashedContainer<'a>>,
+    restart_policy: RestartPolicy,
+    termination_grace_period_seconds: u64,
+    host_network: bool,
+    scheduling: &'a Scheduling,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    image_pull_secrets: &'a [String],
+}
+
+#[derive(Serialize)]
+struct HashedContainer<'a> {
+    name: &'a str,
+    image: &'a str,
+    command: &'a [String],
+    args: &'a [String],
+    env: &'a [EnvVar],
+    working_dir: &'a Option<String>,
+    ports: &'a [ContainerPort],
+    resources: &'a Resources,
+    probes: &'a Probes,
+    pre_stop: &'a Option<Hook>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pull_policy: Option<PullPolicy>,
+}
+
+impl<'a> HashedTemplate<'a> {
+    fn of(t: &'a PodTemplate) -> HashedTemplate<'a> {
+        let containers = t
+            .containers
+            .iter()
+            .map(|c| HashedContainer {
+                name: &c.name,
+                image: &c.image,
+                command: &c.command,
+                args: &c.args,
+                env: &c.env,
+                working_dir: &c.working_dir,
+                ports: &c.ports,
+                resources: &c.resources,
+                probes: &c.probes,
+                pre_stop: &c.pre_stop,
+                pull_policy: Some(c.pull_policy).filter(|p| *p != PullPolicy::default_for(&c.image)),
+            })
+            .collect();
+        HashedTemplate {
+            labels: &t.labels,
+            containers,
+            restart_policy: t.restart_policy,
+            termination_grace_period_seconds: t.termination_grace_period_seconds,
+            host_network: t.host_network,
+            scheduling: &t.scheduling,
+            image_pull_secrets: &t.image_pull_secrets,
+        }
     }
 }
 
@@ -402,11 +522,92 @@ mod tests {
             termination_grace_period_seconds: 30,
             host_network: false,
             scheduling: Scheduling::default(),
+            image_pull_secrets: vec![],
         };
         let a = t.revision_hash();
         assert_eq!(a, t.clone().revision_hash());
         t.termination_grace_period_seconds = 5;
         assert_ne!(a, t.revision_hash());
         assert_eq!(a.len(), 10);
+    }
+
+    fn container(image: &str, pull_policy: PullPolicy) -> Container {
+        Container {
+            name: "main".into(),
+            image: image.into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+            ports: vec![],
+            resources: Resources::default(),
+            probes: Probes::default(),
+            pre_stop: None,
+            pull_policy,
+        }
+    }
+
+    fn template(containers: Vec<Container>, image_pull_secrets: Vec<String>) -> PodTemplate {
+        PodTemplate {
+            labels: BTreeMap::new(),
+            containers,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_seconds: 30,
+            host_network: false,
+            scheduling: Scheduling::default(),
+            image_pull_secrets,
+        }
+    }
+
+    /// The JSON of a template with the fields added after revisions were first hashed
+    /// taken out, as a template of that time serialized.
+    fn legacy_json(t: &PodTemplate) -> Vec<u8> {
+        let text = serde_json::to_string(t).expect("encodes");
+        let mut text = text.replace(",\"image_pull_secrets\":[]}", "}");
+        for p in [PullPolicy::Always, PullPolicy::IfNotPresent, PullPolicy::Never] {
+            text = text.replace(&format!(",\"pull_policy\":\"{p:?}\"}}"), "}");
+        }
+        text.into_bytes()
+    }
+
+    #[test]
+    fn revision_hash_of_defaults_is_that_of_templates_before_pull_policies() {
+        for image in ["peer-demo:latest", "127.0.0.1:5000/demo:v1", "nginx", "r.example/app@sha256:ab"] {
+            let t = template(vec![container(image, PullPolicy::default_for(image))], vec![]);
+            let before = format!("{:010x}", fnv1a64(&legacy_json(&t)) & 0xff_ffff_ffff);
+            assert_eq!(t.revision_hash(), before, "{image}");
+            // An explicit non-default policy, or a pull secret, is a new revision.
+            let never = template(vec![container(image, PullPolicy::Never)], vec![]);
+            assert_ne!(never.revision_hash(), before, "{image}");
+            let secret = template(vec![container(image, PullPolicy::default_for(image))], vec!["r".into()]);
+            assert_ne!(secret.revision_hash(), before, "{image}");
+        }
+        // Every field of the template and its containers is hashed: the mirror has them all.
+        let full = template(vec![container("a:1", PullPolicy::Never)], vec!["r".into()]);
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let real = serde_json::to_value(&full).expect("encodes");
+        let hashed = serde_json::to_value(HashedTemplate::of(&full)).expect("encodes");
+        assert_eq!(keys(real.clone()), keys(hashed.clone()));
+        assert_eq!(keys(real["containers"][0].clone()), keys(hashed["containers"][0].clone()));
+    }
+
+    #[test]
+    fn pull_policy_defaults_like_kubernetes() {
+        let cases = [
+            ("nginx", PullPolicy::Always),
+            ("nginx:latest", PullPolicy::Always),
+            ("nginx:1.25", PullPolicy::IfNotPresent),
+            ("127.0.0.1:5000/demo", PullPolicy::Always),
+            ("127.0.0.1:5000/demo:v1", PullPolicy::IfNotPresent),
+            ("r.example/app@sha256:abcd", PullPolicy::IfNotPresent),
+            ("r.example/app:latest@sha256:abcd", PullPolicy::IfNotPresent),
+        ];
+        for (image, want) in cases {
+            assert_eq!(PullPolicy::default_for(image), want, "{image}");
+        }
     }
 }

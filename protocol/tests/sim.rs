@@ -296,11 +296,13 @@ fn workload(name: &str, replicas: u32) -> Workload {
                 resources: Resources::default(),
                 probes: Default::default(),
                 pre_stop: None,
+                pull_policy: Default::default(),
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,
             host_network: false,
             scheduling: Default::default(),
+            image_pull_secrets: vec![],
         },
     }
 }

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::autoscaler::AutoscalerStatus;
-use super::{fnv1a64, DisruptionBudget, HorizontalPodAutoscaler, Kind, ObjectKey, Service, Workload};
+use super::{fnv1a64, DisruptionBudget, HorizontalPodAutoscaler, Kind, ObjectKey, Secret, Service, Workload};
 use crate::desired::Stamp;
 
 /// A desired-state value.
@@ -26,11 +26,12 @@ pub enum Object {
     PodDisruptionBudget(DisruptionBudget),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     AutoscalerStatus(AutoscalerStatus),
+    Secret(Secret),
 }
 
 /// The variant names, as tags in JSON.
 const VARIANTS: &[&str] =
-    &["Workload", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "AutoscalerStatus"];
+    &["Workload", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "AutoscalerStatus", "Secret"];
 
 /// The tagged form, for decoding.
 #[derive(Deserialize)]
@@ -41,6 +42,7 @@ enum Tagged {
     PodDisruptionBudget(DisruptionBudget),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     AutoscalerStatus(AutoscalerStatus),
+    Secret(Secret),
 }
 
 impl From<Tagged> for Object {
@@ -51,6 +53,7 @@ impl From<Tagged> for Object {
             Tagged::PodDisruptionBudget(b) => Object::PodDisruptionBudget(b),
             Tagged::HorizontalPodAutoscaler(a) => Object::HorizontalPodAutoscaler(a),
             Tagged::AutoscalerStatus(s) => Object::AutoscalerStatus(s),
+            Tagged::Secret(s) => Object::Secret(s),
         }
     }
 }
@@ -106,6 +109,12 @@ impl From<AutoscalerStatus> for Object {
     }
 }
 
+impl From<Secret> for Object {
+    fn from(s: Secret) -> Object {
+        Object::Secret(s)
+    }
+}
+
 impl Object {
     pub fn key(&self) -> &ObjectKey {
         match self {
@@ -114,6 +123,7 @@ impl Object {
             Object::PodDisruptionBudget(b) => &b.key,
             Object::HorizontalPodAutoscaler(a) => &a.key,
             Object::AutoscalerStatus(s) => &s.key,
+            Object::Secret(s) => &s.key,
         }
     }
 
@@ -156,6 +166,13 @@ impl Object {
         }
     }
 
+    pub fn as_secret(&self) -> Option<&Secret> {
+        match self {
+            Object::Secret(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Labels of the object itself (metadata.labels); none for a status.
     pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
         static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
@@ -165,6 +182,7 @@ impl Object {
             Object::PodDisruptionBudget(b) => &b.labels,
             Object::HorizontalPodAutoscaler(a) => &a.labels,
             Object::AutoscalerStatus(_) => &NONE,
+            Object::Secret(s) => &s.labels,
         }
     }
 
@@ -174,7 +192,8 @@ impl Object {
             Object::Workload(_)
             | Object::PodDisruptionBudget(_)
             | Object::HorizontalPodAutoscaler(_)
-            | Object::AutoscalerStatus(_) => None,
+            | Object::AutoscalerStatus(_)
+            | Object::Secret(_) => None,
             Object::Service(s) => s.created.as_ref(),
         }
     }
@@ -185,7 +204,8 @@ impl Object {
             Object::Workload(_)
             | Object::PodDisruptionBudget(_)
             | Object::HorizontalPodAutoscaler(_)
-            | Object::AutoscalerStatus(_) => {}
+            | Object::AutoscalerStatus(_)
+            | Object::Secret(_) => {}
             Object::Service(s) => s.created = stamp,
         }
     }

@@ -73,6 +73,7 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
         },
         probes: Default::default(),
         pre_stop: None,
+        pull_policy: Default::default(),
     };
     let mut scheduling = Scheduling {
         anti_affinity_by_hostname: w % 5 == 0,
@@ -107,6 +108,7 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
             termination_grace_period_seconds: 30,
             host_network: false,
             scheduling,
+            image_pull_secrets: vec![],
         },
     }
 }
@@ -141,7 +143,8 @@ pub fn replicas(state: &DesiredState) -> Vec<ReplicaReq> {
             | Kind::Service
             | Kind::PodDisruptionBudget
             | Kind::HorizontalPodAutoscaler
-            | Kind::AutoscalerStatus => {
+            | Kind::AutoscalerStatus
+            | Kind::Secret => {
                 vec![]
             }
         };

@@ -209,7 +209,8 @@ pub fn desired_pods<'a>(
             Kind::Service
             | Kind::PodDisruptionBudget
             | Kind::HorizontalPodAutoscaler
-            | Kind::AutoscalerStatus => {}
+            | Kind::AutoscalerStatus
+            | Kind::Secret => {}
         }
     }
     pods

@@ -38,6 +38,7 @@ fn every_file_under_specs_parses_without_errors() {
         Kind::Service,
         Kind::PodDisruptionBudget,
         Kind::HorizontalPodAutoscaler,
+        Kind::Secret,
     ] {
         assert!(kinds.contains(&kind), "no example {kind} in specs/");
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{self as core, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use protocol::spec::{Container, ContainerPort, EnvVar, Protocol, ResourceList, Resources};
+use protocol::spec::{Container, ContainerPort, EnvVar, Protocol, PullPolicy, ResourceList, Resources};
 
 use super::convert::is_dns_label;
 use super::diagnostic::{index, join, FieldError, Note};
@@ -53,6 +53,7 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
             ))
         }
     };
+    let pull_policy = pull_policy(path, c.image_pull_policy.as_deref(), &image)?;
     let ports = ports(path, c.ports.as_deref().unwrap_or_default())?;
     let probes = super::probe::probes(path, c, &ports, notes)?;
     let pre_stop = super::probe::pre_stop(path, c, &ports, notes)?;
@@ -67,7 +68,22 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
         resources: resources(&format!("{path}.resources"), c.resources.as_ref(), notes)?,
         probes,
         pre_stop,
+        pull_policy,
     })
+}
+
+/// `imagePullPolicy`, or Kubernetes' default for the image when it is not given.
+fn pull_policy(path: &str, value: Option<&str>, image: &str) -> Result<PullPolicy, FieldError> {
+    match value {
+        None | Some("") => Ok(PullPolicy::default_for(image)),
+        Some("Always") => Ok(PullPolicy::Always),
+        Some("IfNotPresent") => Ok(PullPolicy::IfNotPresent),
+        Some("Never") => Ok(PullPolicy::Never),
+        Some(other) => Err(FieldError::new(
+            format!("{path}.imagePullPolicy"),
+            format!("expected Always, IfNotPresent or Never, got {other:?}"),
+        )),
+    }
 }
 
 /// Plain `value` variables. A `valueFrom` variable is left out (the field walk warns

@@ -407,7 +407,8 @@ fn pod_template(
             | Kind::Service
             | Kind::PodDisruptionBudget
             | Kind::HorizontalPodAutoscaler
-            | Kind::AutoscalerStatus,
+            | Kind::AutoscalerStatus
+            | Kind::Secret,
             Some(other),
         ) => {
             return Err(FieldError::new(
@@ -434,7 +435,9 @@ fn pod_template(
         })?,
     };
     let scheduling = scheduling::scheduling(prefix, spec, &labels, notes)?;
+    let image_pull_secrets = image_pull_secrets(prefix, spec)?;
     Ok(PodTemplate {
+        image_pull_secrets,
         scheduling,
         labels,
         containers,
@@ -442,6 +445,26 @@ fn pod_template(
         termination_grace_period_seconds,
         host_network: spec.host_network.unwrap_or(false),
     })
+}
+
+/// `imagePullSecrets`: the names of Secrets in the pod's namespace. Whether each exists and
+/// holds registry credentials is only known when a pull needs them (a warning event then,
+/// as the kubelet records), so a Secret may be applied after the workload.
+fn image_pull_secrets(prefix: &str, spec: &PodSpec) -> Result<Vec<String>, FieldError> {
+    let mut names: Vec<String> = Vec::new();
+    for (i, r) in spec.image_pull_secrets.iter().flatten().enumerate() {
+        let path = super::diagnostic::index(&format!("{prefix}.imagePullSecrets"), i);
+        if !is_dns_subdomain(&r.name) {
+            return Err(FieldError::new(
+                format!("{path}.name"),
+                format!("expected the name of a Secret in the pod's namespace, got {:?}", r.name),
+            ));
+        }
+        if !names.contains(&r.name) {
+            names.push(r.name.clone());
+        }
+    }
+    Ok(names)
 }
 
 /// A DNS-1123 subdomain, the rule for Deployment and Pod names.

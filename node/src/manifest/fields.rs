@@ -139,6 +139,17 @@ const DISRUPTION_BUDGET: &[(&str, Rule)] = &[
     ("spec.maxUnavailable", Rule::Use),
 ];
 
+/// Secret fields besides [`OBJECT`]; values are checked in `secret`.
+const SECRET: &[(&str, Rule)] = &[
+    ("type", Rule::Use),
+    ("data", Rule::Use),
+    ("stringData", Rule::Use),
+    (
+        "immutable",
+        Rule::Note("not implemented by peer yet, ignored: the Secret can be changed by applying it again"),
+    ),
+];
+
 /// HorizontalPodAutoscaler fields besides [`OBJECT`]: `autoscaling/v2`, and
 /// `targetCPUUtilizationPercentage` of `autoscaling/v1` (a v2 field in a v1 document, or
 /// the other way round, does not survive the typed round trip and is warned as unknown).
@@ -193,6 +204,7 @@ const POD_SPEC: &[(&str, Rule)] = &[
     ("containers[]", Rule::Walk),
     ("containers[].name", Rule::Use),
     ("containers[].image", Rule::Use),
+    ("containers[].imagePullPolicy", Rule::Use),
     ("containers[].command", Rule::Use),
     ("containers[].args", Rule::Use),
     ("containers[].workingDir", Rule::Use),
@@ -219,6 +231,9 @@ const POD_SPEC: &[(&str, Rule)] = &[
     ("containers[].lifecycle.preStop", Rule::Walk),
     ("restartPolicy", Rule::Use),
     ("terminationGracePeriodSeconds", Rule::Use),
+    ("imagePullSecrets", Rule::Walk),
+    ("imagePullSecrets[]", Rule::Walk),
+    ("imagePullSecrets[].name", Rule::Use),
     ("hostNetwork", Rule::Use),
     ("nodeSelector", Rule::Use),
     ("tolerations", Rule::Walk),
@@ -361,7 +376,8 @@ fn pod_spec_prefix(kind: Kind) -> Option<&'static str> {
         Kind::Service
         | Kind::PodDisruptionBudget
         | Kind::HorizontalPodAutoscaler
-        | Kind::AutoscalerStatus => None,
+        | Kind::AutoscalerStatus
+        | Kind::Secret => None,
     }
 }
 
@@ -376,6 +392,7 @@ fn kind_tables(kind: Kind) -> &'static [&'static [(&'static str, Rule)]] {
         Kind::PodDisruptionBudget => &[DISRUPTION_BUDGET],
         Kind::HorizontalPodAutoscaler => &[AUTOSCALER],
         Kind::AutoscalerStatus => &[],
+        Kind::Secret => &[SECRET],
     }
 }
 
@@ -521,6 +538,7 @@ mod tests {
             Kind::Service,
             Kind::PodDisruptionBudget,
             Kind::HorizontalPodAutoscaler,
+            Kind::Secret,
         ] {
             let mut patterns: Vec<String> = OBJECT.iter().map(|(p, _)| (*p).to_owned()).collect();
             if let Some(prefix) = pod_spec_prefix(kind) {

@@ -1,6 +1,6 @@
 //! Kubernetes manifests, as users write them, to peer's domain types: the only place
 //! where YAML becomes a `protocol::spec::Object` (a workload, a service, a disruption
-//! budget or an autoscaler).
+//! budget, an autoscaler or a secret).
 //!
 //! [`parse_file`] reads a file in three steps:
 //! 1. The whole file is checked as YAML. A syntax error makes the whole file unreadable
@@ -8,11 +8,12 @@
 //! 2. Each document is read as a generic YAML value to learn `apiVersion`, `kind` and
 //!    `metadata.name`. Kinds peer does not implement (ConfigMap, Ingress, …) are ignored
 //!    with a warning, not an error, so whole application manifests can be applied.
-//! 3. Deployments, StatefulSets, DaemonSets, Pods, Services, PodDisruptionBudgets and
-//!    HorizontalPodAutoscalers are deserialized into the real Kubernetes types
+//! 3. Deployments, StatefulSets, DaemonSets, Pods, Services, PodDisruptionBudgets,
+//!    HorizontalPodAutoscalers and Secrets are deserialized into the real Kubernetes types
 //!    (k8s-openapi), with field paths in type errors, then converted and validated in
 //!    `convert` (pod placement fields in `scheduling`, services in `service`, budgets in
-//!    `budget`, autoscalers in `autoscaler`). The field walk in `fields` warns about every field peer does not
+//!    `budget`, autoscalers in `autoscaler`, secrets in `secret`, whose values no message
+//!    shows). The field walk in `fields` warns about every field peer does not
 //!    implement.
 //!
 //! One bad document does not stop the others: each gets its own [`DocResult`].
@@ -26,13 +27,14 @@ mod fields;
 mod probe;
 mod quantity;
 mod scheduling;
+mod secret;
 mod service;
 #[cfg(test)]
 mod tests;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::{v1 as autoscaling_v1, v2 as autoscaling_v2};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use protocol::spec::{Kind, Object, ObjectKey, Workload};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -108,7 +110,6 @@ const KNOWN_IGNORED_KINDS: &[&str] = &[
     "NetworkPolicy",
     "PersistentVolumeClaim",
     "ReplicaSet",
-    "Secret",
     "ServiceAccount",
 ];
 
@@ -261,6 +262,18 @@ impl Doc<'_> {
                 key(Kind::HorizontalPodAutoscaler),
                 autoscaler::autoscaler_v2,
             ),
+            Some("Secret") => match secret::check_values(&value) {
+                Err(FieldError { path, message }) => {
+                    DocResult::Invalid { key: key(Kind::Secret), error: self.error(Some(path), message) }
+                }
+                Ok(()) => self.object::<Secret, _>(
+                    Kind::Secret,
+                    &value,
+                    api_version,
+                    key(Kind::Secret),
+                    secret::secret,
+                ),
+            },
             Some("Service") => self.object::<Service, _>(
                 Kind::Service,
                 &value,
@@ -272,7 +285,7 @@ impl Doc<'_> {
                 let message = if KNOWN_IGNORED_KINDS.contains(&other) {
                     format!("peer does not implement {other} objects yet, ignored")
                 } else {
-                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget and HorizontalPodAutoscaler objects")
+                    format!("unknown kind {other:?}, ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget, HorizontalPodAutoscaler and Secret objects")
                 };
                 DocResult::Ignored {
                     kind: other.to_owned(),

@@ -23,6 +23,7 @@ fn render(result: &FileResult) -> String {
                     Object::PodDisruptionBudget(b) => serde_json::to_string_pretty(b),
                     Object::HorizontalPodAutoscaler(a) => serde_json::to_string_pretty(a),
                     Object::AutoscalerStatus(s) => serde_json::to_string_pretty(s),
+                    Object::Secret(s) => serde_json::to_string_pretty(s),
                 }
                 .expect("an object is JSON");
                 writeln!(out, "object: {json}").expect("writing to a String");
@@ -132,7 +133,8 @@ fn seed_example() {
                       "readiness": null,
                       "startup": null
                     },
-                    "pre_stop": null
+                    "pre_stop": null,
+                    "pull_policy": "IfNotPresent"
                   }
                 ],
                 "restart_policy": "Always",
@@ -145,7 +147,8 @@ fn seed_example() {
                   "preferred_affinity": [],
                   "anti_affinity_by_hostname": false,
                   "topology_spread": null
-                }
+                },
+                "image_pull_secrets": []
               },
               "pod_management": "OrderedReady",
               "rollout": {
@@ -273,7 +276,8 @@ spec:
                       "readiness": null,
                       "startup": null
                     },
-                    "pre_stop": null
+                    "pre_stop": null,
+                    "pull_policy": "Always"
                   },
                   {
                     "name": "sidecar",
@@ -298,7 +302,8 @@ spec:
                       "readiness": null,
                       "startup": null
                     },
-                    "pre_stop": null
+                    "pre_stop": null,
+                    "pull_policy": "Always"
                   }
                 ],
                 "restart_policy": "Always",
@@ -311,7 +316,8 @@ spec:
                   "preferred_affinity": [],
                   "anti_affinity_by_hostname": false,
                   "topology_spread": null
-                }
+                },
+                "image_pull_secrets": []
               },
               "pod_management": "OrderedReady",
               "rollout": {
@@ -386,7 +392,8 @@ spec:
                       "readiness": null,
                       "startup": null
                     },
-                    "pre_stop": null
+                    "pre_stop": null,
+                    "pull_policy": "Always"
                   }
                 ],
                 "restart_policy": "OnFailure",
@@ -399,7 +406,8 @@ spec:
                   "preferred_affinity": [],
                   "anti_affinity_by_hostname": false,
                   "topology_spread": null
-                }
+                },
+                "image_pull_secrets": []
               },
               "pod_management": "OrderedReady",
               "rollout": {
@@ -577,7 +585,6 @@ status: {}
             warning: test.yaml: document 1 (Deployment api): spec.selector.matchExpressions: not implemented by peer yet, ignored: pods are selected by matchLabels, or by the template labels when there are none
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.volumes: not implemented by peer yet, ignored
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].imagee: unknown field, ignored (not part of the Kubernetes API peer knows)
-            warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].imagePullPolicy: not implemented by peer yet, ignored
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].livenessProbe.perodSeconds: unknown field, ignored (not part of the Kubernetes API peer knows)
             warning: test.yaml: document 1 (Deployment api): spec.template.spec.containers[0].env[0].valueFrom: not implemented by peer yet: the variable is not set
             warning: test.yaml: document 1 (Deployment api): status: status is written by the cluster, not read from manifests; ignored
@@ -601,7 +608,7 @@ metadata: {name: w}
 "#,
         expect![[r#"
             warning: test.yaml: document 1 (ConfigMap api): kind: peer does not implement ConfigMap objects yet, ignored
-            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget and HorizontalPodAutoscaler objects
+            warning: test.yaml: document 2 (Widget w): kind: unknown kind "Widget", ignored: peer implements Deployment, StatefulSet, DaemonSet, Pod, Service, PodDisruptionBudget, HorizontalPodAutoscaler and Secret objects
         "#]],
     );
 }
@@ -1104,7 +1111,8 @@ spec:
                       "readiness": null,
                       "startup": null
                     },
-                    "pre_stop": null
+                    "pre_stop": null,
+                    "pull_policy": "Always"
                   }
                 ],
                 "restart_policy": "Always",
@@ -1117,7 +1125,8 @@ spec:
                   "preferred_affinity": [],
                   "anti_affinity_by_hostname": false,
                   "topology_spread": null
-                }
+                },
+                "image_pull_secrets": []
               },
               "pod_management": "Parallel",
               "rollout": {
@@ -1228,7 +1237,8 @@ spec:
                       "readiness": null,
                       "startup": null
                     },
-                    "pre_stop": null
+                    "pre_stop": null,
+                    "pull_policy": "Always"
                   }
                 ],
                 "restart_policy": "Always",
@@ -1249,7 +1259,8 @@ spec:
                   "preferred_affinity": [],
                   "anti_affinity_by_hostname": false,
                   "topology_spread": null
-                }
+                },
+                "image_pull_secrets": []
               },
               "pod_management": "OrderedReady",
               "rollout": {
@@ -1554,4 +1565,219 @@ spec:
         invalid: Some("Deployment/default/negative")
         error: test.yaml: document 3 (Deployment negative): spec.revisionHistoryLimit: expected a number of at least 0, got -1
     "#]].assert_eq(&out);
+}
+
+/// Like [`check`], but of each workload only its containers' pull policies and its pull
+/// secrets, then warnings and errors.
+fn check_pulls(yaml: &str, expect: Expect) {
+    let result = parse_file("test.yaml", yaml);
+    let mut out = String::new();
+    for workload in result.workloads() {
+        for c in &workload.template.containers {
+            writeln!(out, "{}/{}: {} {:?}", workload.key, c.name, c.image, c.pull_policy)
+                .expect("writing to a String");
+        }
+        writeln!(out, "{}: imagePullSecrets {:?}", workload.key, workload.template.image_pull_secrets)
+            .expect("writing to a String");
+    }
+    render_messages(&result, &mut out);
+    expect.assert_eq(&out);
+}
+
+#[test]
+fn pull_policies_default_like_kubernetes() {
+    check_pulls(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  imagePullSecrets: [{name: regcred}, {name: other}, {name: regcred}]
+  containers:
+    - {name: a, image: peer-demo:latest}
+    - {name: b, image: peer-demo}
+    - {name: c, image: "127.0.0.1:5000/demo:v1"}
+    - {name: d, image: "127.0.0.1:5000/demo"}
+    - {name: e, image: "registry.example/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+    - {name: f, image: peer-demo:latest, imagePullPolicy: IfNotPresent}
+    - {name: g, image: "127.0.0.1:5000/demo:v1", imagePullPolicy: Always}
+    - {name: h, image: "127.0.0.1:5000/demo:v1", imagePullPolicy: Never}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  template:
+    spec:
+      containers: [{name: api, image: "127.0.0.1:5000/demo:v2"}]
+"#,
+        expect![[r#"
+            Pod/default/web/a: peer-demo:latest Always
+            Pod/default/web/b: peer-demo Always
+            Pod/default/web/c: 127.0.0.1:5000/demo:v1 IfNotPresent
+            Pod/default/web/d: 127.0.0.1:5000/demo Always
+            Pod/default/web/e: registry.example/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef IfNotPresent
+            Pod/default/web/f: peer-demo:latest IfNotPresent
+            Pod/default/web/g: 127.0.0.1:5000/demo:v1 Always
+            Pod/default/web/h: 127.0.0.1:5000/demo:v1 Never
+            Pod/default/web: imagePullSecrets ["regcred", "other"]
+            Deployment/default/api/api: 127.0.0.1:5000/demo:v2 IfNotPresent
+            Deployment/default/api: imagePullSecrets []
+        "#]],
+    );
+}
+
+#[test]
+fn bad_pull_fields_name_the_field() {
+    check_messages(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec:
+  containers: [{name: a, image: x, imagePullPolicy: Sometimes}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: b}
+spec:
+  template:
+    spec:
+      imagePullSecrets: [{name: Reg_Cred}]
+      containers: [{name: a, image: x}]
+"#,
+        expect![[r#"
+            error: test.yaml: document 1 (Pod a): spec.containers[0].imagePullPolicy: expected Always, IfNotPresent or Never, got "Sometimes"
+            error: test.yaml: document 2 (Deployment b): spec.template.spec.imagePullSecrets[0].name: expected the name of a Secret in the pod's namespace, got "Reg_Cred"
+        "#]],
+    );
+}
+
+#[test]
+fn secrets_are_decoded_with_string_data_merged_over_data() {
+    // `data`: user=alice, password=old; `.dockerconfigjson` = {"auths":{"r.example":{"auth":"YTpi"}}}.
+    check(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: app, namespace: shop, labels: {team: a}}
+data:
+  user: YWxpY2U=
+  password: b2xk
+stringData:
+  password: new
+immutable: true
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: regcred}
+type: kubernetes.io/dockerconfigjson
+data:
+  .dockerconfigjson: eyJhdXRocyI6eyJyLmV4YW1wbGUiOnsiYXV0aCI6IllUcGkifX19
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: regcred2}
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{"auths": {}}'
+"#,
+        expect![[r#"
+            object: {
+              "key": {
+                "kind": "Secret",
+                "namespace": "shop",
+                "name": "app"
+              },
+              "labels": {
+                "team": "a"
+              },
+              "secret_type": "Opaque",
+              "data": {
+                "password": "bmV3",
+                "user": "YWxpY2U="
+              }
+            }
+            warning: test.yaml: document 1 (Secret app): immutable: not implemented by peer yet, ignored: the Secret can be changed by applying it again
+            object: {
+              "key": {
+                "kind": "Secret",
+                "namespace": "default",
+                "name": "regcred"
+              },
+              "labels": {},
+              "secret_type": "kubernetes.io/dockerconfigjson",
+              "data": {
+                ".dockerconfigjson": "eyJhdXRocyI6eyJyLmV4YW1wbGUiOnsiYXV0aCI6IllUcGkifX19"
+              }
+            }
+            object: {
+              "key": {
+                "kind": "Secret",
+                "namespace": "default",
+                "name": "regcred2"
+              },
+              "labels": {},
+              "secret_type": "kubernetes.io/dockerconfigjson",
+              "data": {
+                ".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="
+              }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn bad_secrets_name_the_field_and_never_show_a_value() {
+    let big = "A".repeat(360 * 1024);
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: a}}
+data: {{password: "c2VjcmV0!!"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: b}}
+type: kubernetes.io/dockerconfigjson
+data: {{other: YQ==}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: c}}
+type: kubernetes.io/dockerconfigjson
+stringData: {{.dockerconfigjson: '{{"registry": "hunter2"}}'}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: d}}
+data: {{big: "{big}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: e}}
+stringData: {{"a/b": x}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: f}}
+data: {{n: 5}}
+"#
+    );
+    let result = parse_file("test.yaml", &yaml);
+    let mut out = String::new();
+    render_messages(&result, &mut out);
+    assert!(!out.contains("c2VjcmV0") && !out.contains("hunter2"), "{out}");
+    expect![[r#"
+        error: test.yaml: document 1 (Secret a): data.password: expected a base64-encoded value (standard alphabet, with padding); the value is not shown
+        error: test.yaml: document 2 (Secret b): data[".dockerconfigjson"]: required for type kubernetes.io/dockerconfigjson, expected a Docker config.json document with an auths object
+        error: test.yaml: document 3 (Secret c): stringData[".dockerconfigjson"]: expected a JSON document with an auths object (Docker's config.json shape); the value is not shown
+        error: test.yaml: document 4 (Secret d): data: the secret holds 276483 bytes of keys and values, more than peer's limit of 262144 (every node keeps every secret)
+        error: test.yaml: document 5 (Secret e): stringData["a/b"]: expected a key of letters, digits, '-', '_' and '.', at most 253 characters, got "a/b"
+        error: test.yaml: document 6 (Secret f): data.n: expected a base64-encoded string
+    "#]]
+    .assert_eq(&out);
+    // The previous version of an invalid Secret is kept: its key is known.
+    assert!(result.documents.iter().all(|d| matches!(d, DocResult::Invalid { key: Some(_), .. })));
 }

@@ -21,12 +21,13 @@ fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
             resources: Resources::default(),
             probes: Default::default(),
             pre_stop: None,
-            pull_policy: Default::default(),
+            pull_policy: protocol::spec::PullPolicy::default_for(image),
         }],
         restart_policy: policy,
         termination_grace_period_seconds: 30,
         host_network: false,
         scheduling: Default::default(),
+        image_pull_secrets: vec![],
     }
 }
 

@@ -99,6 +99,13 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    /// Secrets as `kubectl get secrets -o json` shows them (values base64-encoded).
+    GetSecrets,
+    /// `peer describe secret NAME`: keys and sizes, never values.
+    DescribeSecret {
+        namespace: String,
+        name: String,
+    },
     /// `peer delete KIND NAME`.
     Delete {
         kind: String,

@@ -33,7 +33,7 @@ impl Global {
 pub enum Command {
     /// Run the node agent in the foreground.
     Up(Box<UpArgs>),
-    /// List objects: pods, deployments, services, nodes, events.
+    /// List objects: pods, deployments, services, hpa, secrets, nodes, events.
     Get {
         resource: String,
         #[arg(short, long, value_enum)]
@@ -56,7 +56,7 @@ pub enum Command {
     },
     /// Show one pod in detail.
     Describe {
-        /// `pod` or `service`.
+        /// `pod`, `service`, `hpa` or `secret`.
         resource: String,
         name: String,
         #[arg(short, long, default_value = "default")]

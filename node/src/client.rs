@@ -113,8 +113,9 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
         "nodes" | "node" | "no" => Request::GetNodes,
         "services" | "service" | "svc" => Request::GetServices,
         "hpa" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => Request::GetAutoscalers,
+        "secrets" | "secret" => Request::GetSecrets,
         other => bail!(
-            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, services, hpa, nodes or events"
+            "unknown resource type {other:?}; expected pods, deployments, statefulsets, daemonsets, services, hpa, secrets, nodes or events"
         ),
     };
     let data = client.call(&req)?;
@@ -165,6 +166,23 @@ pub fn get(client: &Client, resource: &str, output: Option<Output>) -> anyhow::R
                 &["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "DECIDED BY"],
                 &rows,
             );
+        }
+        Request::GetSecrets => {
+            let rows: Vec<Vec<String>> = data
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    vec![
+                        s["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                        s["type"].as_str().unwrap_or_default().to_owned(),
+                        s["data"].as_object().map_or(0, |d| d.len()).to_string(),
+                        // Objects carry no wall-clock creation time (stamps are Lamport).
+                        "-".to_owned(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "TYPE", "DATA", "AGE"], &rows);
         }
         Request::GetServices => {
             let rows: Vec<crate::services::ServiceEntry> = serde_json::from_value(data)?;

@@ -110,7 +110,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 "hpa" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => {
                     Request::DescribeAutoscaler { namespace, name }
                 }
-                _ => bail!("describe supports pods, services and hpa (got {resource:?})"),
+                "secret" | "secrets" => Request::DescribeSecret { namespace, name },
+                _ => bail!("describe supports pods, services, hpa and secrets (got {resource:?})"),
             };
             let data = client.call(&req)?;
             client::print_structured(&data, node::cli::Output::Yaml)?;

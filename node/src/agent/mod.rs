@@ -19,8 +19,10 @@ mod node_requests;
 mod placement;
 mod pods;
 mod probes;
+mod pulls;
 mod queries;
 mod rollouts;
+mod secrets;
 mod services;
 
 use std::collections::BTreeMap;
@@ -134,6 +136,8 @@ pub struct Agent {
     pods: BTreeMap<String, ObservedPod>,
     runtime: Arc<Runtime>,
     images: Arc<ImageStore>,
+    /// Image pulls under way, shared by the pods that wait for them (`pulls.rs`).
+    pulls: pulls::Pulls,
     events: EventLog,
     tasks: mpsc::UnboundedSender<TaskResult>,
     /// Executor tasks in flight; owned here so none is detached.
@@ -237,6 +241,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pods: BTreeMap::new(),
         runtime: runtime.clone(),
         images,
+        pulls: pulls::Pulls::default(),
         events,
         tasks: task_tx,
         jobs: JoinSet::new(),

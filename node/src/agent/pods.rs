@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::spec::Container;
-use runtime::image::{ImageError, ImageStore, PullOptions};
+use protocol::spec::{Container, Kind, ObjectKey, PullPolicy};
+use runtime::image::{PullOptions, PullSecret};
 use runtime::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Runtime};
 
+use super::pulls::ImageJob;
 use super::{now_ms, Agent, DefaultLimits};
 use crate::reconcile::{
     self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated,
@@ -53,6 +54,13 @@ pub enum TaskResult {
         pod: String,
         message: String,
     },
+    /// An event about a pod, from a task (image pulls).
+    Event {
+        pod: String,
+        warning: bool,
+        reason: String,
+        message: String,
+    },
     /// A probe worker's report about the container instance `pid`.
     Probe {
         pod: String,
@@ -89,20 +97,19 @@ pub fn limits_for(c: &Container, defaults: DefaultLimits) -> Limits {
 /// Everything a task needs to start one container, cloned out of the agent.
 struct StartJob {
     runtime: Arc<Runtime>,
-    images: Arc<ImageStore>,
+    /// Getting each container's image, with the pod's pull secrets.
+    images: ImageJob,
     pod_key: String,
     sandbox: String,
     host_network: bool,
     /// The pod's address on the node's bridge, with the prefix length and gateway.
     address: Option<(std::net::Ipv4Addr, u8, std::net::Ipv4Addr)>,
-    specs: Vec<(String, String, ContainerSpec)>, // (container name, image, spec)
+    specs: Vec<(String, String, PullPolicy, ContainerSpec)>, // (container name, image, policy, spec)
     /// A new pod has no old container to clear away; a restart does.
     fresh: bool,
     /// Bounds concurrent creates: each one is a process doing clone-heavy work, and
     /// running more than the cores can take only makes every one of them slower.
     creates: Arc<tokio::sync::Semaphore>,
-    /// How this node pulls images it does not hold.
-    pull: PullOptions,
 }
 
 impl StartJob {
@@ -123,13 +130,19 @@ impl StartJob {
                 },
             }
         };
-        for (name, image, mut spec) in self.specs {
+        for (name, image, policy, mut spec) in self.specs {
             let result = match &netns {
                 Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network: {e}"))),
                 Ok(ns) => {
                     spec.network = ns.clone().map_or(Network::Host, Network::Namespace);
-                    let _permit = self.creates.acquire().await;
-                    start_one(&self.runtime, &self.images, &image, &spec, self.fresh, &self.pull).await
+                    // A pull holds no create permit: only the create itself is bounded.
+                    match self.images.ensure(&image, policy).await {
+                        Err(e) => Err(e),
+                        Ok(resolved) => {
+                            let _permit = self.creates.acquire().await;
+                            start_one(&self.runtime, &resolved, &spec, self.fresh).await
+                        }
+                    }
                 }
             };
             let msg = match result {
@@ -147,28 +160,10 @@ impl StartJob {
 
 async fn start_one(
     runtime: &Runtime,
-    images: &ImageStore,
-    image: &str,
+    resolved: &runtime::ResolvedImage,
     spec: &ContainerSpec,
     fresh: bool,
-    pull: &PullOptions,
 ) -> Result<(i32, u64), (String, String)> {
-    let resolved = match images.resolve(image) {
-        Ok(r) => r,
-        Err(ImageError::NotFound { .. }) if names_registry(image) => {
-            // This task runs off the agent loop, as every create does. The pull holds the
-            // store's lock while it downloads; other creates only wait on it when they
-            // must re-extract a layer.
-            let pulled = match images.pull(image, pull).await {
-                Ok(_) => images.resolve(image),
-                Err(e) => Err(e),
-            };
-            pulled.map_err(|e| ("ImagePullBackOff".to_owned(), format!("pulling {image}: {e}")))?
-        }
-        Err(e) => {
-            return Err(("ImagePullBackOff".to_owned(), format!("{e} (import it with `peer image import`)")))
-        }
-    };
     // A restart's previous container (or one left by a crash mid-create) goes first, so
     // the new one starts from a fresh writable layer, as in Kubernetes.
     if !fresh {
@@ -179,16 +174,10 @@ async fn start_one(
             ));
         }
     }
-    match runtime.run_container(spec, &resolved).await {
+    match runtime.run_container(spec, resolved).await {
         Ok(started) => Ok((started.pid, started.start_time)),
         Err(e) => Err(("CreateContainerError".to_owned(), e.to_string())),
     }
-}
-
-/// Whether `image` names a registry to pull from: its first path component is a host
-/// (has a dot or a port, or is `localhost`), as Docker decides it.
-fn names_registry(image: &str) -> bool {
-    image.split_once('/').is_some_and(|(host, _)| host.contains(['.', ':']) || host == "localhost")
 }
 
 impl Agent {
@@ -201,6 +190,25 @@ impl Agent {
             peers: Some(Arc::new(self.cluster.blobs.clone())),
             ..PullOptions::default()
         }
+    }
+
+    /// A pod's `imagePullSecrets` as pull secrets, from the desired state (its namespace),
+    /// and the names that do not exist or hold no registry credentials (the kubelet warns
+    /// about those and pulls anyway).
+    fn pull_secrets(&self, namespace: &str, names: &[String]) -> (Vec<PullSecret>, Vec<String>) {
+        let (mut found, mut missing) = (Vec::new(), Vec::new());
+        for name in names {
+            let key = ObjectKey { kind: Kind::Secret, namespace: namespace.to_owned(), name: name.clone() };
+            let stored = self.store.get(&key);
+            match stored.as_ref().and_then(|s| s.object.as_secret()).and_then(|s| s.docker_config_json()) {
+                Some(json) => found.push(PullSecret {
+                    what: format!("secret {namespace}/{name}"),
+                    config_json: json.to_vec(),
+                }),
+                None => missing.push(name.clone()),
+            }
+        }
+        (found, missing)
     }
 
     pub(super) fn log_path(&self, namespace: &str, pod: &str, container: &str, restart: u32) -> PathBuf {
@@ -281,12 +289,21 @@ impl Agent {
         for c in &pod.template.containers {
             if only.is_none_or(|o| o == c.name) {
                 let spec = self.spec_for(&pod, c);
-                specs.push((c.name.clone(), c.image.clone(), spec));
+                specs.push((c.name.clone(), c.image.clone(), c.pull_policy, spec));
             }
         }
+        let (pull_secrets, missing_secrets) =
+            self.pull_secrets(&pod.namespace, &pod.template.image_pull_secrets);
         let job = StartJob {
             runtime: self.runtime.clone(),
-            images: self.images.clone(),
+            images: ImageJob {
+                images: self.images.clone(),
+                options: PullOptions { pull_secrets, ..self.pull_options() },
+                pulls: self.pulls.clone(),
+                missing_secrets,
+                pod: key.to_owned(),
+                tx: self.tasks.clone(),
+            },
             pod_key: key.to_owned(),
             sandbox: sandbox_id(&pod.namespace, &pod.name),
             host_network: pod.template.host_network,
@@ -297,7 +314,6 @@ impl Agent {
             specs,
             fresh: only.is_none(),
             creates: self.creates.clone(),
-            pull: self.pull_options(),
         };
         let tx = self.tasks.clone();
         self.jobs.spawn(job.run(tx));
@@ -502,12 +518,30 @@ impl Agent {
                     retry_at_ms: now_ms() + delay.as_millis() as u64,
                 });
                 tracing::warn!(pod = %pod, container = %container, "{reason}: {message}");
-                self.events.warning(&format!("pod/{}", p.name), &reason, &message);
+                let object = format!("pod/{}", p.name);
+                let image =
+                    p.template.containers.iter().find(|c| c.name == container).map(|c| c.image.clone());
+                match image.filter(|_| reason == "ImagePullBackOff") {
+                    // The pull's `Failed` event carries the error already, as the kubelet's does.
+                    Some(image) => {
+                        self.events.warning(&object, "BackOff", &format!("Back-off pulling image {image:?}"))
+                    }
+                    None => self.events.warning(&object, &reason, &message),
+                }
                 self.persist(&pod);
             }
             TaskResult::HookFailed { pod, message } => {
                 tracing::warn!(%pod, "FailedPreStopHook: {message}");
                 self.events.warning(&super::pod_object(&pod), "FailedPreStopHook", &message);
+            }
+            TaskResult::Event { pod, warning, reason, message } => {
+                let object = super::pod_object(&pod);
+                if warning {
+                    tracing::warn!(%pod, "{reason}: {message}");
+                    self.events.warning(&object, &reason, &message);
+                } else {
+                    self.events.normal(&object, &reason, &message);
+                }
             }
             TaskResult::Probe { pod, container, pid, report } => {
                 self.handle_probe(&pod, &container, pid, report)
@@ -666,21 +700,6 @@ impl Agent {
                 }
             }
             Err(e) => tracing::warn!("listing runtime containers: {e}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names_registry;
-
-    #[test]
-    fn only_references_with_a_host_name_a_registry() {
-        for image in ["127.0.0.1:5000/demo:v1", "localhost/demo", "registry.example/app@sha256:ab"] {
-            assert!(names_registry(image), "{image}");
-        }
-        for image in ["peer-demo:latest", "library/nginx", "nginx", "sha256:abcd"] {
-            assert!(!names_registry(image), "{image}");
         }
     }
 }

@@ -52,6 +52,7 @@ pub fn parse_kind(kind: &str) -> Option<Kind> {
         "pod" | "pods" | "po" => Some(Kind::Pod),
         "service" | "services" | "svc" => Some(Kind::Service),
         "hpa" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => Some(Kind::HorizontalPodAutoscaler),
+        "secret" | "secrets" => Some(Kind::Secret),
         _ => None,
     }
 }
@@ -149,6 +150,24 @@ impl Agent {
             .collect()
     }
 
+    /// A container's state for `peer describe pod`: while its image is being pulled, the
+    /// waiting `ContainerCreating` state says how far the pull has got.
+    fn container_state(
+        &self,
+        pod: &ObservedPod,
+        c: &reconcile::ObservedContainer,
+        image: &str,
+        now: u64,
+    ) -> serde_json::Value {
+        match self.pulls.progress(image).filter(|_| matches!(c.state, ContainerState::Creating)) {
+            Some(progress) => json!({"waiting": {
+                "reason": "ContainerCreating",
+                "message": super::pulls::pulling_message(image, &progress),
+            }}),
+            None => status::container_state(pod, c, now),
+        }
+    }
+
     /// `peer describe pod` of a pod this node does not run.
     fn describe_remote(&self, key: &str, name: &str) -> Response {
         let Some(planned) = self.placement.planned.get(key) else {
@@ -214,6 +233,8 @@ impl Agent {
             Request::RolloutPause { namespace, name, paused } => self.rollout_pause(namespace, name, paused),
             Request::GetAutoscalers => ok(self.autoscaler_rows()),
             Request::DescribeAutoscaler { namespace, name } => self.describe_autoscaler(namespace, name),
+            Request::GetSecrets => ok(self.secret_rows()),
+            Request::DescribeSecret { namespace, name } => self.describe_secret(namespace, name),
             Request::GetServices => ok(self.service_table().services.into_values().collect::<Vec<_>>()),
             Request::TopPods { namespace } => ok(self.top_pods(namespace.as_deref())),
             Request::TopNodes => ok(self.top_nodes()),
@@ -233,9 +254,10 @@ impl Agent {
                             "name": c.name,
                             "id": container_id(&pod.namespace, &pod.name, &c.name),
                             "image": c.image,
+                            "imagePullPolicy": c.pull_policy.as_str(),
                             "ready": obs.is_some_and(status::container_ready),
                             "started": obs.is_some_and(|o| o.started),
-                            "state": obs.map(|o| status::container_state(pod, o, now)),
+                            "state": obs.map(|o| self.container_state(pod, o, &c.image, now)),
                             "restartCount": obs.map_or(0, |o| o.restart_count),
                             "lastState": obs.and_then(|o| o.last_termination.as_ref()).map(|t| json!({"terminated": status::terminated(t)})),
                             "liveness": c.probes.liveness.as_ref().map(describe_probe),
@@ -263,6 +285,7 @@ impl Agent {
                     "labels": pod.template.labels,
                     "restartPolicy": pod.template.restart_policy,
                     "hostNetwork": pod.template.host_network,
+                    "imagePullSecrets": pod.template.image_pull_secrets,
                     "containers": containers,
                     "events": self.events.for_object(&object).collect::<Vec<_>>(),
                 }))
@@ -327,7 +350,7 @@ impl Agent {
             Request::Delete { kind, namespace, name } => {
                 let Some(kind) = parse_kind(&kind) else {
                     return err(format!(
-                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset, pod or service"
+                        "unknown kind {kind:?}; expected deployment, statefulset, daemonset, pod, service, hpa or secret"
                     ));
                 };
                 self.delete_keys(vec![ObjectKey { kind, namespace, name }], vec![])

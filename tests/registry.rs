@@ -314,3 +314,152 @@ fn peers_start_the_image_with_the_registry_stopped() {
         );
     }
 }
+
+/// A Deployment of one replica of `image` with extra pod spec lines (`imagePullSecrets`)
+/// and container lines (`imagePullPolicy`), each already indented.
+fn deployment_with(name: &str, image: &str, pod_lines: &str, container_lines: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  template:\n    spec:\n      terminationGracePeriodSeconds: 1\n{pod_lines}      containers:\n        - name: main\n          image: {image}\n{container_lines}          resources:\n            limits: {{cpu: \"100m\", memory: \"32Mi\"}}\n"
+    )
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret with `user:password` for `registry`.
+fn registry_secret(name: &str, registry: &str, user: &str, password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{{\"auths\": {{\"{registry}\": {{\"username\": \"{user}\", \"password\": \"{password}\"}}}}}}'\n"
+    )
+}
+
+/// The first pod this node runs, once it has one.
+fn first_pod(node: &Node) -> String {
+    wait_for("a pod on the node", Duration::from_secs(30), || {
+        node.pods().into_iter().find_map(|p| p["name"].as_str().map(str::to_owned))
+    })
+}
+
+/// The pod's first container's state, as `peer describe pod` shows it.
+fn container_state(node: &Node, pod: &str) -> serde_json::Value {
+    node.describe(pod)["containers"][0]["state"].clone()
+}
+
+/// The pod's events with `reason`, as `peer describe pod` shows them: their messages.
+fn events(node: &Node, pod: &str, reason: &str) -> Vec<String> {
+    let described = node.describe(pod);
+    described["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == reason)
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn image_pull_secrets_authenticate_the_pull() {
+    if !require_root("image_pull_secrets_authenticate_the_pull") {
+        return;
+    }
+    let registry = Registry::start("secret", Some(("alice", "right-password")));
+    registry.push_demo("demo:v1", Some("alice:right-password"));
+    let mut node = node_without_demo("secret");
+    node.start_agent();
+    let reference = format!("{}/demo:v1", registry.addr);
+    let pull_secrets = "      imagePullSecrets: [{name: regcred}]\n";
+
+    // The Secret is not there yet: the kubelet's warning, then the registry's 401.
+    node.write_spec("web.yaml", &deployment_with("web", &reference, pull_secrets, ""));
+    let pod = first_pod(&node);
+    let waiting = wait_for("ImagePullBackOff naming the 401", Duration::from_secs(60), || {
+        let state = container_state(&node, &pod);
+        (state["waiting"]["reason"] == "ImagePullBackOff").then_some(state)
+    });
+    let message = waiting["waiting"]["message"].as_str().unwrap_or_default().to_owned();
+    let refused = format!("registry {} refused the credentials for demo: 401", registry.addr);
+    assert!(message.contains(&refused), "waiting message: {message}");
+    let warned = events(&node, &pod, "FailedToRetrieveImagePullSecret");
+    assert!(
+        warned.iter().any(|m| m.contains("Unable to retrieve some image pull secrets (regcred)")),
+        "events: {}",
+        node.describe(&pod)["events"]
+    );
+    assert!(events(&node, &pod, "Failed").iter().any(|m| m.contains(&refused)));
+    assert!(!events(&node, &pod, "BackOff").is_empty(), "no BackOff event");
+
+    // Once the Secret exists, the next attempt pulls with its credentials.
+    node.write_spec("regcred.yaml", &registry_secret("regcred", &registry.addr, "alice", "right-password"));
+    let listed = wait_for("peer get secrets to list it", Duration::from_secs(20), || {
+        Some(node.peer_ok(&["get", "secrets"])).filter(|l| l.contains("regcred"))
+    });
+    assert!(listed.contains("kubernetes.io/dockerconfigjson"), "{listed}");
+    let described = node.peer_ok(&["describe", "secret", "regcred"]);
+    assert!(described.contains("bytes") && !described.contains("right-password"), "{described}");
+    let running = wait_for("the pod to run with the secret's credentials", Duration::from_secs(120), || {
+        node.running_pods().into_iter().next()
+    });
+    let pulled = events(&node, &running, "Pulled");
+    assert!(
+        pulled.iter().any(|m| m.starts_with(&format!("Successfully pulled image {reference:?} in"))
+            && m.contains("Image size: ")),
+        "Pulled events: {pulled:?}"
+    );
+    assert!(images(&node).contains(&reference), "image ls: {:?}", images(&node));
+    assert!(!node.agent_log().contains("right-password"), "a secret value reached the agent's log");
+}
+
+#[test]
+fn never_policy_does_not_pull_an_absent_image() {
+    if !require_root("never_policy_does_not_pull_an_absent_image") {
+        return;
+    }
+    let registry = Registry::start("never", None);
+    registry.push_demo("demo:v1", None);
+    let mut node = node_without_demo("never");
+    node.start_agent();
+    let reference = format!("{}/demo:v1", registry.addr);
+    let never = "          imagePullPolicy: Never\n";
+    node.write_spec("web.yaml", &deployment_with("web", &reference, "", never));
+    let pod = first_pod(&node);
+    let state = wait_for("ErrImageNeverPull", Duration::from_secs(60), || {
+        let state = container_state(&node, &pod);
+        (state["waiting"]["reason"] == "ErrImageNeverPull").then_some(state)
+    });
+    let message = state["waiting"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is not present with pull policy of Never"), "{message}");
+    assert!(!events(&node, &pod, "ErrImageNeverPull").is_empty(), "no ErrImageNeverPull event");
+    assert!(events(&node, &pod, "Pulling").is_empty(), "a pull started");
+    assert!(images(&node).is_empty(), "image ls: {:?}", images(&node));
+    assert!(node.peer_ok(&["get", "pods"]).contains("ErrImageNeverPull"));
+}
+
+#[test]
+fn always_policy_restarts_from_the_local_copy_when_the_registry_is_gone() {
+    if !require_root("always_policy_restarts_from_the_local_copy_when_the_registry_is_gone") {
+        return;
+    }
+    let registry = Registry::start("always", None);
+    registry.push_demo("demo:v1", None);
+    let mut node = node_without_demo("always");
+    node.start_agent();
+    let reference = format!("{}/demo:v1", registry.addr);
+    let always = "          imagePullPolicy: Always\n";
+    node.write_spec("web.yaml", &deployment_with("web", &reference, "", always));
+    let pod = wait_for("the pod to run", Duration::from_secs(90), || node.running_pods().into_iter().next());
+    assert!(!events(&node, &pod, "Pulling").is_empty(), "no Pulling event");
+    assert!(node.describe(&pod)["containers"][0]["imagePullPolicy"] == "Always");
+
+    // The registry goes away (a node cut off from its uplink); the container dies.
+    let mut registry = registry;
+    registry.stop();
+    assert!(node.kill_containers() > 0, "no container process to kill");
+    wait_for("the container to restart from the local copy", Duration::from_secs(90), || {
+        let described = node.describe(&pod);
+        let restarted = described["containers"][0]["restartCount"].as_u64().unwrap_or(0) >= 1;
+        (restarted && described["containers"][0]["state"]["running"].is_object()).then_some(())
+    });
+    let warned = events(&node, &pod, "RegistryUnreachable");
+    assert!(
+        warned.iter().any(|m| m.contains("the copy already on this node starts")),
+        "events: {}",
+        node.describe(&pod)["events"]
+    );
+}

@@ -403,6 +403,24 @@ fn image_pull_secrets_authenticate_the_pull() {
         "Pulled events: {pulled:?}"
     );
     assert!(images(&node).contains(&reference), "image ls: {:?}", images(&node));
+
+    // `peer apply`, `get -o json` (values base64-encoded, as kubectl), `delete secret`.
+    let extra = node.dir.join("extra.yaml");
+    std::fs::write(
+        &extra,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: extra}\nstringData: {token: s3cr3t}\n",
+    )
+    .expect("writing extra.yaml");
+    node.peer_ok(&["apply", "-f", &extra.display().to_string()]);
+    let listed = node.json(&["get", "secrets"]);
+    let extra_json = listed.as_array().into_iter().flatten().find(|s| s["metadata"]["name"] == "extra");
+    let extra_json = extra_json.expect("peer get secrets -o json lists extra");
+    assert_eq!(extra_json["type"], "Opaque");
+    assert_eq!(extra_json["data"]["token"], base64("s3cr3t"));
+    let described = node.peer_ok(&["describe", "secret", "extra"]);
+    assert!(described.contains("token: 6 bytes") && !described.contains("s3cr3t"), "{described}");
+    node.peer_ok(&["delete", "secret", "extra"]);
+    assert!(!node.peer_ok(&["get", "secrets"]).contains("extra"));
     assert!(!node.agent_log().contains("right-password"), "a secret value reached the agent's log");
 }
 

@@ -58,14 +58,23 @@ pub fn names_registry(image: &str) -> bool {
 /// Whether a pull failed because the registry could not be reached at all, rather than
 /// because it answered no. The store's errors carry the HTTP client's message; reqwest
 /// says "error sending request" for connect errors, timeouts and name resolution, and
-/// only for those (an answer such as 401 or 404 is another error).
+/// "request or response body error" for a connection lost mid-download (an answer such
+/// as 401 or 404 is another error). A peers-only node never asks the registry, so finding
+/// no peer that holds the image counts as unreachable too.
 pub fn unreachable(err: &ImageError) -> bool {
     match err {
         ImageError::Registry { reason, .. } => {
             let reason = reason.to_ascii_lowercase();
-            ["error sending request", "connection refused", "operation timed out", "dns error"]
-                .iter()
-                .any(|m| reason.contains(m))
+            [
+                "error sending request",
+                "request or response body error",
+                "connection refused",
+                "operation timed out",
+                "dns error",
+                "peers-only distribution",
+            ]
+            .iter()
+            .any(|m| reason.contains(m))
         }
         _ => false,
     }
@@ -321,6 +330,7 @@ mod tests {
         assert!(unreachable(&registry(
             "error sending request for url (http://127.0.0.1:5000/v2/demo/manifests/v1)"
         )));
+        assert!(unreachable(&registry("no live peer holds this image (peers-only distribution)")));
         assert!(!unreachable(&registry(
             "Server error: url http://127.0.0.1:5000/v2/demo/manifests/v1, code: 404, message: not found"
         )));

@@ -233,21 +233,28 @@ pub struct Container {
     /// Kubernetes' `lifecycle.preStop`: runs before the container gets SIGTERM.
     #[serde(default)]
     pub pre_stop: Option<Hook>,
-    /// `imagePullPolicy`, defaulted from the image when the manifest gives none
-    /// ([`PullPolicy::default_for`]). Entries stored before it existed read
-    /// `IfNotPresent`, which is what peer did then.
+    /// `imagePullPolicy` as the manifest gives it; `None` when it gives none (and in
+    /// entries stored before the field existed): Kubernetes' default for the image applies
+    /// ([`Container::pull_policy`]). Kept unresolved so that neither an upgrade nor
+    /// reading the same manifest again changes a stored template.
     #[serde(default)]
-    pub pull_policy: PullPolicy,
+    pub image_pull_policy: Option<PullPolicy>,
+}
+
+impl Container {
+    /// The pull policy that applies: the manifest's, or Kubernetes' default for the image.
+    pub fn pull_policy(&self) -> PullPolicy {
+        self.image_pull_policy.unwrap_or_else(|| PullPolicy::default_for(&self.image))
+    }
 }
 
 /// Kubernetes' `imagePullPolicy`: when a node pulls a container's image before starting it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PullPolicy {
     /// Pull on every start (the manifest is resolved again; layers held are not
     /// downloaded again).
     Always,
     /// Pull only when the node does not hold the image.
-    #[default]
     IfNotPresent,
     /// Never pull: the image must have been imported or pulled on the node.
     Never,
@@ -430,7 +437,7 @@ impl PodTemplate {
 
 /// A [`PodTemplate`] as [`PodTemplate::revision_hash`] hashes it: the same fields in the
 /// same order, with fields added later left out while they hold the value a template
-/// written before them means (a pull policy equal to its image's default, no pull
+/// written before them means (no pull policy or one equal to its image's default, no pull
 /// secrets). So an upgrade gives no Deployment a new revision, which would replace all its
 /// pods. A new field of `PodTemplate` or `Container` must be added here too (a test checks).
 #[derive(Serialize)]
@@ -458,7 +465,7 @@ struct HashedContainer<'a> {
     probes: &'a Probes,
     pre_stop: &'a Option<Hook>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pull_policy: Option<PullPolicy>,
+    image_pull_policy: Option<PullPolicy>,
 }
 
 impl<'a> HashedTemplate<'a> {
@@ -477,7 +484,7 @@ impl<'a> HashedTemplate<'a> {
                 resources: &c.resources,
                 probes: &c.probes,
                 pre_stop: &c.pre_stop,
-                pull_policy: Some(c.pull_policy).filter(|p| *p != PullPolicy::default_for(&c.image)),
+                image_pull_policy: c.image_pull_policy.filter(|p| *p != PullPolicy::default_for(&c.image)),
             })
             .collect();
         HashedTemplate {
@@ -531,7 +538,7 @@ mod tests {
         assert_eq!(a.len(), 10);
     }
 
-    fn container(image: &str, pull_policy: PullPolicy) -> Container {
+    fn container(image: &str, image_pull_policy: Option<PullPolicy>) -> Container {
         Container {
             name: "main".into(),
             image: image.into(),
@@ -543,7 +550,7 @@ mod tests {
             resources: Resources::default(),
             probes: Probes::default(),
             pre_stop: None,
-            pull_policy,
+            image_pull_policy,
         }
     }
 
@@ -559,31 +566,38 @@ mod tests {
         }
     }
 
-    /// The JSON of a template with the fields added after revisions were first hashed
-    /// taken out, as a template of that time serialized.
+    /// The JSON of a template without the fields added after revisions were first hashed,
+    /// as a template of that time serialized.
     fn legacy_json(t: &PodTemplate) -> Vec<u8> {
         let text = serde_json::to_string(t).expect("encodes");
-        let mut text = text.replace(",\"image_pull_secrets\":[]}", "}");
-        for p in [PullPolicy::Always, PullPolicy::IfNotPresent, PullPolicy::Never] {
-            text = text.replace(&format!(",\"pull_policy\":\"{p:?}\"}}"), "}");
-        }
-        text.into_bytes()
+        text.replace(",\"image_pull_secrets\":[]}", "}")
+            .replace(",\"image_pull_policy\":null}", "}")
+            .into_bytes()
     }
 
     #[test]
     fn revision_hash_of_defaults_is_that_of_templates_before_pull_policies() {
         for image in ["peer-demo:latest", "127.0.0.1:5000/demo:v1", "nginx", "r.example/app@sha256:ab"] {
-            let t = template(vec![container(image, PullPolicy::default_for(image))], vec![]);
-            let before = format!("{:010x}", fnv1a64(&legacy_json(&t)) & 0xff_ffff_ffff);
-            assert_eq!(t.revision_hash(), before, "{image}");
-            // An explicit non-default policy, or a pull secret, is a new revision.
-            let never = template(vec![container(image, PullPolicy::Never)], vec![]);
+            let unset = template(vec![container(image, None)], vec![]);
+            let before = format!("{:010x}", fnv1a64(&legacy_json(&unset)) & 0xff_ffff_ffff);
+            assert_eq!(unset.revision_hash(), before, "{image}");
+            // Decoded from an entry stored before the fields existed: the same.
+            let mut json: serde_json::Value = serde_json::to_value(&unset).expect("encodes");
+            json.as_object_mut().expect("object").remove("image_pull_secrets");
+            json["containers"][0].as_object_mut().expect("object").remove("image_pull_policy");
+            let old: PodTemplate = serde_json::from_value(json).expect("an old template decodes");
+            assert_eq!(old, unset);
+            // The default written out is the same revision.
+            let written = template(vec![container(image, Some(PullPolicy::default_for(image)))], vec![]);
+            assert_eq!(written.revision_hash(), before, "{image}");
+            // Another policy, or a pull secret, is a new revision.
+            let never = template(vec![container(image, Some(PullPolicy::Never))], vec![]);
             assert_ne!(never.revision_hash(), before, "{image}");
-            let secret = template(vec![container(image, PullPolicy::default_for(image))], vec!["r".into()]);
+            let secret = template(vec![container(image, None)], vec!["r".into()]);
             assert_ne!(secret.revision_hash(), before, "{image}");
         }
         // Every field of the template and its containers is hashed: the mirror has them all.
-        let full = template(vec![container("a:1", PullPolicy::Never)], vec!["r".into()]);
+        let full = template(vec![container("a:1", Some(PullPolicy::Never))], vec!["r".into()]);
         let keys = |v: serde_json::Value| -> Vec<String> {
             let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
             keys.sort();

@@ -289,7 +289,7 @@ impl Agent {
         for c in &pod.template.containers {
             if only.is_none_or(|o| o == c.name) {
                 let spec = self.spec_for(&pod, c);
-                specs.push((c.name.clone(), c.image.clone(), c.pull_policy, spec));
+                specs.push((c.name.clone(), c.image.clone(), c.pull_policy(), spec));
             }
         }
         let (pull_secrets, missing_secrets) =

@@ -254,7 +254,7 @@ impl Agent {
                             "name": c.name,
                             "id": container_id(&pod.namespace, &pod.name, &c.name),
                             "image": c.image,
-                            "imagePullPolicy": c.pull_policy.as_str(),
+                            "imagePullPolicy": c.pull_policy().as_str(),
                             "ready": obs.is_some_and(status::container_ready),
                             "started": obs.is_some_and(|o| o.started),
                             "state": obs.map(|o| self.container_state(pod, o, &c.image, now)),

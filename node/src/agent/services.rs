@@ -132,7 +132,7 @@ mod tests {
                     resources: Resources::default(),
                     probes: Default::default(),
                     pre_stop: None,
-                    pull_policy: Default::default(),
+                    image_pull_policy: None,
                 }],
                 restart_policy: RestartPolicy::Always,
                 termination_grace_period_seconds: 30,

@@ -53,7 +53,7 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
             ))
         }
     };
-    let pull_policy = pull_policy(path, c.image_pull_policy.as_deref(), &image)?;
+    let image_pull_policy = pull_policy(path, c.image_pull_policy.as_deref())?;
     let ports = ports(path, c.ports.as_deref().unwrap_or_default())?;
     let probes = super::probe::probes(path, c, &ports, notes)?;
     let pre_stop = super::probe::pre_stop(path, c, &ports, notes)?;
@@ -68,17 +68,18 @@ fn container(path: &str, c: &core::Container, notes: &mut Vec<Note>) -> Result<C
         resources: resources(&format!("{path}.resources"), c.resources.as_ref(), notes)?,
         probes,
         pre_stop,
-        pull_policy,
+        image_pull_policy,
     })
 }
 
-/// `imagePullPolicy`, or Kubernetes' default for the image when it is not given.
-fn pull_policy(path: &str, value: Option<&str>, image: &str) -> Result<PullPolicy, FieldError> {
+/// `imagePullPolicy`; `None` when it is not given, so Kubernetes' default for the image
+/// applies (`Container::pull_policy`).
+fn pull_policy(path: &str, value: Option<&str>) -> Result<Option<PullPolicy>, FieldError> {
     match value {
-        None | Some("") => Ok(PullPolicy::default_for(image)),
-        Some("Always") => Ok(PullPolicy::Always),
-        Some("IfNotPresent") => Ok(PullPolicy::IfNotPresent),
-        Some("Never") => Ok(PullPolicy::Never),
+        None | Some("") => Ok(None),
+        Some("Always") => Ok(Some(PullPolicy::Always)),
+        Some("IfNotPresent") => Ok(Some(PullPolicy::IfNotPresent)),
+        Some("Never") => Ok(Some(PullPolicy::Never)),
         Some(other) => Err(FieldError::new(
             format!("{path}.imagePullPolicy"),
             format!("expected Always, IfNotPresent or Never, got {other:?}"),

@@ -134,7 +134,7 @@ fn seed_example() {
                       "startup": null
                     },
                     "pre_stop": null,
-                    "pull_policy": "IfNotPresent"
+                    "image_pull_policy": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -277,7 +277,7 @@ spec:
                       "startup": null
                     },
                     "pre_stop": null,
-                    "pull_policy": "Always"
+                    "image_pull_policy": null
                   },
                   {
                     "name": "sidecar",
@@ -303,7 +303,7 @@ spec:
                       "startup": null
                     },
                     "pre_stop": null,
-                    "pull_policy": "Always"
+                    "image_pull_policy": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -393,7 +393,7 @@ spec:
                       "startup": null
                     },
                     "pre_stop": null,
-                    "pull_policy": "Always"
+                    "image_pull_policy": null
                   }
                 ],
                 "restart_policy": "OnFailure",
@@ -1112,7 +1112,7 @@ spec:
                       "startup": null
                     },
                     "pre_stop": null,
-                    "pull_policy": "Always"
+                    "image_pull_policy": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -1238,7 +1238,7 @@ spec:
                       "startup": null
                     },
                     "pre_stop": null,
-                    "pull_policy": "Always"
+                    "image_pull_policy": null
                   }
                 ],
                 "restart_policy": "Always",
@@ -1574,7 +1574,8 @@ fn check_pulls(yaml: &str, expect: Expect) {
     let mut out = String::new();
     for workload in result.workloads() {
         for c in &workload.template.containers {
-            writeln!(out, "{}/{}: {} {:?}", workload.key, c.name, c.image, c.pull_policy)
+            let given = c.image_pull_policy.map_or("default".to_owned(), |p| format!("given {p:?}"));
+            writeln!(out, "{}/{}: {} {:?} ({given})", workload.key, c.name, c.image, c.pull_policy())
                 .expect("writing to a String");
         }
         writeln!(out, "{}: imagePullSecrets {:?}", workload.key, workload.template.image_pull_secrets)
@@ -1612,16 +1613,16 @@ spec:
       containers: [{name: api, image: "127.0.0.1:5000/demo:v2"}]
 "#,
         expect![[r#"
-            Pod/default/web/a: peer-demo:latest Always
-            Pod/default/web/b: peer-demo Always
-            Pod/default/web/c: 127.0.0.1:5000/demo:v1 IfNotPresent
-            Pod/default/web/d: 127.0.0.1:5000/demo Always
-            Pod/default/web/e: registry.example/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef IfNotPresent
-            Pod/default/web/f: peer-demo:latest IfNotPresent
-            Pod/default/web/g: 127.0.0.1:5000/demo:v1 Always
-            Pod/default/web/h: 127.0.0.1:5000/demo:v1 Never
+            Pod/default/web/a: peer-demo:latest Always (default)
+            Pod/default/web/b: peer-demo Always (default)
+            Pod/default/web/c: 127.0.0.1:5000/demo:v1 IfNotPresent (default)
+            Pod/default/web/d: 127.0.0.1:5000/demo Always (default)
+            Pod/default/web/e: registry.example/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef IfNotPresent (default)
+            Pod/default/web/f: peer-demo:latest IfNotPresent (given IfNotPresent)
+            Pod/default/web/g: 127.0.0.1:5000/demo:v1 Always (given Always)
+            Pod/default/web/h: 127.0.0.1:5000/demo:v1 Never (given Never)
             Pod/default/web: imagePullSecrets ["regcred", "other"]
-            Deployment/default/api/api: 127.0.0.1:5000/demo:v2 IfNotPresent
+            Deployment/default/api/api: 127.0.0.1:5000/demo:v2 IfNotPresent (default)
             Deployment/default/api: imagePullSecrets []
         "#]],
     );

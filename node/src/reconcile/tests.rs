@@ -21,7 +21,7 @@ fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
             resources: Resources::default(),
             probes: Default::default(),
             pre_stop: None,
-            pull_policy: protocol::spec::PullPolicy::default_for(image),
+            image_pull_policy: None,
         }],
         restart_policy: policy,
         termination_grace_period_seconds: 30,

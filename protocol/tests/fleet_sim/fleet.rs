@@ -73,7 +73,7 @@ pub fn workload(rng: &mut Rng, kind: Kind, w: usize, replicas: u32) -> Workload 
         },
         probes: Default::default(),
         pre_stop: None,
-        pull_policy: Default::default(),
+        image_pull_policy: None,
     };
     let mut scheduling = Scheduling {
         anti_affinity_by_hostname: w % 5 == 0,

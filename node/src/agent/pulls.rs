@@ -351,6 +351,14 @@ mod tests {
         .assert_eq(&pulled_message("r.example/a:1", took, 9000, 0));
         expect_test::expect![[r#"Successfully pulled image "r.example/a:1" in 1.234s. Image size: 9000 bytes (4000 bytes from peers)."#]]
             .assert_eq(&pulled_message("r.example/a:1", took, 9000, 4000));
+        let progress = ProgressSnapshot {
+            total: 9_000_000,
+            done: 3_100_000,
+            from_registry: 2_100_000,
+            from_peers: 1_000_000,
+        };
+        expect_test::expect!["pulling image r.example/a:1: 3.1 MB of 9.0 MB (1.0 MB from peers)"]
+            .assert_eq(&pulling_message("r.example/a:1", &progress));
     }
 
     #[tokio::test]

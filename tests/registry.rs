@@ -1,6 +1,7 @@
 //! Pulls from a real OCI registry (Debian's `docker-registry` on loopback, filled with
-//! `skopeo`): pull and run, a tampered blob refused, wrong credentials named, and nodes
-//! that start an image from a peer's blobs once the registry is gone.
+//! `skopeo`): pull and run, a tampered blob refused, wrong credentials named, nodes
+//! that start an image from a peer's blobs once the registry is gone, `imagePullSecrets`
+//! (on one node and across a cluster), and `imagePullPolicy` Never and Always.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -480,4 +481,29 @@ fn always_policy_restarts_from_the_local_copy_when_the_registry_is_gone() {
         "events: {}",
         node.describe(&pod)["events"]
     );
+}
+
+#[test]
+fn a_secret_applied_on_one_node_authenticates_pulls_on_another() {
+    if !require_root("a_secret_applied_on_one_node_authenticates_pulls_on_another") {
+        return;
+    }
+    let registry = Registry::start("secret-cluster", Some(("alice", "right-password")));
+    registry.push_demo("demo:v1", Some("alice:right-password"));
+    let reference = format!("{}/demo:v1", registry.addr);
+    let nodes = cluster(&["sec-a", "sec-b"]);
+    // The Secret and the workload are written on the first node only; the desired state
+    // carries both to the second, whose pull needs the credentials for the tag.
+    let with_secrets = daemonset("agents", &reference)
+        .replace("    spec:\n", "    spec:\n      imagePullSecrets: [{name: regcred}]\n");
+    let secret = registry_secret("regcred", &registry.addr, "alice", "right-password");
+    nodes[0].write_spec("agents.yaml", &format!("{secret}---\n{with_secrets}"));
+    for node in &nodes {
+        wait_for(&format!("the image to run on {}", node.name), Duration::from_secs(120), || {
+            node.running_pods().into_iter().next()
+        });
+        assert!(images(node).contains(&reference), "{}: image ls: {:?}", node.name, images(node));
+        let secrets = node.peer_ok(&["get", "secrets"]);
+        assert!(secrets.contains("regcred"), "{}: {secrets}", node.name);
+    }
 }

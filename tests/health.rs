@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{cluster, require_root, wait_for, Node};
+use tests::{cluster, event_messages, require_root, wait_for, Node};
 
 /// A bare Pod of the demo server with `container_extra` appended to its container.
 fn pod(name: &str, container_extra: &str) -> String {
@@ -27,16 +27,6 @@ fn ready_on(node: &Node, pod: &str) -> Option<bool> {
     let row = node.all_pods().into_iter().find(|p| p["name"] == pod)?;
     let ready = row["ready"].as_str()?.to_owned();
     Some(row["status"] == "Running" && ready.split_once('/').is_some_and(|(a, b)| a == b && a != "0"))
-}
-
-fn event_messages(d: &Value, reason: &str) -> Vec<String> {
-    d["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["reason"] == reason)
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .collect()
 }
 
 #[test]

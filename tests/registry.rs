@@ -345,14 +345,7 @@ fn container_state(node: &Node, pod: &str) -> serde_json::Value {
 
 /// The pod's events with `reason`, as `peer describe pod` shows them: their messages.
 fn events(node: &Node, pod: &str, reason: &str) -> Vec<String> {
-    let described = node.describe(pod);
-    described["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["reason"] == reason)
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .collect()
+    tests::event_messages(&node.describe(pod), reason)
 }
 
 #[test]

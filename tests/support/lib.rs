@@ -417,6 +417,17 @@ fn ready_all(ready: &Value) -> bool {
 }
 
 /// `peer describe` prints YAML; tests read it back through the JSON form instead.
+/// The messages of the events with `reason` in a `peer describe pod` answer.
+pub fn event_messages(described: &Value, reason: &str) -> Vec<String> {
+    described["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == reason)
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn serde_yaml_like(text: &str) -> Value {
     serde_yaml_ng::from_str(text).expect("describe prints YAML")
 }

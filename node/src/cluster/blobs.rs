@@ -295,19 +295,12 @@ impl PeerBlobs for ClusterBlobs {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
-    use protocol::tls::{issue_node_cert, ClusterCa, NodeIdentity};
-    use protocol::transport::{Incoming, TransportConfig};
+    use protocol::tls::ClusterCa;
     use tokio::sync::mpsc;
 
     use super::*;
 
-    fn node(ca: &ClusterCa, name: &str) -> (TransportHandle, Incoming, SocketAddr) {
-        let identity = NodeIdentity::from_pem(&ca.cert_pem, &issue_node_cert(ca, name).unwrap()).unwrap();
-        let (handle, incoming) =
-            TransportHandle::bind(TransportConfig::new(([127, 0, 0, 1], 0).into(), identity)).unwrap();
-        let addr = handle.local_addr().unwrap();
-        (handle, incoming, addr)
-    }
+    use crate::cluster::test_node as node;
 
     /// A store with `content` in it under `digest` (its own digest unless forged).
     fn store_with(name: &str, digest: &Digest, content: &[u8]) -> (Arc<ImageStore>, std::path::PathBuf) {

@@ -641,6 +641,21 @@ impl Cluster {
     }
 }
 
+/// A node with a certificate of `ca` on a loopback endpoint, for tests of stream kinds.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+pub(crate) fn test_node(
+    ca: &protocol::tls::ClusterCa,
+    name: &str,
+) -> (TransportHandle, protocol::transport::Incoming, SocketAddr) {
+    use protocol::tls::{issue_node_cert, NodeIdentity};
+    let identity = NodeIdentity::from_pem(&ca.cert_pem, &issue_node_cert(ca, name).unwrap()).unwrap();
+    let (handle, incoming) =
+        TransportHandle::bind(TransportConfig::new(([127, 0, 0, 1], 0).into(), identity)).unwrap();
+    let addr = handle.local_addr().unwrap();
+    (handle, incoming, addr)
+}
+
 /// Sets the keys `key(0)`, `key(1)`, … to `chunks` where they differ from `old` (what was
 /// published before) and deletes the keys past the new last one.
 async fn publish_chunks(

@@ -79,19 +79,13 @@ pub async fn ask(
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
     use protocol::node_request::NodeStatus;
-    use protocol::tls::{issue_node_cert, ClusterCa, NodeIdentity};
-    use protocol::transport::{write_frame, Incoming, IncomingStream, TransportConfig};
+    use protocol::tls::ClusterCa;
+    use protocol::transport::{write_frame, Incoming, IncomingStream};
     use tokio::sync::mpsc;
 
     use super::*;
 
-    fn node(ca: &ClusterCa, name: &str) -> (TransportHandle, Incoming, SocketAddr) {
-        let identity = NodeIdentity::from_pem(&ca.cert_pem, &issue_node_cert(ca, name).unwrap()).unwrap();
-        let (handle, incoming) =
-            TransportHandle::bind(TransportConfig::new(([127, 0, 0, 1], 0).into(), identity)).unwrap();
-        let addr = handle.local_addr().unwrap();
-        (handle, incoming, addr)
-    }
+    use crate::cluster::test_node as node;
 
     async fn next(incoming: &mut Incoming) -> IncomingStream {
         tokio::time::timeout(Duration::from_secs(2), incoming.recv()).await.unwrap().unwrap()

@@ -9,9 +9,17 @@ use protocol::spec::Kind;
 #[test]
 fn every_file_under_specs_parses_without_errors() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("the specs folder is readable")
-        .map(|entry| entry.expect("a specs folder entry").path())
+    // The folder and its subfolders: examples that need something of the user's (a
+    // registry) sit one level down, out of the folder `scripts/run-node` runs.
+    let entries = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("the specs folder is readable")
+            .map(|entry| entry.expect("a specs folder entry").path())
+            .collect()
+    };
+    let mut files: Vec<_> = entries(&dir)
+        .into_iter()
+        .flat_map(|path| if path.is_dir() { entries(&path) } else { vec![path] })
         .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
         .collect();
     files.sort();
@@ -20,7 +28,11 @@ fn every_file_under_specs_parses_without_errors() {
     let mut errors = Vec::new();
     let mut kinds = BTreeSet::new();
     for path in &files {
-        let name = format!("specs/{}", path.file_name().expect("a file name").to_string_lossy());
+        let name = path
+            .strip_prefix(dir.parent().expect("specs has a parent"))
+            .unwrap_or(path)
+            .display()
+            .to_string();
         let text = std::fs::read_to_string(path).expect("a spec file is readable UTF-8");
         let result = node::manifest::parse_file(&name, &text);
         errors.extend(result.errors().map(ToString::to_string));

@@ -288,11 +288,11 @@ mod tests {
         let (c, mc) = member(&ca, "c", &[a.addr]).await;
         let start = Instant::now();
         let all = ids(&["a", "b", "c"]);
-        wait_until(Duration::from_secs(2), || {
+        wait_until(Duration::from_secs(10), || {
             live_ids(&ma) == all && live_ids(&mb) == all && live_ids(&mc) == all
         })
         .await
-        .expect("all three live everywhere within 2 s");
+        .expect("all three live everywhere within 10 s");
         eprintln!("three nodes live everywhere after {:?}", start.elapsed());
 
         mc.set_self_key("role", "edge").await.unwrap();
@@ -316,9 +316,11 @@ mod tests {
         c.handle.close();
         drop(c);
         let two = ids(&["a", "b"]);
-        wait_until(Duration::from_secs(2), || live_ids(&ma) == two && live_ids(&mb) == two)
+        // How fast is a benchmark (BENCHMARKS.md, "Cluster"); here only that it happens, with
+        // room for a loaded 2-core CI machine.
+        wait_until(Duration::from_secs(10), || live_ids(&ma) == two && live_ids(&mb) == two)
             .await
-            .expect("the killed node is dead within 2 s");
+            .expect("the killed node is dead within 10 s");
         eprintln!("killed node seen dead after {:?}", killed.elapsed());
         assert!(ma.members().await.dead.iter().any(|m| m.node_id == "c"));
     }

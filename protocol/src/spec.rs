@@ -242,6 +242,24 @@ pub struct Container {
 }
 
 impl Container {
+    /// A container running `image` with nothing else set: what tests and simulations
+    /// build on.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Container {
+        Container {
+            name: name.into(),
+            image: image.into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+            ports: vec![],
+            resources: Resources::default(),
+            probes: Probes::default(),
+            pre_stop: None,
+            image_pull_policy: None,
+        }
+    }
+
     /// The pull policy that applies: the manifest's, or Kubernetes' default for the image.
     pub fn pull_policy(&self) -> PullPolicy {
         self.image_pull_policy.unwrap_or_else(|| PullPolicy::default_for(&self.image))
@@ -539,19 +557,7 @@ mod tests {
     }
 
     fn container(image: &str, image_pull_policy: Option<PullPolicy>) -> Container {
-        Container {
-            name: "main".into(),
-            image: image.into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            working_dir: None,
-            ports: vec![],
-            resources: Resources::default(),
-            probes: Probes::default(),
-            pre_stop: None,
-            image_pull_policy,
-        }
+        Container { image_pull_policy, ..Container::new("main", image) }
     }
 
     fn template(containers: Vec<Container>, image_pull_secrets: Vec<String>) -> PodTemplate {

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use crate::desired::{DesiredState, Entry, NodeId, Stamp};
 use crate::spec::autoscaler::{Behavior, MetricSpec, MetricTarget, Resource, ScaleTarget};
 use crate::spec::{
-    ClusterIp, Container, HorizontalPodAutoscaler, Kind, ObjectKey, PodTemplate, Protocol, Resources,
-    RestartPolicy, Service, ServicePort, ServiceType, Strategy as Rollout, TargetPort, Workload,
+    ClusterIp, Container, HorizontalPodAutoscaler, Kind, ObjectKey, PodTemplate, Protocol, RestartPolicy,
+    Service, ServicePort, ServiceType, Strategy as Rollout, TargetPort, Workload,
 };
 
 pub fn key(i: u8) -> ObjectKey {
@@ -27,19 +27,7 @@ pub fn workload(i: u8, variant: u32) -> Workload {
         rollout: Default::default(),
         template: PodTemplate {
             labels: BTreeMap::new(),
-            containers: vec![Container {
-                name: "main".into(),
-                image: format!("demo:{variant}"),
-                command: vec![],
-                args: vec![],
-                env: vec![],
-                working_dir: None,
-                ports: vec![],
-                resources: Resources::default(),
-                probes: Default::default(),
-                pre_stop: None,
-                image_pull_policy: None,
-            }],
+            containers: vec![Container::new("main", format!("demo:{variant}"))],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,
             host_network: false,

@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use protocol::desired::{Clock, DesiredState, NodeId};
 use protocol::replicate::{ReplicateConfig, Replicator};
-use protocol::spec::{
-    Container, Kind, Object, ObjectKey, PodTemplate, Resources, RestartPolicy, Strategy, Workload,
-};
+use protocol::spec::{Container, Kind, Object, ObjectKey, PodTemplate, RestartPolicy, Strategy, Workload};
 use protocol::sync::{SyncMessage, SyncSession};
 
 const GOSSIP_MS: u64 = 200;
@@ -285,19 +283,7 @@ fn workload(name: &str, replicas: u32) -> Workload {
         rollout: Default::default(),
         template: PodTemplate {
             labels: Default::default(),
-            containers: vec![Container {
-                name: "main".into(),
-                image: "peer-demo:latest".into(),
-                command: vec![],
-                args: vec![],
-                env: vec![],
-                working_dir: None,
-                ports: vec![],
-                resources: Resources::default(),
-                probes: Default::default(),
-                pre_stop: None,
-                image_pull_policy: None,
-            }],
+            containers: vec![Container::new("main", "peer-demo:latest")],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,
             host_network: false,

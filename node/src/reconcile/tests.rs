@@ -3,26 +3,14 @@
 use std::collections::BTreeMap;
 
 use expect_test::{expect, Expect};
-use protocol::spec::{Container, Resources, Strategy};
+use protocol::spec::{Container, Strategy};
 
 use super::*;
 
 fn template(policy: RestartPolicy, image: &str) -> PodTemplate {
     PodTemplate {
         labels: BTreeMap::from([("app".into(), "web".into())]),
-        containers: vec![Container {
-            name: "web".into(),
-            image: image.into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            working_dir: None,
-            ports: vec![],
-            resources: Resources::default(),
-            probes: Default::default(),
-            pre_stop: None,
-            image_pull_policy: None,
-        }],
+        containers: vec![Container::new("web", image)],
         restart_policy: policy,
         termination_grace_period_seconds: 30,
         host_network: false,

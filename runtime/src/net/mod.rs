@@ -2,8 +2,10 @@
 //! network namespaces, routes to other nodes' ranges, and kernel NAT rules for services,
 //! NodePorts and hostPorts.
 //!
-//! Links, addresses and routes are programmed with iproute2's `ip`, NAT and filter rules
-//! with `nft -f -` (one atomic transaction per change). Both are on every Linux node peer
+//! A pod's link, addresses and routes are programmed over route netlink (`rtnl`: one
+//! socket per namespace, no process per step, since a pod start is on the hot path); the
+//! node's own bridge and routes with iproute2's `ip`, NAT and filter rules with `nft -f -`
+//! (one atomic transaction per change). `ip` and `nft` are on every Linux node peer
 //! targets, their behaviour is stable, and an error carries the command and its stderr.
 //! Everything peer programs is recognisable as its own: the bridge, `vp…` veth names,
 //! routes with peer's `rtm_protocol` numbers, and the nftables tables `ip peer` and
@@ -17,6 +19,7 @@ mod forward;
 mod node;
 mod pod;
 mod routes;
+mod rtnl;
 
 use std::fs::File;
 use std::net::Ipv4Addr;

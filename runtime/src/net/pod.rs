@@ -3,11 +3,14 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 
-use super::cmd::{self, ip};
+use netlink_packet_route::route::RouteScope;
+
+use super::rtnl::{Route, Rtnl};
 use super::{check_prefix, enter, network_of, Net};
 use crate::error::{validate_id, Error};
 
@@ -60,13 +63,10 @@ impl Net {
 }
 
 fn delete_link(object: &str, name: &str) -> Result<(), Error> {
-    if cmd::link(object, name)?.is_none() {
-        return Ok(());
-    }
-    match ip(object, &["link", "del", "dev", name]) {
-        // Gone in between (its namespace died): that is what was asked.
-        Err(_) if cmd::link(object, name)?.is_none() => Ok(()),
-        other => other.map(drop),
+    let mut host = Rtnl::open(object)?;
+    match host.link_index(name)? {
+        Some(index) => host.delete_link(index, name),
+        None => Ok(()),
     }
 }
 
@@ -77,77 +77,76 @@ fn attach(
     addr: (Ipv4Addr, u8),
     gateway: Ipv4Addr,
 ) -> Result<(), Error> {
-    let host = host_veth_name(pod_id);
-    let bridge = bridge_with(object, gateway)?;
+    let host_name = host_veth_name(pod_id);
+    // One socket per namespace, opened on this thread while it is in that namespace.
+    let mut host = Rtnl::open(object)?;
+    let bridge = host.bridge_with(gateway)?.ok_or_else(|| Error::InvalidNet {
+        object: object.to_owned(),
+        reason: format!("no bridge has the gateway address {gateway}: set up the node network first"),
+    })?;
     let here = File::open("/proc/thread-self/ns/net")
         .map_err(|e| setns_error(object, "/proc/thread-self/ns/net".into(), e))?;
-    let pod_has_eth0 = in_pod(object, netns, || Ok(cmd::link(object, POD_IF)?.is_some()))?;
+    let pod_ns = File::open(netns).map_err(|e| setns_error(object, netns.to_owned(), e))?;
+    let mut pod = in_pod(object, netns, || Rtnl::open(object))?;
     back(object, &here)?;
-    let host_link = cmd::link(object, &host)?;
-    if host_link.is_some() && !pod_has_eth0 {
+
+    let pod_eth0 = pod.link_index(POD_IF)?;
+    let host_link = host.link_index(&host_name)?;
+    if let (Some(index), None) = (host_link, pod_eth0) {
         // A pair from an earlier namespace of this pod id, or half-made by a crash.
-        delete_link(object, &host)?;
+        host.delete_link(index, &host_name)?;
     }
-    if host_link.is_none() || !pod_has_eth0 {
-        if pod_has_eth0 {
+    if host_link.is_none() || pod_eth0.is_none() {
+        if let Some(index) = pod_eth0 {
             // Not ours (no host end): make room for the pair.
-            in_pod(object, netns, || ip(object, &["link", "del", "dev", POD_IF]).map(drop))?;
-            back(object, &here)?;
+            pod.delete_link(index, POD_IF)?;
         }
-        let path = netns.to_str().ok_or_else(|| Error::InvalidNet {
-            object: object.to_owned(),
-            reason: format!("network namespace path {} is not utf-8", netns.display()),
-        })?;
         // Created in place: the pod's end never exists in the host namespace, so its name
         // cannot clash with a host interface.
-        ip(object, &["link", "add", "name", &host, "type", "veth", "peer", "name", POD_IF, "netns", path])?;
+        host.add_veth(&host_name, POD_IF, pod_ns.as_raw_fd())?;
     }
-    ip(object, &["link", "set", "dev", &host, "master", &bridge])?;
+    let host_index = host.link_index(&host_name)?.ok_or_else(|| Error::Net {
+        object: object.to_owned(),
+        command: format!("netlink: get link {host_name}"),
+        message: "the veth pair just made is gone".into(),
+    })?;
+    host.set_up(host_index, &host_name, Some(bridge))?;
     // Hairpin lets a packet leave through the port it came in on. Where br_netfilter is
     // active (Docker and Kubernetes hosts load it; bridged packets then pass the IPv4
     // hooks), a pod reaching itself through a service is DNATed inside the bridge and
     // sent back out its own port, which the bridge refuses without this flag (measured).
-    ip(object, &["link", "set", "dev", &host, "type", "bridge_slave", "hairpin", "on"])?;
-    ip(object, &["link", "set", "dev", &host, "up"])?;
+    host.set_hairpin(host_index, &host_name)?;
 
-    in_pod(object, netns, || configure_pod_side(object, addr, gateway))
+    configure_pod_side(object, &mut pod, addr, gateway)
 }
 
 /// Inside the pod: `eth0` with exactly `addr`, up, and the default route via `gateway`.
-fn configure_pod_side(object: &str, (ip_addr, len): (Ipv4Addr, u8), gateway: Ipv4Addr) -> Result<(), Error> {
-    for (old, old_len) in cmd::ipv4_addrs(object, POD_IF)? {
+fn configure_pod_side(
+    object: &str,
+    pod: &mut Rtnl,
+    (ip_addr, len): (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+) -> Result<(), Error> {
+    let missing = |name: &str| Error::Net {
+        object: object.to_owned(),
+        command: format!("netlink: get link {name}"),
+        message: "no such link in the pod's network namespace".into(),
+    };
+    let eth0 = pod.link_index(POD_IF)?.ok_or_else(|| missing(POD_IF))?;
+    for (_, old, old_len) in pod.ipv4_addrs(Some(eth0))? {
         if (old, old_len) != (ip_addr, len) {
-            ip(object, &["addr", "del", &format!("{old}/{old_len}"), "dev", POD_IF])?;
+            pod.delete_address(eth0, old, old_len)?;
         }
     }
-    ip(object, &["addr", "replace", &format!("{ip_addr}/{len}"), "dev", POD_IF])?;
-    ip(object, &["link", "set", "dev", POD_IF, "up"])?;
-    ip(object, &["link", "set", "dev", "lo", "up"])?;
-    let gw = gateway.to_string();
+    pod.replace_address(eth0, ip_addr, len)?;
+    pod.set_up(eth0, POD_IF, None)?;
+    let lo = pod.link_index("lo")?.ok_or_else(|| missing("lo"))?;
+    pod.set_up(lo, "lo", None)?;
     if network_of(gateway, len) != network_of(ip_addr, len) {
-        ip(object, &["route", "replace", &gw, "dev", POD_IF, "scope", "link"])?;
+        let on_link = Route { dst: Some((gateway, 32)), gateway: None, oif: eth0, scope: RouteScope::Link };
+        pod.replace_route(&on_link)?;
     }
-    ip(object, &["route", "replace", "default", "via", &gw, "dev", POD_IF])?;
-    Ok(())
-}
-
-/// The bridge that carries `gateway`.
-fn bridge_with(object: &str, gateway: Ipv4Addr) -> Result<String, Error> {
-    let links = cmd::ip_json(object, &["-4", "addr", "show", "type", "bridge"])?;
-    let found = links.iter().find(|l| {
-        l["addr_info"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["local"].as_str() == Some(&gateway.to_string()))
-    });
-    match found.and_then(|l| l["ifname"].as_str()) {
-        Some(name) => Ok(name.to_owned()),
-        None => Err(Error::InvalidNet {
-            object: object.to_owned(),
-            reason: format!("no bridge has the gateway address {gateway}: set up the node network first"),
-        }),
-    }
+    pod.replace_route(&Route { dst: None, gateway: Some(gateway), oif: eth0, scope: RouteScope::Universe })
 }
 
 /// Runs `work` with this thread inside the pod's namespace; the caller goes back with

@@ -1,0 +1,308 @@
+//! Route netlink requests on a socket of one network namespace: what attaching a pod to
+//! the bridge needs (links, veth pairs, addresses, routes), without starting an `ip`
+//! process per step (twelve of them made most of a pod start's cost, BENCHMARKS.md).
+//!
+//! A netlink socket belongs to the network namespace of the thread that opened it, for
+//! its whole life: open one per namespace and use it from anywhere. Requests are
+//! synchronous (send, then read until the kernel's ACK, error or end of dump); errors name
+//! the object, the request and the kernel's errno.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::RawFd;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+
+use crate::error::Error;
+
+const ENODEV: i32 = libc::ENODEV;
+
+/// A route netlink socket in the namespace it was opened in.
+pub(super) struct Rtnl {
+    socket: Socket,
+    object: String,
+    sequence: u32,
+}
+
+/// Where a route goes: `dst/len` (`None`: the default route), through `gateway` or
+/// directly on the link.
+pub(super) struct Route {
+    pub dst: Option<(Ipv4Addr, u8)>,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: u32,
+    pub scope: RouteScope,
+}
+
+impl Rtnl {
+    /// Opens a socket in the calling thread's network namespace; `object` names what the
+    /// requests are for in errors (e.g. `pod default_web-1`).
+    pub(super) fn open(object: &str) -> Result<Rtnl, Error> {
+        let fail = |e: io::Error| net_error(object, "open a route netlink socket", &e.to_string());
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(fail)?;
+        socket.bind_auto().map_err(fail)?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(fail)?;
+        Ok(Rtnl { socket, object: object.to_owned(), sequence: 0 })
+    }
+
+    /// Sends one request and collects the messages of the answer: nothing for an ACKed
+    /// change, the entries of a dump. An error answer is `Err(errno)`, a transport
+    /// failure `Err(0)` with the reason in `what`.
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, Failed> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut bytes = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        self.socket.send(&bytes, 0).map_err(Failed::Io)?;
+        let mut answers = Vec::new();
+        loop {
+            let (datagram, _) = self.socket.recv_from_full().map_err(Failed::Io)?;
+            let mut offset = 0;
+            while offset < datagram.len() {
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
+                    .map_err(|e| Failed::Io(io::Error::other(format!("undecodable answer: {e}"))))?;
+                let len = message.header.length as usize;
+                if message.header.sequence_number == self.sequence {
+                    match message.payload {
+                        NetlinkPayload::Done(_) => return Ok(answers),
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(answers),
+                                Some(code) => Err(Failed::Errno(-code.get())),
+                            }
+                        }
+                        NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    fn change(&mut self, what: &str, message: RouteNetlinkMessage, flags: u16) -> Result<(), Error> {
+        self.request(message, flags).map(drop).map_err(|e| e.error(&self.object, what))
+    }
+
+    /// The index of link `name`, or `None` when there is none.
+    pub(super) fn link_index(&mut self, name: &str) -> Result<Option<u32>, Error> {
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(RouteNetlinkMessage::GetLink(message), 0) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|a| match a {
+                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+                _ => None,
+            })),
+            Err(Failed::Errno(ENODEV)) => Ok(None),
+            Err(e) => Err(e.error(&self.object, &format!("get link {name}"))),
+        }
+    }
+
+    /// The kind (`bridge`, `veth`, ...) of the link with `index`, if it has one.
+    fn link_kind(&mut self, index: u32) -> Result<Option<InfoKind>, Error> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        let answers = self
+            .request(RouteNetlinkMessage::GetLink(message), 0)
+            .map_err(|e| e.error(&self.object, &format!("get link {index}")))?;
+        Ok(answers.into_iter().find_map(|a| match a {
+            RouteNetlinkMessage::NewLink(link) => link.attributes.into_iter().find_map(|attr| match attr {
+                LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|i| match i {
+                    LinkInfo::Kind(kind) => Some(kind),
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
+    /// The IPv4 addresses of every link (or only of link `index`), with their link.
+    pub(super) fn ipv4_addrs(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>, Error> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        let answers = self
+            .request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)
+            .map_err(|e| e.error(&self.object, "list addresses"))?;
+        let mut found = Vec::new();
+        for answer in answers {
+            let RouteNetlinkMessage::NewAddress(a) = answer else { continue };
+            if index.is_some_and(|i| i != a.header.index) {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS the peer's on
+            // point-to-point links); fall back to IFA_ADDRESS when there is no local one.
+            let local = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let address = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local.or(address) {
+                found.push((a.header.index, ip, a.header.prefix_len));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The index of the bridge that holds IPv4 address `ip`.
+    pub(super) fn bridge_with(&mut self, ip: Ipv4Addr) -> Result<Option<u32>, Error> {
+        for (index, addr, _) in self.ipv4_addrs(None)? {
+            if addr == ip && self.link_kind(index)? == Some(InfoKind::Bridge) {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates veth pair `name` here and `peer` inside the namespace open at `peer_netns`.
+    pub(super) fn add_veth(&mut self, name: &str, peer: &str, peer_netns: RawFd) -> Result<(), Error> {
+        let mut other = LinkMessage::default();
+        other.attributes.push(LinkAttribute::IfName(peer.to_owned()));
+        other.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(other))),
+        ]));
+        self.change(
+            &format!("add veth {name} peer {peer}"),
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Deletes link `index`; fine if it is already gone.
+    pub(super) fn delete_link(&mut self, index: u32, name: &str) -> Result<(), Error> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        match self.request(RouteNetlinkMessage::DelLink(message), 0) {
+            Ok(_) | Err(Failed::Errno(ENODEV)) => Ok(()),
+            Err(e) => Err(e.error(&self.object, &format!("delete link {name}"))),
+        }
+    }
+
+    /// Sets link `index` up, and makes it a port of `controller` when given.
+    pub(super) fn set_up(&mut self, index: u32, name: &str, controller: Option<u32>) -> Result<(), Error> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+        if let Some(c) = controller {
+            message.attributes.push(LinkAttribute::Controller(c));
+        }
+        self.change(&format!("set link {name} up"), RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Turns on hairpin mode of bridge port `index` (`ip link set dev X type bridge_slave
+    /// hairpin on`).
+    pub(super) fn set_hairpin(&mut self, index: u32, name: &str) -> Result<(), Error> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)])),
+        ]));
+        self.change(&format!("set hairpin on {name}"), RouteNetlinkMessage::NewLink(message), 0)
+    }
+
+    fn address(index: u32, ip: Ipv4Addr, len: u8) -> AddressMessage {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.prefix_len = len;
+        message.header.index = index;
+        message.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        message.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
+        message
+    }
+
+    /// Adds `ip/len` to link `index`, or keeps it if it is there.
+    pub(super) fn replace_address(&mut self, index: u32, ip: Ipv4Addr, len: u8) -> Result<(), Error> {
+        self.change(
+            &format!("replace address {ip}/{len}"),
+            RouteNetlinkMessage::NewAddress(Self::address(index, ip, len)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Removes `ip/len` from link `index`.
+    pub(super) fn delete_address(&mut self, index: u32, ip: Ipv4Addr, len: u8) -> Result<(), Error> {
+        self.change(
+            &format!("delete address {ip}/{len}"),
+            RouteNetlinkMessage::DelAddress(Self::address(index, ip, len)),
+            0,
+        )
+    }
+
+    /// Adds or replaces a route of the main table.
+    pub(super) fn replace_route(&mut self, route: &Route) -> Result<(), Error> {
+        let (dst, len) = route.dst.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        message.header.destination_prefix_length = len;
+        message.header.table = RouteHeader::RT_TABLE_MAIN;
+        // What `ip route replace` sets when no protocol is given.
+        message.header.protocol = RouteProtocol::Boot;
+        message.header.scope = route.scope;
+        message.header.kind = RouteType::Unicast;
+        if len > 0 {
+            message.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        }
+        if let Some(gateway) = route.gateway {
+            message.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        }
+        message.attributes.push(RouteAttribute::Oif(route.oif));
+        let what = match route.gateway {
+            Some(g) if len == 0 => format!("replace default route via {g}"),
+            Some(g) => format!("replace route {dst}/{len} via {g}"),
+            None => format!("replace route {dst}/{len} on link {}", route.oif),
+        };
+        self.change(&what, RouteNetlinkMessage::NewRoute(message), NLM_F_CREATE | NLM_F_REPLACE)
+    }
+}
+
+/// Why a request failed: the kernel's errno, or the socket.
+enum Failed {
+    Errno(i32),
+    Io(io::Error),
+}
+
+impl Failed {
+    fn error(self, object: &str, what: &str) -> Error {
+        let message = match self {
+            Failed::Errno(errno) => io::Error::from_raw_os_error(errno).to_string(),
+            Failed::Io(e) => e.to_string(),
+        };
+        net_error(object, what, &message)
+    }
+}
+
+fn net_error(object: &str, what: &str, message: &str) -> Error {
+    Error::Net { object: object.to_owned(), command: format!("netlink: {what}"), message: message.to_owned() }
+}

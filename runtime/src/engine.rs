@@ -16,7 +16,7 @@ use crate::bundle::{self, BundlePaths, ReadonlyEtc, SpecInput};
 use crate::cgroup::{self, CgroupPlace, CgroupVersion};
 use crate::error::{validate_id, Error};
 use crate::exit::{self, Watch, Watchers};
-use crate::helper::{CreateReply, CreateRequest};
+use crate::helper::{CreateReply, CreateRequest, ServerReply};
 use crate::image::ResolvedImage;
 use crate::spec::{ContainerSpec, ContainerStatus, ExitEvent, Started};
 use crate::{netns, overlay, process};
@@ -53,13 +53,24 @@ pub struct Runtime {
     exit_tx: UnboundedSender<ExitEvent>,
     exit_rx: Mutex<Option<UnboundedReceiver<ExitEvent>>>,
     watchers: Watchers,
-    /// Helper processes started ahead of time, waiting for a create request on stdin,
-    /// so the exec and start-up of a helper is not on a create's critical path.
-    spare_helpers: Mutex<Vec<tokio::process::Child>>,
+    /// Create servers (`helper` module) that wait for a request; a create takes one
+    /// and gives it back, so the exec and start-up of a helper is paid once per server.
+    create_servers: Mutex<Vec<CreateServer>>,
+    /// Bounds the servers in use at once to [`CREATE_SERVERS`].
+    create_permits: tokio::sync::Semaphore,
 }
 
-/// How many helpers wait ready; more creates than this at once start helpers on demand.
-const SPARE_HELPERS: usize = 4;
+/// How many create servers run at most (and are started ahead of time): each does one
+/// create at a time, so this is also how many creates run at once.
+const CREATE_SERVERS: usize = 4;
+
+/// A running create server and its pipes.
+struct CreateServer {
+    /// Killed when dropped; otherwise it ends when its stdin closes.
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
 
 impl Runtime {
     /// Makes this process a child subreaper (so container inits are reparented to it and
@@ -79,7 +90,8 @@ impl Runtime {
             exit_tx,
             exit_rx: Mutex::new(Some(exit_rx)),
             watchers: Watchers::default(),
-            spare_helpers: Mutex::new(Vec::new()),
+            create_servers: Mutex::new(Vec::new()),
+            create_permits: tokio::sync::Semaphore::new(CREATE_SERVERS),
         })
     }
 
@@ -224,60 +236,57 @@ impl Runtime {
         .await
     }
 
-    /// Starts a helper that waits for one create request on stdin.
-    fn spawn_spare(&self) -> std::io::Result<tokio::process::Child> {
-        self.helper_command()
-            .arg("create-stdin")
+    /// Starts a create server.
+    fn spawn_server(&self) -> std::io::Result<CreateServer> {
+        let mut child = self
+            .helper_command()
+            .arg("create-server")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::inherit())
             .kill_on_drop(true)
-            .spawn()
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(io::Error::other("create server without pipes"));
+        };
+        Ok(CreateServer { _child: child, stdin, stdout: tokio::io::BufReader::new(stdout) })
     }
 
-    /// Tops the pool of waiting helpers up to [`SPARE_HELPERS`]; call it once the agent
-    /// is up so the first creates find helpers ready. Needs a tokio runtime.
+    /// Starts the create servers ahead of time, so the first creates find them ready;
+    /// call it once the agent is up. Needs a tokio runtime.
     pub fn refill_spares(&self) {
-        let mut spares = self.spare_helpers.lock().unwrap_or_else(|e| e.into_inner());
-        while spares.len() < SPARE_HELPERS {
-            match self.spawn_spare() {
-                Ok(child) => spares.push(child),
+        let mut servers = self.create_servers.lock().unwrap_or_else(|e| e.into_inner());
+        while servers.len() < CREATE_SERVERS {
+            match self.spawn_server() {
+                Ok(server) => servers.push(server),
                 Err(e) => {
-                    tracing::warn!("starting a spare runtime helper: {e}");
+                    tracing::warn!("starting a runtime create server: {e}");
                     break;
                 }
             }
         }
     }
 
-    /// Runs one create in a waiting helper (or a new one); returns its stdout.
+    /// Runs one create in a waiting create server (or a new one); returns its answer.
     async fn run_create(&self, object: &str, request: String) -> Result<String, Error> {
-        use tokio::io::AsyncWriteExt;
-        let spare = self.spare_helpers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut child = match spare {
-            Some(c) => c,
-            None => self.spawn_spare().map_err(|source| Error::HelperSpawn {
+        let failed = |message: String| Error::Helper { object: object.to_owned(), message };
+        let _permit = self.create_permits.acquire().await.map_err(|e| failed(e.to_string()))?;
+        let idle = self.create_servers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut server = match idle {
+            Some(s) => s,
+            None => self.spawn_server().map_err(|source| Error::HelperSpawn {
                 object: object.to_owned(),
                 path: self.cfg.helper_exe.clone(),
                 source,
             })?,
         };
-        self.refill_spares();
-        let failed = |message: String| Error::Helper { object: object.to_owned(), message };
-        let mut stdin = child.stdin.take().ok_or_else(|| failed("helper has no stdin".into()))?;
-        stdin.write_all(request.as_bytes()).await.map_err(|e| failed(format!("sending the request: {e}")))?;
-        drop(stdin);
-        let output =
-            child.wait_with_output().await.map_err(|e| failed(format!("waiting for the helper: {e}")))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let message = match stderr.trim() {
-                "" => format!("helper exited with {}", output.status),
-                text => text.to_owned(),
-            };
-            return Err(failed(message));
+        // A server that fails here is dropped (and killed); the next create starts anew.
+        let reply = server_request(&mut server, &request).await.map_err(failed)?;
+        self.create_servers.lock().unwrap_or_else(|e| e.into_inner()).push(server);
+        match reply {
+            ServerReply::Created(out) => Ok(out),
+            ServerReply::Failed(message) => Err(failed(message)),
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Sends SIGTERM to every process of the container, waits up to `grace` for it to
@@ -466,5 +475,19 @@ async fn blocking<T: Send + 'static>(
         Err(e) => {
             Err(Error::Helper { object: "runtime".to_owned(), message: format!("blocking task failed: {e}") })
         }
+    }
+}
+
+/// Sends one create request line to a server and reads its reply line.
+async fn server_request(server: &mut CreateServer, request: &str) -> Result<ServerReply, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let line = format!("{}\n", request.replace('\n', " "));
+    server.stdin.write_all(line.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
+    server.stdin.flush().await.map_err(|e| format!("sending the request: {e}"))?;
+    let mut answer = String::new();
+    match server.stdout.read_line(&mut answer).await {
+        Ok(0) => Err("the create server exited without an answer".into()),
+        Ok(_) => serde_json::from_str(answer.trim()).map_err(|e| format!("bad answer {answer:?}: {e}")),
+        Err(e) => Err(format!("reading the answer: {e}")),
     }
 }

@@ -8,6 +8,14 @@
 //! `... exec-probe <json request>` or `... netns <path>`. On success the helper prints
 //! its answer (JSON for `create` and `exec-probe`) on stdout and exits 0; on failure it
 //! prints one error line on stderr and exits 1.
+//!
+//! Creates normally go to a **create server** instead (`... create-server`): a helper the
+//! agent starts once and keeps, reading one [`CreateRequest`] JSON line at a time on
+//! stdin and answering each with one [`ServerReply`] JSON line on stdout. For each
+//! request it forks a child that does exactly what `create` does and exits, so every
+//! create still runs in a fresh single-threaded process whose exit hands the container's
+//! init to the agent (the nearest child subreaper), but without an exec, dynamic loading
+//! and relocation of the binary per container (≈ 5 ms of CPU each, BENCHMARKS.md).
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -49,20 +57,13 @@ pub(crate) struct CreateReply {
 pub fn main(args: &[String]) -> i32 {
     let result = match args {
         [cmd, request] if cmd == "create" => create(request),
-        // A spare helper started ahead of time: the request arrives on stdin.
-        [cmd] if cmd == "create-stdin" => {
-            let mut request = String::new();
-            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut request) {
-                Ok(_) if request.trim().is_empty() => return 0, // released unused
-                Ok(_) => create(&request),
-                Err(e) => Err(format!("reading the create request: {e}")),
-            }
-        }
+        // A long-lived create server: requests on stdin, one reply line each on stdout.
+        [cmd] if cmd == "create-server" => return serve(),
         [cmd, request] if cmd == "exec-probe" => probe::helper_main(request),
         [cmd, path] if cmd == "netns" => {
             netns::create(Path::new(path)).map(|()| String::new()).map_err(|e| format!("netns {path}: {e}"))
         }
-        _ => Err(format!("usage: create <request-json> | create-stdin | exec-probe <request-json> | netns <path>; got {args:?}")),
+        _ => Err(format!("usage: create <request-json> | create-server | exec-probe <request-json> | netns <path>; got {args:?}")),
     };
     match result {
         Ok(out) => {
@@ -72,6 +73,108 @@ pub fn main(args: &[String]) -> i32 {
         Err(message) => {
             eprintln!("{message}");
             1
+        }
+    }
+}
+
+/// A create server's answer to one request: the `create` answer or its error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ServerReply {
+    Created(String),
+    Failed(String),
+}
+
+/// The create server's loop; returns the exit code once stdin ends (the agent is gone).
+/// It never starts a thread, so forking it is safe.
+fn serve() -> i32 {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufRead::lines(stdin.lock()) {
+        let Ok(request) = line else { return 1 };
+        if request.trim().is_empty() {
+            continue;
+        }
+        let reply = match fork_create(&request) {
+            Ok(answer) => ServerReply::Created(answer),
+            Err(message) => ServerReply::Failed(message),
+        };
+        let Ok(json) = serde_json::to_string(&reply) else { return 1 };
+        // The buffer is empty again before the next fork, so no child repeats it.
+        if std::io::Write::write_all(&mut out, format!("{json}\n").as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .is_err()
+        {
+            return 1;
+        }
+    }
+    0
+}
+
+/// The longest answer a forked child passes back, in characters (≤ 4 bytes each).
+const ANSWER_MAX: usize = 8 * 1024;
+
+/// Runs [`create`] in a forked child and returns what it answered.
+fn fork_create(request: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, pipe, ForkResult};
+
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        pipe().map_err(|e| format!("create server: pipe: {e}"))?;
+    // SAFETY: the server is single-threaded (it never starts a thread), so the child may
+    // run any code; it leaves with `_exit`, never returning into the server's loop.
+    match unsafe { fork() }.map_err(|e| format!("create server: fork: {e}"))? {
+        ForkResult::Child => {
+            drop(read_end);
+            let (code, text) = match create(request) {
+                Ok(answer) => (0, answer),
+                Err(message) => (1, message),
+            };
+            // Well below a pipe's buffer, so the write never waits for the server.
+            let text: String = text.chars().take(ANSWER_MAX).collect();
+            let mut pipe = File::from(write_end);
+            let written = pipe.write_all(text.as_bytes()).is_ok();
+            drop(pipe);
+            // SAFETY: ends this forked child at once, without running the server's
+            // destructors or flushing buffers that belong to the server.
+            unsafe { libc::_exit(if written { code } else { 2 }) }
+        }
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let status = loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            // The child wrote its whole answer before exiting. The pipe's write end also
+            // lives on in the container's processes (cloned, not forked and exec'd) until
+            // its init execs, so read what is there instead of waiting for the end.
+            let mut reader = File::from(read_end);
+            nix::fcntl::fcntl(
+                reader.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| format!("create server: answer pipe: {e}"))?;
+            let mut bytes = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match reader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("create server: reading the child's answer: {e}")),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            match status {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(text),
+                Ok(WaitStatus::Exited(_, 1)) => Err(text),
+                other => Err(format!("create server: child ended with {other:?}: {text}")),
+            }
         }
     }
 }

@@ -56,7 +56,7 @@ const CONCURRENT_CREATES: usize = 16;
 /// Events kept per node (`DATA/events.jsonl` holds up to twice as many lines).
 const EVENT_LOG_CAP: usize = 1000;
 
-/// How long folder events are gathered before one rescan.
+/// The shortest time between two rescans of the spec folder caused by its events.
 const FOLDER_DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Node-wide defaults for containers that declare no limits (like a Kubernetes LimitRange).
@@ -284,8 +284,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     agent.sync_folder();
     let mut wake = agent.reconcile();
-    // A burst of folder events (create, write, close, rename) becomes one rescan.
+    // Folder events mean a writer is done (see `watch`), so the first one rescans at
+    // once; the rest of a burst (more files, an editor's several writes) are gathered
+    // into one more rescan at most every FOLDER_DEBOUNCE.
     let mut folder_due: Option<tokio::time::Instant> = None;
+    let mut folder_scanned = tokio::time::Instant::now();
     loop {
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         let sleep = tokio::time::sleep_until(wake.unwrap_or(far));
@@ -299,6 +302,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = sleep => Input::Tick,
             _ = folder_sleep, if folder_due.is_some() => {
                 folder_due = None;
+                folder_scanned = tokio::time::Instant::now();
                 agent.sync_folder();
                 let writes = agent.store.drain_local_writes();
                 agent.cluster.local_writes(&agent.store, writes);
@@ -369,7 +373,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             Input::FolderChanged => {
-                folder_due.get_or_insert(tokio::time::Instant::now() + FOLDER_DEBOUNCE);
+                folder_due.get_or_insert((folder_scanned + FOLDER_DEBOUNCE).max(tokio::time::Instant::now()));
                 continue;
             }
             Input::Exit(e) => agent.handle_exit(e),

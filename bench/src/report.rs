@@ -72,8 +72,8 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         out,
         "Wall time for N containers, ms: median of {} runs (min–max). peer: spec file renamed into the \
-         folder → all N pods `Running` (socket polled every {} ms). References: create+start of N \
-         containers from ready bundles.\n",
+         folder → the agent's last `Started` event of them (its ms clock; the socket is polled every \
+         {} ms until all N run). References: create+start of N containers from ready bundles.\n",
         r.runs, r.poll_ms
     );
     let _ = writeln!(

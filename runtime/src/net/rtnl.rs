@@ -12,13 +12,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    ErrorBuffer, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
+    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressMessageBuffer};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    LinkInfo, LinkMessage, LinkMessageBuffer,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -29,6 +30,13 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use crate::error::Error;
 
 const ENODEV: i32 = libc::ENODEV;
+// Message and attribute numbers of `linux/rtnetlink.h`, `if_link.h` and `if_addr.h`.
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
 
 /// A route netlink socket in the namespace it was opened in.
 pub(super) struct Rtnl {
@@ -57,14 +65,11 @@ impl Rtnl {
         Ok(Rtnl { socket, object: object.to_owned(), sequence: 0 })
     }
 
-    /// Sends one request and collects the messages of the answer: nothing for an ACKed
-    /// change, the entries of a dump. An error answer is `Err(errno)`, a transport
-    /// failure `Err(0)` with the reason in `what`.
-    fn request(
-        &mut self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, Failed> {
+    /// Sends one request and collects the messages of the answer, raw (type, payload):
+    /// nothing for an ACKed change, the entries of a dump. The answers are read through
+    /// the crates' buffer views, not decoded whole: decoding a link message formats every
+    /// attribute it parses into an error context and cost more than the kernel's work.
+    fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> Result<Vec<(u16, Vec<u8>)>, Failed> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
@@ -74,31 +79,35 @@ impl Rtnl {
         let mut bytes = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut bytes);
         self.socket.send(&bytes, 0).map_err(Failed::Io)?;
+        let undecodable = |e: netlink_packet_core::DecodeError| {
+            Failed::Io(io::Error::other(format!("undecodable answer: {e}")))
+        };
         let mut answers = Vec::new();
         loop {
             let (datagram, _) = self.socket.recv_from_full().map_err(Failed::Io)?;
-            let mut offset = 0;
-            while offset < datagram.len() {
-                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
-                    .map_err(|e| Failed::Io(io::Error::other(format!("undecodable answer: {e}"))))?;
-                let len = message.header.length as usize;
-                if message.header.sequence_number == self.sequence {
-                    match message.payload {
-                        NetlinkPayload::Done(_) => return Ok(answers),
-                        NetlinkPayload::Error(e) => {
-                            return match e.code {
+            let mut rest = &datagram[..];
+            while !rest.is_empty() {
+                let message = NetlinkBuffer::new_checked(rest).map_err(undecodable)?;
+                let len = (message.length() as usize).min(rest.len());
+                if message.sequence_number() == self.sequence {
+                    match message.message_type() {
+                        NLMSG_DONE => return Ok(answers),
+                        NLMSG_ERROR => {
+                            let error = ErrorBuffer::new_checked(message.payload()).map_err(undecodable)?;
+                            return match error.code() {
                                 None => Ok(answers),
                                 Some(code) => Err(Failed::Errno(-code.get())),
-                            }
+                            };
                         }
-                        NetlinkPayload::InnerMessage(inner) => answers.push(inner),
-                        _ => {}
+                        NLMSG_NOOP | NLMSG_OVERRUN => {}
+                        kind => answers.push((kind, message.payload().to_vec())),
                     }
                 }
                 if len == 0 {
                     break;
                 }
-                offset += len;
+                // Messages are 4-byte aligned within a datagram.
+                rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
             }
         }
     }
@@ -112,32 +121,41 @@ impl Rtnl {
         let mut message = LinkMessage::default();
         message.attributes.push(LinkAttribute::IfName(name.to_owned()));
         match self.request(RouteNetlinkMessage::GetLink(message), 0) {
-            Ok(answers) => Ok(answers.into_iter().find_map(|a| match a {
-                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
-                _ => None,
-            })),
+            Ok(answers) => Ok(answers
+                .iter()
+                .filter(|(kind, _)| *kind == RTM_NEWLINK)
+                .find_map(|(_, payload)| LinkMessageBuffer::new_checked(payload.as_slice()).ok())
+                .map(|link| link.link_index())),
             Err(Failed::Errno(ENODEV)) => Ok(None),
             Err(e) => Err(e.error(&self.object, &format!("get link {name}"))),
         }
     }
 
     /// The kind (`bridge`, `veth`, ...) of the link with `index`, if it has one.
-    fn link_kind(&mut self, index: u32) -> Result<Option<InfoKind>, Error> {
+    fn link_kind(&mut self, index: u32) -> Result<Option<String>, Error> {
         let mut message = LinkMessage::default();
         message.header.index = index;
         let answers = self
             .request(RouteNetlinkMessage::GetLink(message), 0)
             .map_err(|e| e.error(&self.object, &format!("get link {index}")))?;
-        Ok(answers.into_iter().find_map(|a| match a {
-            RouteNetlinkMessage::NewLink(link) => link.attributes.into_iter().find_map(|attr| match attr {
-                LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|i| match i {
-                    LinkInfo::Kind(kind) => Some(kind),
-                    _ => None,
-                }),
-                _ => None,
-            }),
-            _ => None,
-        }))
+        for (kind, payload) in &answers {
+            let Ok(link) = LinkMessageBuffer::new_checked(payload.as_slice()) else { continue };
+            if *kind != RTM_NEWLINK {
+                continue;
+            }
+            for attr in link.attributes().flatten() {
+                if attr.kind() != IFLA_LINKINFO {
+                    continue;
+                }
+                for info in NlasIterator::new(attr.value()).flatten() {
+                    if info.kind() == IFLA_INFO_KIND {
+                        let name = info.value().split(|&b| b == 0).next().unwrap_or_default();
+                        return Ok(Some(String::from_utf8_lossy(name).into_owned()));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The IPv4 addresses of every link (or only of link `index`), with their link.
@@ -148,23 +166,24 @@ impl Rtnl {
             .request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)
             .map_err(|e| e.error(&self.object, "list addresses"))?;
         let mut found = Vec::new();
-        for answer in answers {
-            let RouteNetlinkMessage::NewAddress(a) = answer else { continue };
-            if index.is_some_and(|i| i != a.header.index) {
+        for (kind, payload) in &answers {
+            let Ok(a) = AddressMessageBuffer::new_checked(payload.as_slice()) else { continue };
+            if *kind != RTM_NEWADDR || index.is_some_and(|i| i != a.index()) {
                 continue;
             }
             // IFA_LOCAL is the interface's own address (IFA_ADDRESS the peer's on
             // point-to-point links); fall back to IFA_ADDRESS when there is no local one.
-            let local = a.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let address = a.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
+            let (mut local, mut address) = (None, None);
+            for attr in a.attributes().flatten() {
+                let Ok(octets) = <[u8; 4]>::try_from(attr.value()) else { continue };
+                match attr.kind() {
+                    IFA_LOCAL => local = Some(Ipv4Addr::from(octets)),
+                    IFA_ADDRESS => address = Some(Ipv4Addr::from(octets)),
+                    _ => {}
+                }
+            }
             if let Some(ip) = local.or(address) {
-                found.push((a.header.index, ip, a.header.prefix_len));
+                found.push((a.index(), ip, a.prefix_len()));
             }
         }
         Ok(found)
@@ -173,7 +192,7 @@ impl Rtnl {
     /// The index of the bridge that holds IPv4 address `ip`.
     pub(super) fn bridge_with(&mut self, ip: Ipv4Addr) -> Result<Option<u32>, Error> {
         for (index, addr, _) in self.ipv4_addrs(None)? {
-            if addr == ip && self.link_kind(index)? == Some(InfoKind::Bridge) {
+            if addr == ip && self.link_kind(index)?.as_deref() == Some("bridge") {
                 return Ok(Some(index));
             }
         }

@@ -49,8 +49,9 @@ use crate::reconcile::{self, ObservedPod};
 use crate::store::Store;
 
 /// Container creates in flight at once. Measured on 2 cores (BENCHMARKS.md): one per core
-/// was slower than unbounded, since much of a create is waiting on the kernel and on the
-/// helper's exec; this bound only keeps a burst of hundreds from thrashing.
+/// was slower than unbounded, since much of a create is waiting on the kernel; this bound
+/// only keeps a burst of hundreds from thrashing (the runtime's create servers bound the
+/// creates that actually run).
 const CONCURRENT_CREATES: usize = 16;
 
 /// Events kept per node (`DATA/events.jsonl` holds up to twice as many lines).
@@ -149,6 +150,8 @@ pub struct Agent {
     started_at_ms: u64,
     /// Bounds concurrent container creates ([`CONCURRENT_CREATES`]).
     creates: Arc<tokio::sync::Semaphore>,
+    /// Writes pod records off the loop.
+    records: pods::RecordWriter,
     placement: placement::Placement,
     /// The placement inputs last seen from gossip, to skip reconciling when none changed.
     view_key: u64,
@@ -250,6 +253,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: node_cfg,
         started_at_ms,
         creates: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CREATES)),
+        records: pods::RecordWriter::start().context("starting the pod record writer")?,
         placement: placement::Placement::new(started_at_ms, known_peers),
         view_key: 0,
         taints_seen: BTreeMap::new(),
@@ -434,6 +438,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         dns.shutdown().await;
     }
     while agent.jobs.join_next().await.is_some() {}
+    agent.records.finish();
     tracing::info!("peer agent stopped; containers keep running");
     Ok(())
 }

@@ -31,6 +31,70 @@ fn write_replace(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes pod records on a thread of its own, in the order they were asked for, so that
+/// the agent loop never waits for the file system: a burst of 50 new pods took the loop
+/// ≈ 25 ms of file creation before it could record the first one running (BENCHMARKS.md).
+/// Only the newest content of a record waiting to be written is written.
+///
+/// A record may reach the disk a little after its container started; a crash in between
+/// leaves a container no record names, which adoption removes (and the reconciler starts
+/// again), so no duplicate can run.
+pub(super) struct RecordWriter {
+    tx: Option<std::sync::mpsc::Sender<(PathBuf, Option<Vec<u8>>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordWriter {
+    pub(super) fn start() -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Option<Vec<u8>>)>();
+        let thread = std::thread::Builder::new().name("peer-records".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                // Everything already asked for, newest content per record, in order.
+                let mut batch: Vec<(PathBuf, Option<Vec<u8>>)> = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    batch.retain(|(path, _)| *path != next.0);
+                    batch.push(next);
+                }
+                for (path, content) in batch {
+                    let result = match content {
+                        Some(bytes) => write_replace(&path, &bytes),
+                        None => match std::fs::remove_file(&path) {
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                            other => other,
+                        },
+                    };
+                    if let Err(e) = result {
+                        tracing::error!("persisting pod record {}: {e}", path.display());
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn send(&self, path: PathBuf, content: Option<Vec<u8>>) {
+        if let Some(tx) = &self.tx {
+            if tx.send((path, content)).is_err() {
+                tracing::error!("the pod record writer has stopped");
+            }
+        }
+    }
+
+    /// Waits until every record asked for is written.
+    pub(super) fn finish(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// What a finished executor task reports to the agent loop.
 #[derive(Debug)]
 pub enum TaskResult {
@@ -226,7 +290,8 @@ impl Agent {
 
     /// Writes a pod's record so a restarted agent can adopt its containers.
     ///
-    /// Records are replaced atomically (temp file + rename) but not fsynced: they are a
+    /// Records are replaced atomically (temp file + rename) by the [`RecordWriter`]
+    /// thread, and not fsynced: they are a
     /// cache of what the runtime holds, written on the hot path of every start and exit.
     /// After a power loss a record may be older than the truth; adoption then checks each
     /// container's pid and start time, restarts what is gone and removes what no record
@@ -234,17 +299,10 @@ impl Agent {
     /// fsynced: see `store.rs`.)
     pub(super) fn persist(&self, key: &str) {
         let path = self.record_path(key);
-        let result = match self.pods.get(key) {
-            Some(pod) => {
-                serde_json::to_vec(pod).map_err(std::io::Error::other).and_then(|b| write_replace(&path, &b))
-            }
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
-        };
-        if let Err(e) = result {
-            tracing::error!(pod = key, "persisting pod record {}: {e}", path.display());
+        match self.pods.get(key).map(serde_json::to_vec) {
+            Some(Ok(bytes)) => self.records.send(path, Some(bytes)),
+            Some(Err(e)) => tracing::error!(pod = key, "encoding pod record {}: {e}", path.display()),
+            None => self.records.send(path, None),
         }
     }
 

@@ -17,6 +17,15 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_)) {
+        // A CLI command whose output goes into a pipe that closes (`peer get pods | head`)
+        // ends quietly, as other Unix tools do, instead of panicking on EPIPE. The agent
+        // keeps SIGPIPE ignored: its sockets report EPIPE as errors.
+        // SAFETY: no other thread exists yet, and SIG_DFL installs no handler code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // libcontainer and libcgroups log every create at info and warn about controllers this
     // kernel lacks; the agent's own messages say what matters. CLI commands stay quiet.
     let default_filter = match cli.command {

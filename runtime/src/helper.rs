@@ -128,6 +128,11 @@ fn fork_create(request: &str) -> Result<String, String> {
     match unsafe { fork() }.map_err(|e| format!("create server: fork: {e}"))? {
         ForkResult::Child => {
             drop(read_end);
+            // stdout is the server's answer channel: nothing the child or libcontainer
+            // might print may land in it. Answers go through the pipe; stderr stays.
+            if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+            }
             let (code, text) = match create(request) {
                 Ok(answer) => (0, answer),
                 Err(message) => (1, message),

@@ -254,7 +254,7 @@ impl Runtime {
 
     /// Starts the create servers ahead of time, so the first creates find them ready;
     /// call it once the agent is up. Needs a tokio runtime.
-    pub fn refill_spares(&self) {
+    pub fn start_create_servers(&self) {
         let mut servers = self.create_servers.lock().unwrap_or_else(|e| e.into_inner());
         while servers.len() < CREATE_SERVERS {
             match self.spawn_server() {
@@ -481,7 +481,8 @@ async fn blocking<T: Send + 'static>(
 /// Sends one create request line to a server and reads its reply line.
 async fn server_request(server: &mut CreateServer, request: &str) -> Result<ServerReply, String> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let line = format!("{}\n", request.replace('\n', " "));
+    // The request is compact JSON: it holds no newline.
+    let line = format!("{request}\n");
     server.stdin.write_all(line.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
     server.stdin.flush().await.map_err(|e| format!("sending the request: {e}"))?;
     let mut answer = String::new();

@@ -1,21 +1,19 @@
-//! The helper process: creates and starts one container (or one pod network namespace)
-//! and exits. libcontainer's `build()` changes the working directory of the whole
-//! process and clones without exec, so it never runs inside the multi-threaded agent.
+//! The helper process: creates and starts containers (or one pod network namespace,
+//! or runs an exec probe). libcontainer's `build()` changes the working directory of the
+//! whole process and clones without exec, so it never runs inside the multi-threaded
+//! agent; its tenant builder (exec probes) has the same constraints.
 //!
-//! It also runs exec probes: libcontainer's tenant builder has the same constraints.
+//! Creates go to a **create server** (`<helper_exe> <helper_args...> create-server`): a
+//! helper the agent starts once and keeps, reading one [`CreateRequest`] JSON line at a
+//! time on stdin and answering each with one [`ServerReply`] JSON line on stdout. For each
+//! request it forks a child that creates and starts the container and exits, so every
+//! create runs in a fresh single-threaded process whose exit hands the container's init
+//! to the agent (the nearest child subreaper), without an exec, dynamic loading and
+//! relocation of the binary per container (≈ 5 ms of CPU each, BENCHMARKS.md).
 //!
-//! Protocol: the agent runs `<helper_exe> <helper_args...> create <json CreateRequest>`,
-//! `... exec-probe <json request>` or `... netns <path>`. On success the helper prints
-//! its answer (JSON for `create` and `exec-probe`) on stdout and exits 0; on failure it
-//! prints one error line on stderr and exits 1.
-//!
-//! Creates normally go to a **create server** instead (`... create-server`): a helper the
-//! agent starts once and keeps, reading one [`CreateRequest`] JSON line at a time on
-//! stdin and answering each with one [`ServerReply`] JSON line on stdout. For each
-//! request it forks a child that does exactly what `create` does and exits, so every
-//! create still runs in a fresh single-threaded process whose exit hands the container's
-//! init to the agent (the nearest child subreaper), but without an exec, dynamic loading
-//! and relocation of the binary per container (≈ 5 ms of CPU each, BENCHMARKS.md).
+//! One-shot commands: `... exec-probe <json request>` or `... netns <path>`. On success
+//! the helper prints its answer (JSON for `exec-probe`) on stdout and exits 0; on
+//! failure it prints one error line on stderr and exits 1.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -56,14 +54,13 @@ pub(crate) struct CreateReply {
 /// tokio runtime or other thread exists; returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
     let result = match args {
-        [cmd, request] if cmd == "create" => create(request),
         // A long-lived create server: requests on stdin, one reply line each on stdout.
         [cmd] if cmd == "create-server" => return serve(),
         [cmd, request] if cmd == "exec-probe" => probe::helper_main(request),
         [cmd, path] if cmd == "netns" => {
             netns::create(Path::new(path)).map(|()| String::new()).map_err(|e| format!("netns {path}: {e}"))
         }
-        _ => Err(format!("usage: create <request-json> | create-server | exec-probe <request-json> | netns <path>; got {args:?}")),
+        _ => Err(format!("usage: create-server | exec-probe <request-json> | netns <path>; got {args:?}")),
     };
     match result {
         Ok(out) => {

@@ -208,7 +208,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     })
     .context("starting the container runtime")?;
     let runtime = Arc::new(runtime);
-    runtime.refill_spares();
+    runtime.start_create_servers();
     let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images")).context("opening the image store")?);
     let mut exits = runtime.exits();
 

@@ -35,7 +35,8 @@ fn liveness_restarts_a_failing_server_and_a_startup_probe_protects_a_slow_start(
         return;
     }
     let node = Node::start("health-live");
-    let liveness = "      livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 3}\n";
+    // Ready only once the server answers, so the test can tell when the endpoint is up.
+    let liveness = "      livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 3}\n      readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}\n";
     node.write_spec("live.yaml", &pod("live", liveness));
     // A server that answers only after 4 s: a startup probe (15 × 1 s) holds its
     // liveness probe back; the same server without one is killed while starting.
@@ -46,6 +47,11 @@ fn liveness_restarts_a_failing_server_and_a_startup_probe_protects_a_slow_start(
     node.write_spec("unguarded.yaml", &pod("unguarded", &format!("{slow}{strict}")));
 
     wait_for("live to be ready", Duration::from_secs(30), || ready_on(&node, "live")?.then_some(()));
+    assert_eq!(restarts(&node, "live"), 0);
+    // A liveness check that ran before the server listened failed (connection refused), as
+    // in Kubernetes; one period after the server answered, a check has succeeded and the
+    // count of failures in a row starts again from zero.
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(restarts(&node, "live"), 0);
 
     // The endpoint starts failing: three failed checks a second apart, then a restart.

@@ -1,7 +1,7 @@
 //! Wire types and the desired-state model of peer: what the cluster wants, never how it runs.
 //!
 //! Architecture invariant: this crate knows nothing about containers. Its decisions
-//! (`desired`, `sync`, `replicate`, `codec`, `placement`, `rollout`, `autoscale`) are pure;
+//! (`desired`, `detector`, `sync`, `replicate`, `codec`, `placement`, `rollout`, `autoscale`) are pure;
 //! only `transport` and `membership` do I/O.
 #![forbid(unsafe_code)]
 
@@ -9,6 +9,7 @@ pub mod autoscale;
 pub mod blob;
 pub mod codec;
 pub mod desired;
+pub mod detector;
 pub mod duty;
 pub mod events;
 pub mod fence;

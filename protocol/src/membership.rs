@@ -1,23 +1,36 @@
-//! Cluster membership: chitchat gossip over [`QuicTransport`] with failure detection tuned for
-//! small edge fleets, and a few checked operations on the node's own keys.
+//! Cluster membership: who is in the cluster and what each node published (chitchat gossip
+//! over [`QuicTransport`]), who of them is live (the [`crate::detector`] probes over QUIC
+//! datagrams), and a few checked operations on the node's own keys.
 //!
-//! Tuning (NOTES.md, measured on loopback): gossip every 200 ms with a 500 ms initial
-//! heartbeat interval sees a killed node dead in about 1 s and produced no false deaths with
-//! two CPU hogs on two cores. Liveness for decisions comes from [`Membership::live_watcher`]
-//! snapshots, not from `subscribe_event` (it misses deletes and GC).
+//! Idle traffic is O(1) per node (PROTOCOL.md, "Membership"): chitchat still runs its
+//! 200 ms rounds, but its digests (Syn) pass the transport's [`GossipGate`] only
+//! - for [`NEWS_ROUNDS`] rounds after any node's state changed here (a key, a new node or
+//!   generation), so news spreads like before, in O(log N) rounds of 200 ms, and
+//! - once per anti-entropy interval otherwise (1 s, or 100 ms per known node from 10 nodes
+//!   up: at 50 nodes a 1.5 KB digest every 5 s), which repairs what the news rounds missed.
+//!
+//! Liveness is the detector's alone: chitchat hears heartbeats only as often as digests
+//! pass, so its own failure detector is set far slower ([`lenient_failure_detector`]) and
+//! only decides when chitchat forgets a node's state. Decisions come from
+//! [`Membership::live_watcher`] snapshots, not from `subscribe_event` (it misses deletes
+//! and GC).
 //!
 //! [`QuicTransport`]: crate::transport::QuicTransport
+//! [`GossipGate`]: crate::transport::GossipGate
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chitchat::{
-    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::transport::TransportHandle;
+use crate::detector::{Detector, DetectorConfig, Peer, ProbeMessage, MAX_PROBE_BYTES};
+use crate::transport::{ProbeRx, TransportHandle};
 
 /// The largest value of a key: chitchat silently stops propagating a node's later keys once
 /// one value is over ~65 KB (NOTES.md), so stay far below.
@@ -26,6 +39,14 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 pub const MAX_KEY_BYTES: usize = 256;
 /// Set by a node that leaves gracefully; such a node no longer counts as live.
 pub const LEFT_KEY: &str = "left";
+/// Gossip rounds whose digests go out after news.
+pub const NEWS_ROUNDS: u32 = 3;
+/// How often the detector's timers run.
+const DETECTOR_TICK: Duration = Duration::from_millis(10);
+/// How often the live view and the detector's member list are refreshed from chitchat.
+const REFRESH: Duration = Duration::from_millis(50);
+/// Probe datagrams queued per peer before new ones are dropped.
+const PROBE_QUEUE: usize = 8;
 
 /// Errors of membership operations. Each says whether state changed.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +75,17 @@ pub struct MembershipConfig {
     /// wildcard listen address such as 0.0.0.0 is not reachable).
     pub advertise: Option<SocketAddr>,
     pub gossip_interval: Duration,
+    /// Chitchat's own detector: only when it forgets a node's state (see the module docs).
     pub failure_detector: FailureDetectorConfig,
+    /// Who is live.
+    pub detector: DetectorConfig,
     /// How long deleted keys are kept as tombstones.
     pub marked_for_deletion_grace_period: Duration,
 }
 
 impl MembershipConfig {
-    /// The tuned defaults: gossip 200 ms, see [`tuned_failure_detector`].
+    /// The tuned defaults: gossip rounds of 200 ms, [`DetectorConfig::default`], see
+    /// [`lenient_failure_detector`].
     pub fn new(cluster_id: &str, node_id: &str, generation: u64) -> Self {
         Self {
             cluster_id: cluster_id.to_owned(),
@@ -69,21 +94,23 @@ impl MembershipConfig {
             seeds: Vec::new(),
             advertise: None,
             gossip_interval: Duration::from_millis(200),
-            failure_detector: tuned_failure_detector(),
+            failure_detector: lenient_failure_detector(),
+            detector: DetectorConfig::default(),
             marked_for_deletion_grace_period: Duration::from_secs(60 * 60),
         }
     }
 }
 
-/// Phi threshold 8 (chitchat's default) over a 500 ms initial interval: dead in ~1 s on
-/// loopback. A dead node's keys stay readable for an hour, then vanish everywhere, so state a
-/// node authors must also live elsewhere (NOTES.md).
-pub fn tuned_failure_detector() -> FailureDetectorConfig {
+/// Chitchat's detector with heartbeats that arrive only with digests (every anti-entropy
+/// interval, up to 10 s): a node it has heard nothing from for about a minute counts as
+/// dead to chitchat, and its keys are forgotten everywhere an hour later, so state a node
+/// authors must also live elsewhere (NOTES.md). Liveness is the [`crate::detector`]'s.
+pub fn lenient_failure_detector() -> FailureDetectorConfig {
     FailureDetectorConfig {
         phi_threshold: 8.0,
         sampling_window_size: 1_000,
-        max_interval: Duration::from_secs(10),
-        initial_interval: Duration::from_millis(500),
+        max_interval: Duration::from_secs(30),
+        initial_interval: Duration::from_secs(5),
         dead_node_grace_period: Duration::from_secs(60 * 60),
     }
 }
@@ -113,12 +140,15 @@ pub struct Members {
     pub dead: Vec<Member>,
 }
 
-/// A running chitchat instance. Dropping it without [`Membership::leave`] stops gossip like a
-/// crash would.
+/// A running chitchat instance and failure detector. Dropping it without
+/// [`Membership::leave`] stops both like a crash would.
 pub struct Membership {
     handle: ChitchatHandle,
+    transport: TransportHandle,
     live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    dead: Arc<Mutex<Vec<Member>>>,
     gossip_interval: Duration,
+    driver: tokio::task::JoinHandle<()>,
 }
 
 fn check_size(key: &str, value: &str) -> Result<(), MembershipError> {
@@ -147,6 +177,8 @@ impl Membership {
         }
         let addr = transport.local_addr().map_err(|e| MembershipError::Start(e.to_string()))?;
         let advertise = config.advertise.unwrap_or(addr);
+        let probes =
+            transport.probes().ok_or_else(|| MembershipError::Start("probes already taken".into()))?;
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(config.node_id.as_str(), config.generation, advertise),
             cluster_id: config.cluster_id.clone(),
@@ -156,14 +188,41 @@ impl Membership {
             failure_detector_config: config.failure_detector.clone(),
             marked_for_deletion_grace_period: config.marked_for_deletion_grace_period,
             catchup_callback: None,
-            extra_liveness_predicate: Some(Box::new(|state: &NodeState| state.get(LEFT_KEY).is_none())),
+            extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let handle = spawn_chitchat(chitchat_config, initial, &transport.chitchat_transport())
             .await
             .map_err(|e| MembershipError::Start(format!("{e:#}")))?;
-        let live = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
-        Ok(Self { handle, live, gossip_interval: config.gossip_interval })
+        let seed = config.generation ^ hash_of(&config.node_id);
+        let detector = Detector::new(config.detector.clone(), &config.node_id, config.generation, seed);
+        let (live_tx, live) = watch::channel(BTreeMap::new());
+        let dead = Arc::new(Mutex::new(Vec::new()));
+        let driver = Driver {
+            chitchat: handle.chitchat(),
+            transport: transport.clone(),
+            detector,
+            live_tx,
+            dead: dead.clone(),
+            gossip_interval: config.gossip_interval,
+            fingerprint: None,
+            published: Vec::new(),
+            senders: BTreeMap::new(),
+        };
+        let driver = tokio::spawn(driver.run(probes));
+        Ok(Self {
+            handle,
+            transport: transport.clone(),
+            live,
+            dead,
+            gossip_interval: config.gossip_interval,
+            driver,
+        })
+    }
+
+    /// Lets this node's digests out for the next [`NEWS_ROUNDS`] rounds.
+    fn news(&self) {
+        self.transport.gossip_gate().open_until(Instant::now() + self.gossip_interval * NEWS_ROUNDS);
     }
 
     /// This node's chitchat id.
@@ -176,11 +235,11 @@ impl Membership {
         self.live.clone()
     }
 
-    /// The live members (from the watcher) and the dead ones (from the failure detector).
+    /// The live members (from the watcher) and the others gossip knows (the newest
+    /// generation of each node that is not live: dead, left, or not yet confirmed).
     pub async fn members(&self) -> Members {
         let mut live: Vec<Member> = self.live.borrow().keys().map(Member::from).collect();
-        let mut dead: Vec<Member> =
-            self.handle.with_chitchat(|c| c.dead_nodes().map(Member::from).collect()).await;
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone();
         live.sort();
         dead.sort();
         Members { live, dead }
@@ -190,12 +249,14 @@ impl Membership {
     pub async fn set_self_key(&self, key: &str, value: &str) -> Result<(), MembershipError> {
         check_size(key, value)?;
         self.handle.with_chitchat(|c| c.self_node_state().set(key, value)).await;
+        self.news();
         Ok(())
     }
 
     /// Deletes one of this node's keys (a tombstone that gossip carries).
     pub async fn delete_self_key(&self, key: &str) {
         self.handle.with_chitchat(|c| c.self_node_state().delete(key)).await;
+        self.news();
     }
 
     /// The value of `key` on the newest known generation of `node_id`, live or dead.
@@ -230,6 +291,7 @@ impl Membership {
 
     /// Gossips with `addr` now, e.g. to join through a known member.
     pub fn gossip(&self, addr: SocketAddr) -> Result<(), MembershipError> {
+        self.news();
         self.handle.gossip(addr).map_err(|e| MembershipError::Stopped(e.to_string()))
     }
 
@@ -240,18 +302,158 @@ impl Membership {
         self.shutdown().await
     }
 
-    /// Stops gossip without telling anyone (peers see this node die).
+    /// Stops gossip and probes without telling anyone (peers see this node die).
     pub async fn shutdown(self) -> Result<(), MembershipError> {
         let stopped = |e: anyhow::Error| MembershipError::Stopped(e.to_string());
+        self.driver.abort();
         self.handle.initiate_shutdown().map_err(stopped)?;
         self.handle.termination_watcher().await.map_err(stopped)
     }
 }
 
 impl Drop for Membership {
-    /// Chitchat's task outlives its handle unless stopped: dropping stops it like a crash.
+    /// Chitchat's task and the detector outlive the handle unless stopped: dropping stops
+    /// them like a crash.
     fn drop(&mut self) {
+        self.driver.abort();
         self.handle.abort();
+    }
+}
+
+fn hash_of(value: &impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// One known node in a refresh: its newest generation's id, whether it left.
+struct Known<'a> {
+    id: &'a ChitchatId,
+    state: &'a NodeState,
+    left: bool,
+}
+
+/// The task that runs the detector and keeps the live view.
+struct Driver {
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    transport: TransportHandle,
+    detector: Detector,
+    live_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
+    dead: Arc<Mutex<Vec<Member>>>,
+    gossip_interval: Duration,
+    /// A hash of every node's (id, versions): when it moves there is news to gossip.
+    fingerprint: Option<u64>,
+    /// The (id, max version) of what the live view last published.
+    published: Vec<(ChitchatId, u64)>,
+    senders: BTreeMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+}
+
+impl Driver {
+    async fn run(mut self, mut probes: ProbeRx) {
+        let mut tick = tokio::time::interval(DETECTOR_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh_at = Instant::now();
+        loop {
+            tokio::select! {
+                got = probes.recv() => {
+                    let Some((addr, node, bytes)) = got else { return };
+                    match crate::codec::decode::<ProbeMessage>(&bytes, MAX_PROBE_BYTES) {
+                        Ok(message) => self.detector.receive(Instant::now(), addr, &node, message),
+                        Err(e) => tracing::debug!(%addr, %node, "malformed probe: {e}"),
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.detector.tick(now);
+                    if now >= refresh_at || self.detector.take_changed() {
+                        refresh_at = now + REFRESH;
+                        self.refresh(now).await;
+                    }
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Sends what the detector wants sent, each peer through its own queue so a dial to an
+    /// unreachable peer never holds up the others.
+    fn flush(&mut self) {
+        for addr in self.detector.take_closed() {
+            self.transport.close_peer(addr);
+        }
+        for out in self.detector.take_outgoing() {
+            let Ok(bytes) = crate::codec::encode(&out.message) else { continue };
+            let sender = self.senders.entry(out.to).or_insert_with(|| {
+                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PROBE_QUEUE);
+                let (transport, to) = (self.transport.clone(), out.to);
+                tokio::spawn(async move {
+                    while let Some(bytes) = rx.recv().await {
+                        // A lost probe is a failed probe: nothing to retry.
+                        let _ = transport.send_probe(to, bytes).await;
+                    }
+                });
+                tx
+            });
+            let _ = sender.try_send(bytes);
+        }
+    }
+
+    /// Reads chitchat's state: the members for the detector, news for the gossip gate, and
+    /// the live view.
+    async fn refresh(&mut self, now: Instant) {
+        let chitchat = self.chitchat.clone();
+        let chitchat = chitchat.lock().await;
+        let me = chitchat.self_chitchat_id().clone();
+        let mut newest: BTreeMap<&str, Known<'_>> = BTreeMap::new();
+        let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
+        for (id, state) in chitchat.node_states() {
+            (id, state.max_version(), state.last_gc_version()).hash(&mut fingerprint);
+            let known = Known { id, state, left: state.get(LEFT_KEY).is_some() };
+            match newest.get(&*id.node_id) {
+                Some(k) if k.id.generation_id >= id.generation_id => {}
+                _ => {
+                    newest.insert(&id.node_id, known);
+                }
+            }
+        }
+        let fingerprint = fingerprint.finish();
+        let gate = self.transport.gossip_gate();
+        if self.fingerprint != Some(fingerprint) {
+            self.fingerprint = Some(fingerprint);
+            gate.open_until(now + self.gossip_interval * NEWS_ROUNDS);
+        }
+        let every = Duration::from_millis(100 * newest.len() as u64).max(Duration::from_secs(1));
+        gate.set_anti_entropy(every.min(Duration::from_secs(10)));
+
+        let peers: Vec<Peer> = newest
+            .values()
+            .filter(|k| k.id.node_id != me.node_id && !k.left)
+            .map(|k| Peer {
+                node_id: k.id.node_id.to_string(),
+                generation: k.id.generation_id,
+                addr: k.id.gossip_advertise_addr,
+            })
+            .collect();
+        self.detector.set_members(now, &peers);
+        self.detector.take_changed();
+
+        let live: Vec<&Known<'_>> = newest
+            .values()
+            .filter(|k| *k.id == me || (!k.left && self.detector.is_live(&k.id.node_id, k.id.generation_id)))
+            .collect();
+        let signature: Vec<(ChitchatId, u64)> =
+            live.iter().map(|k| (k.id.clone(), k.state.max_version())).collect();
+        if signature != self.published {
+            let view = live.iter().map(|k| (k.id.clone(), k.state.clone())).collect();
+            self.live_tx.send_replace(view);
+            self.published = signature;
+        }
+        let live_ids: BTreeSet<&ChitchatId> = live.iter().map(|k| k.id).collect();
+        let dead: Vec<Member> =
+            newest.values().filter(|k| !live_ids.contains(k.id)).map(|k| Member::from(k.id)).collect();
+        *self.dead.lock().unwrap_or_else(|e| e.into_inner()) = dead;
+        let addrs: BTreeSet<SocketAddr> = peers.iter().map(|p| p.addr).collect();
+        self.senders.retain(|addr, tx| addrs.contains(addr) && !tx.is_closed());
     }
 }
 

@@ -2,20 +2,25 @@
 //! virtual time: the real `DesiredState`, `SyncSession`, `Replicator` and codec, over a
 //! simulated network with latency, loss, limited uplinks and crashed nodes.
 //!
-//! Digests spread the way chitchat spreads keys: every gossip interval each node pulls one
-//! random peer's digest (so news of a digest takes O(log n) intervals). A failure prints its
-//! seed. `PEER_SIM_SEEDS=N` runs more seeds; `PEER_SIM_REPORT=1` prints convergence times
+//! Digests spread the way membership gossips them (PROTOCOL.md, "Membership"): chitchat rounds
+//! every 200 ms, but a node sends its digest (and gets the peer's back) only in the
+//! `NEWS_ROUNDS` rounds after news — its own digest changed, or a peer's digest it heard
+//! changed — to 3 random peers per round, and otherwise once per anti-entropy interval
+//! (1 s, 100 ms per node from 10 nodes up, at most 10 s). A failure prints its seed. `PEER_SIM_SEEDS=N` runs more seeds; `PEER_SIM_REPORT=1` prints convergence times
 //! (used by BENCHMARKS.md).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use protocol::desired::{Clock, DesiredState, NodeId};
+use protocol::membership;
 use protocol::replicate::{ReplicateConfig, Replicator};
 use protocol::spec::{Container, Kind, Object, ObjectKey, PodTemplate, RestartPolicy, Strategy, Workload};
 use protocol::sync::{SyncMessage, SyncSession};
 
 const GOSSIP_MS: u64 = 200;
+/// Peers per gossip round (chitchat's fanout).
+const FANOUT: usize = 3;
 
 #[derive(Debug, Clone)]
 struct Params {
@@ -57,6 +62,13 @@ struct Node {
     sessions: BTreeMap<usize, SyncSession>,
     uplink_free_at: u64,
     crashed: bool,
+    /// The gossip gate: digests go out every round until then (news) ...
+    hot_until: u64,
+    /// ... and otherwise once at this time (anti-entropy).
+    next_anti_entropy: u64,
+    /// This node's digest as last gossiped, and each peer's as last heard.
+    published: u64,
+    heard: BTreeMap<usize, u64>,
 }
 
 struct Sim {
@@ -88,6 +100,10 @@ impl Sim {
                     sessions: BTreeMap::new(),
                     uplink_free_at: 0,
                     crashed: i < p.crashed,
+                    hot_until: 0,
+                    next_anti_entropy: 0,
+                    published: 0,
+                    heard: BTreeMap::new(),
                 }
             })
             .collect();
@@ -171,10 +187,31 @@ impl Sim {
         match event {
             Event::GossipTick(i) => {
                 if !self.nodes[i].crashed {
-                    let peer = self.rand(self.nodes.len() as u64) as usize;
-                    if peer != i && !self.nodes[peer].crashed {
-                        let d = self.nodes[peer].state.digest();
-                        self.send(peer, i, Wire::DigestReply(d));
+                    let mine = self.nodes[i].state.digest();
+                    let anti_entropy = (100 * self.nodes.len() as u64).clamp(1000, 10_000);
+                    let n = &mut self.nodes[i];
+                    if n.published != mine {
+                        n.published = mine;
+                        n.hot_until = time + membership::NEWS_ROUNDS as u64 * GOSSIP_MS;
+                    }
+                    let exchanges = if time < n.hot_until {
+                        FANOUT
+                    } else if time >= n.next_anti_entropy {
+                        n.next_anti_entropy = time + anti_entropy;
+                        1
+                    } else {
+                        0
+                    };
+                    for _ in 0..exchanges {
+                        // Syn carries this node's digest, SynAck the peer's.
+                        let peer = self.rand(self.nodes.len() as u64) as usize;
+                        if peer != i {
+                            self.send(i, peer, Wire::DigestReply(mine));
+                            if !self.nodes[peer].crashed {
+                                let d = self.nodes[peer].state.digest();
+                                self.send(peer, i, Wire::DigestReply(d));
+                            }
+                        }
                     }
                     self.at(time + GOSSIP_MS, Event::GossipTick(i));
                 }
@@ -194,6 +231,10 @@ impl Sim {
                 Wire::DigestReply(d) => {
                     let peer = self.nodes[from].id.clone();
                     let n = &mut self.nodes[to];
+                    if n.heard.insert(from, d) != Some(d) {
+                        // A peer's digest changed: news, gossiped on for a few rounds.
+                        n.hot_until = time + membership::NEWS_ROUNDS as u64 * GOSSIP_MS;
+                    }
                     let mine = n.state.digest();
                     if n.repl.want_round(mine, &peer, d, time) {
                         n.repl.round_started(&peer, time);

@@ -1,6 +1,6 @@
 //! The endpoint's tasks: one supervisor loop that accepts connections and owns a task per
-//! connection; each connection task routes the peer's uni streams (gossip) and bi-streams
-//! (the node's streams, or the join exchange).
+//! connection; each connection task routes the peer's uni streams (gossip), datagrams
+//! (probes) and bi-streams (the node's streams, or the join exchange).
 //!
 //! A [`tls::ALPN_PEER`] connection without a client certificate is closed at once: the TLS
 //! layer lets it through because the join ALPN shares the server config.
@@ -125,6 +125,14 @@ async fn serve_peer(shared: Arc<Shared>, conn: quinn::Connection, node: String) 
                 }
                 Err(_) => break,
             },
+            datagram = conn.read_datagram() => match datagram {
+                Ok(_) if shared.revoked.contains(&node) => {
+                    refuse(&shared, &conn, b"revoked");
+                    break;
+                }
+                Ok(bytes) => probe(&shared, addr, &node, &bytes),
+                Err(_) => break,
+            },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
@@ -155,6 +163,19 @@ async fn read_gossip(shared: Arc<Shared>, conn: quinn::Connection, mut recv: qui
         // Chitchat is not running or is behind; gossip tolerates loss.
         bump(&shared.counters.gossip_dropped);
     }
+}
+
+/// Hands a probe datagram to the failure detector (dropped when it is behind: probes
+/// tolerate loss, a lost one is a failed probe).
+fn probe(shared: &Shared, addr: SocketAddr, node: &str, bytes: &[u8]) {
+    if shared.is_blocked(&addr) {
+        return;
+    }
+    if bytes.len() > crate::detector::MAX_PROBE_BYTES {
+        bump(&shared.counters.bad_frames);
+        return;
+    }
+    let _ = shared.probe_tx.try_send((addr, node.to_owned(), bytes.to_vec()));
 }
 
 /// Reads the stream's kind byte and hands the stream to the node.

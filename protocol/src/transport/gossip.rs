@@ -9,6 +9,8 @@
 //!   alone into the *decoder* `UdpSocket`, so the decoder's `from_addr` names P without
 //!   ambiguity, even when chitchat drops a datagram as invalid (it logs and skips those).
 //!
+//! Digests (Syn) go out only through the [`super::GossipGate`]; replies always do.
+//!
 //! `Socket::send` never blocks on the network: a naive inline connect to a dead peer stalled
 //! chitchat's loop and caused false deaths (NOTES.md). Each peer has a task with a bounded
 //! queue (`try_send`, drop when full), a connect timeout and a reconnect backoff.
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
-use chitchat::ChitchatEnvelope;
+use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -106,6 +108,11 @@ impl Socket for QuicSocket {
     }
 
     async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        let is_digest = matches!(envelope.message, ChitchatMessage::Syn { .. });
+        if is_digest && !self.handle.shared().gate.allow(std::time::Instant::now()) {
+            bump(&self.handle.shared().counters.gossip_held);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         self.encoder.send(self.sink.local_addr()?, envelope).await?;
         let bytes = self.encoded().await?;
         let num_bytes_sent = bytes.len();

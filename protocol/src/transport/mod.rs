@@ -1,5 +1,6 @@
 //! Node-to-node transport: one QUIC endpoint per node, mutual TLS against the cluster CA,
-//! carrying chitchat gossip ([`QuicTransport`]), request/response streams for the node
+//! carrying chitchat gossip ([`QuicTransport`]), failure-detector probes (QUIC datagrams,
+//! [`TransportHandle::send_probe`]), request/response streams for the node
 //! ([`TransportHandle::open_bi`], [`Incoming`]) and the join handshake ([`join`]).
 //!
 //! The endpoint both dials and accepts on one UDP socket, so a peer's `remote_address()` is
@@ -23,7 +24,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::mpsc;
@@ -83,6 +84,8 @@ pub struct TransportStats {
     pub refused_connections: u64,
     /// Incoming streams dropped because the node did not take them fast enough.
     pub streams_dropped: u64,
+    /// Chitchat digests (Syn) not sent because nothing changed (see [`GossipGate`]).
+    pub gossip_held: u64,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +96,7 @@ struct Counters {
     bad_frames: AtomicU64,
     refused_connections: AtomicU64,
     streams_dropped: AtomicU64,
+    gossip_held: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -144,6 +148,67 @@ impl TransportConfig {
 /// never keep the endpoint alive.
 /// Gossip payloads from peers, with the peer's address.
 type GossipRx = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
+/// A probe datagram from a peer: its address, its node id (from its certificate), the bytes.
+pub type ProbeRx = mpsc::Receiver<(SocketAddr, String, Vec<u8>)>;
+
+/// Decides which chitchat digests (Syn messages) go out. Chitchat sends a digest of every
+/// node to 3 peers every round; with nothing new that is O(N) bytes per message for no news.
+/// The gate lets a round's digests out while it is *open* (membership opens it for a few
+/// rounds when any node's state changed, see [`crate::membership`]) and otherwise one
+/// digest per anti-entropy interval, which repairs whatever the news rounds missed. Replies
+/// (SynAck, Ack) always go out.
+#[derive(Debug)]
+pub struct GossipGate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug)]
+struct GateState {
+    open_until: Instant,
+    next_anti_entropy: Instant,
+    anti_entropy: Duration,
+}
+
+impl GossipGate {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(GateState {
+                open_until: now,
+                next_anti_entropy: now,
+                anti_entropy: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets every digest out until `until`.
+    pub fn open_until(&self, until: Instant) {
+        let mut s = self.lock();
+        s.open_until = s.open_until.max(until);
+    }
+
+    /// How often one digest goes out with nothing new; takes effect after the next one.
+    pub fn set_anti_entropy(&self, every: Duration) {
+        self.lock().anti_entropy = every;
+    }
+
+    /// Whether a digest may go out now.
+    fn allow(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        if now < s.open_until {
+            return true;
+        }
+        if now >= s.next_anti_entropy {
+            s.next_anti_entropy = now + s.anti_entropy;
+            return true;
+        }
+        false
+    }
+}
 
 struct Shared {
     node_id: String,
@@ -155,6 +220,10 @@ struct Shared {
     /// Gossip payloads received, for the chitchat socket; taken by [`QuicTransport`].
     gossip_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     gossip_rx: Mutex<Option<GossipRx>>,
+    gate: GossipGate,
+    /// Probe datagrams received, for the failure detector; taken by [`TransportHandle::probes`].
+    probe_tx: mpsc::Sender<(SocketAddr, String, Vec<u8>)>,
+    probe_rx: Mutex<Option<ProbeRx>>,
     join_handler: Option<Arc<dyn JoinHandler>>,
 }
 
@@ -190,11 +259,16 @@ impl std::fmt::Debug for TransportHandle {
     }
 }
 
-/// Keep-alives keep idle connections open; the idle timeout closes one to a vanished peer.
+/// Connections to members stay open while both ends run: a new connection costs a TLS
+/// handshake with two certificates (≈ 5 KB), more than a minute of a node's idle traffic, so
+/// an idle connection only sends a keep-alive every 2 minutes (NAT bindings) and is closed
+/// after 5 idle minutes. A vanished peer is found by the failure detector, which then
+/// closes the connection ([`TransportHandle::close_peer`]): a process restarted at that
+/// address cannot answer on it (its stateless resets are not recognised).
 fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
-    config.keep_alive_interval(Some(Duration::from_secs(1)));
-    config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000))));
+    config.keep_alive_interval(Some(Duration::from_secs(120)));
+    config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000))));
     Arc::new(config)
 }
 
@@ -218,6 +292,7 @@ impl TransportHandle {
             .map_err(|source| TransportError::Bind { addr: config.listen, source })?;
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity.max(1));
         let (gossip_tx, gossip_rx) = mpsc::channel(256);
+        let (probe_tx, probe_rx) = mpsc::channel(256);
         let (conn_tx, conn_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node_id: config.identity.node_id.clone(),
@@ -228,6 +303,9 @@ impl TransportHandle {
             incoming: incoming_tx,
             gossip_tx,
             gossip_rx: Mutex::new(Some(gossip_rx)),
+            gate: GossipGate::new(),
+            probe_tx,
+            probe_rx: Mutex::new(Some(probe_rx)),
             join_handler: config.join_handler,
         });
         let supervisor = tokio::spawn(conn::supervise(endpoint.clone(), shared.clone(), conn_rx));
@@ -247,6 +325,33 @@ impl TransportHandle {
     /// The chitchat transport over this endpoint; chitchat may open it once.
     pub fn chitchat_transport(&self) -> QuicTransport {
         QuicTransport::new(self.clone())
+    }
+
+    /// Which chitchat digests go out; membership opens it when there is news.
+    pub fn gossip_gate(&self) -> &GossipGate {
+        &self.inner.shared.gate
+    }
+
+    /// The probe datagrams peers send; the failure detector may take them once.
+    pub fn probes(&self) -> Option<ProbeRx> {
+        self.inner.shared.probe_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Sends one probe datagram to `addr` (dialing if needed): unreliable, like the UDP
+    /// probes of SWIM, so a lost one is a failed probe.
+    pub async fn send_probe(&self, addr: SocketAddr, bytes: Vec<u8>) -> Result<(), TransportError> {
+        let conn = self.connection(addr, None).await?;
+        conn.send_datagram(bytes.into()).map_err(|e| {
+            if matches!(e, quinn::SendDatagramError::ConnectionLost(_)) {
+                self.inner.shared.registry.forget(addr, &conn);
+            }
+            TransportError::Connection { addr, detail: e.to_string() }
+        })
+    }
+
+    /// Closes the connection to `addr` (the peer died; a new process there gets a new one).
+    pub fn close_peer(&self, addr: SocketAddr) {
+        self.inner.shared.registry.close(addr, b"peer died");
     }
 
     /// Opens a bi-stream of `kind` to the peer at `addr` (dialing if needed). When
@@ -327,6 +432,7 @@ impl TransportHandle {
             bad_frames: get(&c.bad_frames),
             refused_connections: get(&c.refused_connections),
             streams_dropped: get(&c.streams_dropped),
+            gossip_held: get(&c.gossip_held),
         }
     }
 

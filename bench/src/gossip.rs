@@ -185,8 +185,8 @@ pub fn main(args: &GossipArgs) -> anyhow::Result<()> {
 
 fn markdown(samples: &[Sample], args: &GossipArgs) -> String {
     let mut out = format!(
-        "Idle gossip, in-process nodes with the real transport + membership (gossip every 200 ms), \
-         {} s counted after all nodes were live everywhere + {} s; bytes = IP packet lengths on loopback; \
+        "Idle gossip, in-process nodes with the real transport + membership (chitchat rounds of 200 ms \
+         behind the gossip gate, probes of the failure detector), {} s counted after all nodes were live everywhere + {} s; bytes = IP packet lengths on loopback; \
          per node = total sent ÷ nodes ÷ seconds (each node receives as much as it sends):\n\n",
         args.measure_secs, args.settle_secs
     );

@@ -528,6 +528,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_digests_are_held_back_and_news_still_spreads() {
+        let ca = cluster_ca();
+        let (a, ma) = member(&ca, "a", &[]).await;
+        let (_b, _mb) = member(&ca, "b", &[a.addr]).await;
+        let (_c, mc) = member(&ca, "c", &[a.addr]).await;
+        let all = ids(&["a", "b", "c"]);
+        wait_until(Duration::from_secs(10), || live_ids(&ma) == all).await.expect("all live on a");
+        // Past the news rounds of the join, nothing changes: chitchat still tries two
+        // digests every 200 ms, but only the anti-entropy one per second goes out.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = a.handle.stats();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = a.handle.stats();
+        let held = after.gossip_held - before.gossip_held;
+        let sent = after.gossip_sent - before.gossip_sent;
+        eprintln!("idle for 3 s: {held} digests held, {sent} gossip messages sent");
+        assert!(held >= 10 && sent < held, "{held} digests held, {sent} gossip messages sent");
+
+        mc.set_self_key("role", "edge").await.unwrap();
+        let mut seen = None;
+        for _ in 0..50 {
+            seen = ma.node_key("c", "role").await;
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen.as_deref(), Some("edge"), "news did not spread within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn blocked_peers_stop_seeing_each_other_and_leave_is_seen() {
         let ca = cluster_ca();
         let (a, ma) = member(&ca, "a", &[]).await;

@@ -269,3 +269,40 @@ fn hostile_or_misaddressed_messages_change_nothing() {
     .unwrap();
     assert!(crate::codec::decode::<ProbeMessage>(&long, MAX_PROBE_BYTES).is_err(), "over the size limit");
 }
+
+#[test]
+fn probe_decoding_refuses_hostile_truncated_and_trailing_bytes() {
+    use crate::codec::{decode, encode, CodecError};
+    let ping = ProbeMessage::Ping {
+        seq: 7,
+        from: Ident { node_id: name(1), generation: 1_764_000_000_000, incarnation: 2 },
+        rumors: vec![Rumor { node_id: name(2), generation: 3, incarnation: 1, kind: RumorKind::Suspect }],
+    };
+    let bytes = encode(&ping).unwrap();
+    assert_eq!(decode::<ProbeMessage>(&bytes, MAX_PROBE_BYTES).unwrap(), ping);
+    for cut in 0..bytes.len() {
+        assert!(decode::<ProbeMessage>(&bytes[..cut], MAX_PROBE_BYTES).is_err(), "cut at {cut}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        decode::<ProbeMessage>(&long, MAX_PROBE_BYTES),
+        Err(CodecError::TrailingBytes { trailing: 1 })
+    ));
+    // Ping, seq 7, then a node id claiming 2^64 - 1 bytes (varint 0xff + u64 max).
+    let mut hostile = vec![0u8, 7, 0xff];
+    hostile.extend_from_slice(&u64::MAX.to_le_bytes());
+    assert!(decode::<ProbeMessage>(&hostile, MAX_PROBE_BYTES).is_err());
+    // A rumor list claiming 2^32 entries in a 20-byte message.
+    let mut many = encode(&ProbeMessage::Rumors { rumors: vec![] }).unwrap();
+    many.truncate(1);
+    many.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0xff]);
+    assert!(decode::<ProbeMessage>(&many, MAX_PROBE_BYTES).is_err());
+}
+
+proptest::proptest! {
+    #[test]
+    fn random_probe_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let _ = crate::codec::decode::<ProbeMessage>(&bytes, MAX_PROBE_BYTES);
+    }
+}

@@ -31,8 +31,10 @@ pub struct GossipArgs {
     /// Seconds of idle traffic counted per size.
     #[arg(long, default_value_t = 30)]
     pub measure_secs: u64,
-    /// Seconds to wait after all nodes are live everywhere, before counting.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds to wait after all nodes are live everywhere, before counting: by 60 s every
+    /// node of 50 has opened its connections to the others (one a second), as in a
+    /// cluster that has run for a while.
+    #[arg(long, default_value_t = 60)]
     pub settle_secs: u64,
     /// nftables table (`FAMILY NAME`) holding the named counters `quic` and `codec`.
     #[arg(long)]
@@ -127,6 +129,17 @@ async fn measure(n: usize, args: &GossipArgs) -> anyhow::Result<Sample> {
     let deadline = start + Duration::from_secs(120);
     while !nodes.iter().all(|node| node.membership.live_watcher().borrow().len() == n) {
         if Instant::now() > deadline {
+            for node in &nodes {
+                let m = node.membership.members().await;
+                let dead: Vec<String> = m.dead.iter().map(|m| m.node_id.clone()).collect();
+                eprintln!(
+                    "DEBUG {}: live {} not live {:?} stats {:?}",
+                    node.membership.self_member().node_id,
+                    m.live.len(),
+                    dead,
+                    node.handle.stats()
+                );
+            }
             bail!("{n} nodes: not all live everywhere within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -149,6 +162,19 @@ async fn measure(n: usize, args: &GossipArgs) -> anyhow::Result<Sample> {
     let (quic1, codec1, stats1) = (read("quic")?, read("codec")?, sent(&nodes));
     let secs = t0.elapsed().as_secs_f64();
     let live_at_end = nodes.iter().all(|node| node.membership.live_watcher().borrow().len() == n);
+    if !live_at_end {
+        for node in &nodes {
+            let m = node.membership.members().await;
+            if !m.dead.is_empty() {
+                let dead: Vec<String> = m.dead.iter().map(|m| m.node_id.clone()).collect();
+                eprintln!(
+                    "at the end {} sees as not live: {:?}",
+                    node.membership.self_member().node_id,
+                    dead
+                );
+            }
+        }
+    }
     for node in &nodes {
         node.handle.close();
     }

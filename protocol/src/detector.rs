@@ -16,15 +16,18 @@
 //! telling everyone; one that does not within `suspicion_timeout` is *dead* on every node
 //! that heard the suspicion (and the suspecting node tells everyone again).
 //!
-//! Rules (PROTOCOL.md, "Failure detection"):
-//! - A member is live only with direct evidence: a member learned from gossip is
-//!   *unconfirmed* until it answers a ping (or a rumor says alive).
+//! Rules (PROTOCOL.md, "Membership and failure detection"):
+//! - A member learned from gossip starts alive, unless a published verdict says it is dead
+//!   (every node publishes the members it holds dead in its gossip keys, see
+//!   [`Detector::dead_verdicts`]; a joining node gets them with the rest of the state, and
+//!   they repair a lost death announcement). A member wrongly taken for alive is in some
+//!   node's ring and is probed like any other.
 //! - Rumors about a member order by (generation, incarnation); within one, dead beats
 //!   suspect beats alive, and only the member itself raises its incarnation (refutation).
-//! - A dead member is pinged again with a back-off (1 s doubling to 8 s) carrying the news of
-//!   its death, so a partition that heals, or a false death, ends with a refutation; an
-//!   unconfirmed one that does not answer stays unconfirmed and is pinged with the same
-//!   back-off (nobody declared it dead, so there is nothing to refute).
+//! - A dead member is pinged again by its `monitors` ring predecessors only (not by every
+//!   node: a dial to a dead address costs a QUIC Initial of 1,200 bytes), with a back-off
+//!   of 1 s doubling to 8 s, carrying the news of its death: a partition that heals, or a
+//!   false death, ends in a refutation.
 //!
 //! Time is passed in; nothing here sleeps, spawns or does I/O.
 
@@ -135,8 +138,6 @@ pub enum ProbeMessage {
 /// What the detector thinks of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
-    /// Learned from gossip, no answer yet: not live.
-    Unconfirmed,
     Alive,
     /// Failed a probe; live until the suspicion times out or is refuted.
     Suspect,
@@ -191,6 +192,11 @@ struct Relay {
 pub struct Outgoing {
     pub to: SocketAddr,
     pub message: ProbeMessage,
+    /// Whether to dial the peer when no connection is open. Only pings (and the ping
+    /// requests that stand in for them) dial; news goes over the connections there are
+    /// (a death announced to 50 members must not cost 50 handshakes at once), and the
+    /// published verdicts carry it to the rest.
+    pub dial: bool,
 }
 
 /// The detector of one node.
@@ -204,8 +210,7 @@ pub struct Detector {
     next_seq: u32,
     rumors: Vec<(Rumor, Instant)>,
     out: Vec<Outgoing>,
-    /// Addresses whose connection should be dropped (the member died: a restart there
-    /// must get a fresh connection).
+    /// Addresses whose connection should be dropped (the member restarted there).
     closed: Vec<SocketAddr>,
     changed: bool,
     rng: u64,
@@ -239,6 +244,11 @@ impl Detector {
         self.members.iter().map(|(id, m)| (id.as_str(), m.generation, m.health))
     }
 
+    /// The live members (alive or suspect) and their addresses, by node id.
+    pub fn live_members(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.members.iter().filter(|(_, m)| m.health.is_live()).map(|(id, m)| (id.as_str(), m.addr))
+    }
+
     /// Whether `node_id` at `generation` counts as live.
     pub fn is_live(&self, node_id: &str, generation: u64) -> bool {
         self.members.get(node_id).is_some_and(|m| m.generation == generation && m.health.is_live())
@@ -254,14 +264,14 @@ impl Detector {
         std::mem::take(&mut self.out)
     }
 
-    /// Addresses of members that died since the last call.
+    /// Addresses of members that restarted (a new generation) since the last call.
     pub fn take_closed(&mut self) -> Vec<SocketAddr> {
         std::mem::take(&mut self.closed)
     }
 
     /// The members gossip knows (the newest generation of each node, without this node and
-    /// nodes that left). New ones are probed at once; missing ones are forgotten.
-    pub fn set_members(&mut self, now: Instant, peers: &[Peer]) {
+    /// nodes that left). New ones start alive; missing ones are forgotten.
+    pub fn set_members(&mut self, peers: &[Peer]) {
         let known: BTreeSet<&str> = peers.iter().map(|p| p.node_id.as_str()).collect();
         let mut dropped_live = false;
         self.members.retain(|id, m| {
@@ -279,24 +289,48 @@ impl Detector {
                 Some(m) if m.generation > p.generation => {}
                 Some(m) if m.generation == p.generation => m.addr = p.addr,
                 current => {
-                    if current.is_some_and(|m| m.health.is_live()) {
-                        self.changed = true;
+                    if let Some(old) = current {
+                        // A restart: the connection to the old process cannot reach the new
+                        // one (it does not know the old connection's reset token).
+                        self.closed.push(old.addr);
                     }
+                    self.changed = true;
                     self.members.insert(
                         p.node_id.clone(),
                         Member {
                             generation: p.generation,
                             addr: p.addr,
                             incarnation: 0,
-                            health: Health::Unconfirmed,
+                            health: Health::Alive,
                             suspect: None,
-                            next_ping: Some(now),
+                            next_ping: None,
                             recheck: RECHECK.0,
                         },
                     );
                 }
             }
         }
+    }
+
+    /// The members this node holds dead, as rumors to publish (sorted by node id).
+    pub fn dead_verdicts(&self) -> Vec<Rumor> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.health == Health::Dead)
+            .map(|(id, m)| Rumor {
+                node_id: id.clone(),
+                generation: m.generation,
+                incarnation: m.incarnation,
+                kind: RumorKind::Dead,
+            })
+            .collect()
+    }
+
+    /// Applies what other nodes published: their verdicts (one about this node is refuted)
+    /// and their own incarnations (alive rumors about themselves, so a refutation reaches
+    /// every node, not only those its announcement did).
+    pub fn apply_verdicts(&mut self, now: Instant, verdicts: &[Rumor]) {
+        self.apply_all(now, verdicts);
     }
 
     /// Handles a message from the peer at `addr` whose certificate names `node_id`. A
@@ -451,9 +485,8 @@ impl Detector {
                 self.remember(now, rumor.clone());
                 self.broadcast(now, rumor, Some(target));
             }
-            Health::Unconfirmed | Health::Dead => {
-                // Not answering: nothing to tell others (an unconfirmed member was never
-                // live; they probe it themselves). Checked again with a back-off.
+            Health::Dead => {
+                // Still not answering: checked again with a back-off.
                 m.next_ping = Some(now + m.recheck);
                 m.recheck = (m.recheck * 2).min(RECHECK.1);
             }
@@ -461,10 +494,11 @@ impl Detector {
         }
     }
 
-    /// Pings the watched members whose interval is up, and dead or unconfirmed ones whose
-    /// recheck is due.
+    /// Pings the watched members whose interval is up, and the dead ones this node
+    /// rechecks whose back-off is up.
     fn ping_due(&mut self, now: Instant) {
         let watched = self.watched();
+        let rechecked: BTreeSet<String> = self.rechecked().into_iter().map(str::to_owned).collect();
         let busy: BTreeSet<String> = self.probes.values().map(|p| p.target.clone()).collect();
         let interval = self.config.probe_interval;
         let mut due = Vec::new();
@@ -478,6 +512,7 @@ impl Detector {
                     self.rng = splitmix(self.rng);
                     m.next_ping = Some(now + jitter);
                 }
+                Health::Dead if !rechecked.contains(id.as_str()) => continue,
                 _ => {}
             }
             if m.next_ping.is_some_and(|at| at <= now) && !busy.contains(id) {
@@ -485,7 +520,7 @@ impl Detector {
                 m.next_ping = match m.health {
                     Health::Alive | Health::Suspect => Some(now + interval),
                     // Rescheduled by the probe's outcome.
-                    Health::Unconfirmed | Health::Dead => None,
+                    Health::Dead => None,
                 };
             }
         }
@@ -512,15 +547,33 @@ impl Detector {
         (0..self.config.monitors.min(live.len())).map(|i| live[(start + i) % live.len()].clone()).collect()
     }
 
+    /// The dead members this node rechecks: those it would watch if they were live, i.e.
+    /// it is among the `monitors` ring nodes (itself included) before them.
+    fn rechecked(&self) -> Vec<&str> {
+        let mut ring: Vec<&str> =
+            self.members.iter().filter(|(_, m)| m.health.is_live()).map(|(id, _)| id.as_str()).collect();
+        ring.push(self.me.node_id.as_str());
+        ring.sort_unstable();
+        let k = self.config.monitors.min(ring.len());
+        self.members
+            .iter()
+            .filter(|(_, m)| m.health == Health::Dead)
+            .map(|(id, _)| id.as_str())
+            .filter(|dead| {
+                // The k ring nodes before `dead`, wrapping around.
+                let at = ring.partition_point(|id| id < dead);
+                (1..=k).any(|i| ring[(at + ring.len() - i) % ring.len()] == self.me.node_id)
+            })
+            .collect()
+    }
+
     /// A direct message from `from` proves that process is running.
     fn observe(&mut self, now: Instant, from: &Ident) {
         let Some(m) = self.members.get_mut(&from.node_id) else { return };
         if from.generation < m.generation {
             return;
         }
-        let newer = from.generation > m.generation || from.incarnation > m.incarnation;
-        let confirm = m.health == Health::Unconfirmed && from.incarnation >= m.incarnation;
-        if newer || confirm {
+        if from.generation > m.generation || from.incarnation > m.incarnation {
             let rumor = Rumor {
                 node_id: from.node_id.clone(),
                 generation: from.generation,
@@ -571,12 +624,9 @@ impl Detector {
         let newer_generation = r.generation > m.generation;
         let takes = newer_generation
             || match r.kind {
-                RumorKind::Alive => {
-                    r.incarnation > m.incarnation
-                        || (m.health == Health::Unconfirmed && r.incarnation >= m.incarnation)
-                }
+                RumorKind::Alive => r.incarnation > m.incarnation,
                 RumorKind::Suspect => match m.health {
-                    Health::Alive | Health::Unconfirmed => r.incarnation >= m.incarnation,
+                    Health::Alive => r.incarnation >= m.incarnation,
                     Health::Suspect | Health::Dead => r.incarnation > m.incarnation,
                 },
                 RumorKind::Dead => {
@@ -598,9 +648,6 @@ impl Detector {
         m.suspect = (r.kind == RumorKind::Suspect).then_some((now, false));
         m.recheck = RECHECK.0;
         m.next_ping = (r.kind == RumorKind::Dead).then_some(now + RECHECK.0);
-        if r.kind == RumorKind::Dead {
-            self.closed.push(m.addr);
-        }
         if was_live != m.health.is_live() || newer_generation {
             self.changed = true;
         }
@@ -650,7 +697,8 @@ impl Detector {
     }
 
     fn send(&mut self, to: SocketAddr, message: ProbeMessage) {
-        self.out.push(Outgoing { to, message });
+        let dial = !matches!(message, ProbeMessage::Rumors { .. });
+        self.out.push(Outgoing { to, message, dial });
     }
 
     fn seq(&mut self) -> u32 {
@@ -662,6 +710,43 @@ impl Detector {
         self.rng = splitmix(self.rng);
         self.rng
     }
+}
+
+/// Verdicts as a gossip value: `node@generation.incarnation`, space-separated, cut at
+/// `max_bytes` (a node that misses a verdict probes or hears the member itself).
+pub fn encode_verdicts(verdicts: &[Rumor], max_bytes: usize) -> String {
+    let mut out = String::new();
+    for v in verdicts.iter().filter(|v| v.kind == RumorKind::Dead) {
+        let item = format!("{}@{}.{}", v.node_id, v.generation, v.incarnation);
+        if out.len() + item.len() + 1 > max_bytes {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&item);
+    }
+    out
+}
+
+/// Reads verdicts published by a peer; malformed items are skipped (peer bytes are data).
+pub fn parse_verdicts(value: &str) -> Vec<Rumor> {
+    value
+        .split_ascii_whitespace()
+        .filter_map(|item| {
+            let (node_id, rest) = item.rsplit_once('@')?;
+            if node_id.is_empty() {
+                return None;
+            }
+            let (generation, incarnation) = rest.split_once('.')?;
+            Some(Rumor {
+                node_id: node_id.to_owned(),
+                generation: generation.parse().ok()?,
+                incarnation: incarnation.parse().ok()?,
+                kind: RumorKind::Dead,
+            })
+        })
+        .collect()
 }
 
 fn splitmix(x: u64) -> u64 {

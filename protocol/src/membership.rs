@@ -29,7 +29,7 @@ use chitchat::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::detector::{Detector, DetectorConfig, Peer, ProbeMessage, MAX_PROBE_BYTES};
+use crate::detector::{self, Detector, DetectorConfig, Peer, ProbeMessage, MAX_PROBE_BYTES};
 use crate::transport::{ProbeRx, TransportHandle};
 
 /// The largest value of a key: chitchat silently stops propagating a node's later keys once
@@ -39,6 +39,10 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 pub const MAX_KEY_BYTES: usize = 256;
 /// Set by a node that leaves gracefully; such a node no longer counts as live.
 pub const LEFT_KEY: &str = "left";
+/// The members this node's failure detector holds dead (`node@generation.incarnation`).
+pub const DEAD_KEY: &str = "detector.dead";
+/// This node's incarnation, when above 0: raised to refute a suspicion or a death.
+pub const INCARNATION_KEY: &str = "detector.incarnation";
 /// Gossip rounds whose digests go out after news.
 pub const NEWS_ROUNDS: u32 = 3;
 /// How often the detector's timers run.
@@ -47,6 +51,14 @@ const DETECTOR_TICK: Duration = Duration::from_millis(10);
 const REFRESH: Duration = Duration::from_millis(50);
 /// Probe datagrams queued per peer before new ones are dropped.
 const PROBE_QUEUE: usize = 8;
+/// How often one more connection to a live member is opened, up to [`MESH_MAX`]: news of
+/// a suspicion or a death goes straight to every member over the open connections, and
+/// a connection kept open costs a keep-alive every 2 minutes, where one opened on demand
+/// costs a TLS handshake (≈ 5 KB). Spread out so a starting node does not dial everyone at
+/// once.
+const MESH_DIAL: Duration = Duration::from_secs(1);
+/// Connections opened this way at most (past it, published verdicts carry the news).
+const MESH_MAX: usize = 64;
 
 /// Errors of membership operations. Each says whether state changed.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +219,11 @@ impl Membership {
             gossip_interval: config.gossip_interval,
             fingerprint: None,
             published: Vec::new(),
+            verdicts: String::new(),
+            incarnation: 0,
             senders: BTreeMap::new(),
+            mesh_dial: None,
+            next_mesh_dial: Instant::now(),
         };
         let driver = tokio::spawn(driver.run(probes));
         Ok(Self {
@@ -345,7 +361,13 @@ struct Driver {
     fingerprint: Option<u64>,
     /// The (id, max version) of what the live view last published.
     published: Vec<(ChitchatId, u64)>,
-    senders: BTreeMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// The dead verdicts and incarnation this node last published.
+    verdicts: String,
+    incarnation: u64,
+    senders: BTreeMap<SocketAddr, mpsc::Sender<(Vec<u8>, bool)>>,
+    /// The mesh dial in flight, if any.
+    mesh_dial: Option<tokio::task::JoinHandle<()>>,
+    next_mesh_dial: Instant,
 }
 
 impl Driver {
@@ -369,6 +391,10 @@ impl Driver {
                         refresh_at = now + REFRESH;
                         self.refresh(now).await;
                     }
+                    if now >= self.next_mesh_dial {
+                        self.next_mesh_dial = now + MESH_DIAL;
+                        self.grow_mesh();
+                    }
                 }
             }
             self.flush();
@@ -384,17 +410,41 @@ impl Driver {
         for out in self.detector.take_outgoing() {
             let Ok(bytes) = crate::codec::encode(&out.message) else { continue };
             let sender = self.senders.entry(out.to).or_insert_with(|| {
-                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PROBE_QUEUE);
+                let (tx, mut rx) = mpsc::channel::<(Vec<u8>, bool)>(PROBE_QUEUE);
                 let (transport, to) = (self.transport.clone(), out.to);
                 tokio::spawn(async move {
-                    while let Some(bytes) = rx.recv().await {
+                    while let Some((bytes, dial)) = rx.recv().await {
                         // A lost probe is a failed probe: nothing to retry.
-                        let _ = transport.send_probe(to, bytes).await;
+                        let _ = transport.send_probe(to, bytes, dial).await;
                     }
                 });
                 tx
             });
-            let _ = sender.try_send(bytes);
+            let _ = sender.try_send((bytes, out.dial));
+        }
+    }
+
+    /// Opens a connection to one more live member (the next unconnected one after this
+    /// node on the ring), one dial at a time.
+    fn grow_mesh(&mut self) {
+        if self.mesh_dial.as_ref().is_some_and(|d| !d.is_finished()) {
+            return;
+        }
+        let me = self.detector.me().node_id.clone();
+        let live: Vec<(String, SocketAddr)> =
+            self.detector.live_members().map(|(id, addr)| (id.to_owned(), addr)).collect();
+        if live.iter().filter(|(_, addr)| self.transport.is_connected(*addr)).count() >= MESH_MAX {
+            return;
+        }
+        let start = live.partition_point(|(id, _)| *id < me);
+        let next = (0..live.len())
+            .map(|i| &live[(start + i) % live.len()])
+            .find(|(_, addr)| !self.transport.is_connected(*addr));
+        if let Some((_, addr)) = next {
+            let (transport, addr) = (self.transport.clone(), *addr);
+            self.mesh_dial = Some(tokio::spawn(async move {
+                let _ = transport.connect(addr).await;
+            }));
         }
     }
 
@@ -402,7 +452,22 @@ impl Driver {
     /// the live view.
     async fn refresh(&mut self, now: Instant) {
         let chitchat = self.chitchat.clone();
-        let chitchat = chitchat.lock().await;
+        let mut chitchat = chitchat.lock().await;
+        // This node's verdicts first, so the fingerprint below sees the change as news.
+        let verdicts = detector::encode_verdicts(&self.detector.dead_verdicts(), MAX_VALUE_BYTES);
+        if verdicts != self.verdicts {
+            if verdicts.is_empty() {
+                chitchat.self_node_state().delete(DEAD_KEY);
+            } else {
+                chitchat.self_node_state().set(DEAD_KEY, &verdicts);
+            }
+            self.verdicts = verdicts;
+        }
+        let incarnation = self.detector.me().incarnation;
+        if incarnation != self.incarnation {
+            chitchat.self_node_state().set(INCARNATION_KEY, incarnation);
+            self.incarnation = incarnation;
+        }
         let me = chitchat.self_chitchat_id().clone();
         let mut newest: BTreeMap<&str, Known<'_>> = BTreeMap::new();
         let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
@@ -434,7 +499,19 @@ impl Driver {
                 addr: k.id.gossip_advertise_addr,
             })
             .collect();
-        self.detector.set_members(now, &peers);
+        self.detector.set_members(&peers);
+        let others = || newest.values().filter(|k| k.id.node_id != me.node_id);
+        let mut published: Vec<detector::Rumor> =
+            others().filter_map(|k| k.state.get(DEAD_KEY)).flat_map(detector::parse_verdicts).collect();
+        published.extend(others().filter_map(|k| {
+            Some(detector::Rumor {
+                node_id: k.id.node_id.to_string(),
+                generation: k.id.generation_id,
+                incarnation: k.state.get(INCARNATION_KEY)?.parse().ok()?,
+                kind: detector::RumorKind::Alive,
+            })
+        }));
+        self.detector.apply_verdicts(now, &published);
         self.detector.take_changed();
 
         let live: Vec<&Known<'_>> = newest

@@ -36,7 +36,7 @@ impl Net {
         let nodes = (0..n)
             .map(|i| {
                 let mut d = Detector::new(DetectorConfig::default(), &name(i), 1, 7 + i as u64);
-                d.set_members(start, &peers);
+                d.set_members(&peers);
                 d
             })
             .collect();
@@ -121,11 +121,10 @@ impl Net {
 }
 
 #[test]
-fn members_are_confirmed_by_an_answer_then_watched_by_their_ring_predecessors() {
+fn members_start_live_and_are_watched_by_their_ring_predecessors() {
     let mut net = Net::new(6);
-    assert!(net.live_on(0).is_empty(), "members learned from gossip are not live before they answer");
-    net.until(Duration::from_millis(100), |n| n.healthy(&[])).expect("all confirmed at once");
-    // Each node now pings exactly its two ring successors: n05 watches n00 and n01.
+    assert!(net.healthy(&[]), "members learned from gossip start live");
+    // Each node pings exactly its two ring successors: n05 watches n00 and n01.
     assert_eq!(net.nodes[5].watched(), ["n00", "n01"].map(String::from).into());
     assert_eq!(net.nodes[1].watched(), ["n02", "n03"].map(String::from).into());
     let before = net.sent_bytes;
@@ -217,13 +216,46 @@ fn a_healed_partition_and_a_restart_bring_nodes_back() {
     net.peers[4].generation = 2;
     net.nodes[4] = Detector::new(DetectorConfig::default(), &name(4), 2, 99);
     let peers = net.peers.clone();
-    let now = net.now;
     for d in &mut net.nodes {
-        d.set_members(now, &peers);
+        d.set_members(&peers);
     }
     net.down.remove(&4);
     net.until(Duration::from_secs(2), |n| n.healthy(&[])).expect("the new generation is live everywhere");
     assert!(net.nodes[0].is_live(&name(4), 2) && !net.nodes[0].is_live(&name(4), 1));
+}
+
+#[test]
+fn a_joining_node_takes_published_verdicts_and_only_ring_predecessors_recheck_the_dead() {
+    let mut net = Net::new(8);
+    net.run_for(Duration::from_secs(1));
+    net.down.insert(5);
+    net.until(Duration::from_secs(3), |n| n.healthy(&[5])).expect("n05 seen dead");
+    let verdicts = net.nodes[0].dead_verdicts();
+    assert_eq!(verdicts.len(), 1);
+    let published = encode_verdicts(&verdicts, 16 * 1024);
+    assert_eq!(parse_verdicts(&published), verdicts);
+    // n03 and n04 come before n05 on the ring of the 7 live nodes: only they ping it.
+    let pings_to_dead = |net: &Net| -> Vec<usize> {
+        (0..8).filter(|i| net.nodes[*i].rechecked().contains(&name(5).as_str())).collect()
+    };
+    assert_eq!(pings_to_dead(&net), vec![3, 4]);
+
+    // A node restarted with no memory learns the members from gossip: it would take n05
+    // for alive (and nobody would ever probe it for it: n05 is in no other node's ring),
+    // but the verdicts others publish say otherwise.
+    let mut fresh = Detector::new(DetectorConfig::default(), &name(0), 2, 5);
+    fresh.set_members(&net.peers);
+    assert!(fresh.is_live(&name(5), 1));
+    fresh.apply_verdicts(net.now, &parse_verdicts(&published));
+    assert!(!fresh.is_live(&name(5), 1));
+    // A stale verdict about a node that runs is refuted by that node.
+    let before = net.nodes[2].me().incarnation;
+    let stale = Rumor { node_id: name(2), generation: 1, incarnation: before, kind: RumorKind::Dead };
+    net.nodes[2].apply_verdicts(net.now, &[stale]);
+    assert_eq!(net.nodes[2].me().incarnation, before + 1);
+    // Malformed published values are skipped, never a panic.
+    assert_eq!(parse_verdicts("n1 @ n2@x.1 n3@1 n4@1.2.3 @1.1"), vec![]);
+    assert_eq!(encode_verdicts(&verdicts, 5), "");
 }
 
 #[test]

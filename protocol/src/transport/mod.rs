@@ -337,16 +337,36 @@ impl TransportHandle {
         self.inner.shared.probe_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Sends one probe datagram to `addr` (dialing if needed): unreliable, like the UDP
-    /// probes of SWIM, so a lost one is a failed probe.
-    pub async fn send_probe(&self, addr: SocketAddr, bytes: Vec<u8>) -> Result<(), TransportError> {
-        let conn = self.connection(addr, None).await?;
+    /// Sends one probe datagram to `addr`, dialing if needed and `dial` allows it:
+    /// unreliable, like the UDP probes of SWIM, so a lost one is a failed probe.
+    pub async fn send_probe(
+        &self,
+        addr: SocketAddr,
+        bytes: Vec<u8>,
+        dial: bool,
+    ) -> Result<(), TransportError> {
+        let shared = &self.inner.shared;
+        let conn = match shared.registry.get(addr) {
+            Some((conn, _)) if !shared.is_blocked(&addr) => conn,
+            _ if dial => self.connection(addr, None).await?,
+            _ => return Err(TransportError::Connection { addr, detail: "not connected".into() }),
+        };
         conn.send_datagram(bytes.into()).map_err(|e| {
             if matches!(e, quinn::SendDatagramError::ConnectionLost(_)) {
                 self.inner.shared.registry.forget(addr, &conn);
             }
             TransportError::Connection { addr, detail: e.to_string() }
         })
+    }
+
+    /// Whether a connection to `addr` is open.
+    pub fn is_connected(&self, addr: SocketAddr) -> bool {
+        self.inner.shared.registry.get(addr).is_some()
+    }
+
+    /// Dials `addr` unless a connection is open (within [`CONNECT_TIMEOUT`]).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<(), TransportError> {
+        self.connection(addr, None).await.map(drop)
     }
 
     /// Closes the connection to `addr` (the peer died; a new process there gets a new one).

@@ -133,7 +133,7 @@ async fn measure(n: usize, args: &GossipArgs) -> anyhow::Result<Sample> {
                 let m = node.membership.members().await;
                 let dead: Vec<String> = m.dead.iter().map(|m| m.node_id.clone()).collect();
                 eprintln!(
-                    "DEBUG {}: live {} not live {:?} stats {:?}",
+                    "{} sees {} live, not live: {:?}; {:?}",
                     node.membership.self_member().node_id,
                     m.live.len(),
                     dead,

@@ -350,7 +350,9 @@ impl Runtime {
     }
 
     /// Deletes the container: kills what is left, removes libcontainer state, unmounts
-    /// the rootfs, and removes the bundle, upper/work dirs and cgroup directories.
+    /// the rootfs if the node's mount table has it (only containers started by an older
+    /// peer: the overlay now lives in the container's own mount namespace, `helper`),
+    /// and removes the bundle, upper/work dirs and cgroup directories.
     /// Fine if nothing exists.
     pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
         validate_id(id)?;

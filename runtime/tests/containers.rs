@@ -75,6 +75,12 @@ async fn stop_escalates_restart_keeps_writes_and_exec_joins() {
     let spec = f.spec("stop1", "echo data > /state; echo ready; exec sleep 1000");
     let started = f.runtime.run_container(&spec, &f.image).await.expect("run");
     f.wait_for_log("stop1", "ready").await;
+    // The rootfs overlay lives only in the container's mount namespace (the node's mount
+    // table stays short); its writes land in the upper dir on disk all the same.
+    let bundle = f.base.join("root/containers/stop1");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mountinfo.contains(&bundle.display().to_string()), "rootfs in the node's mount table");
+    assert_eq!(fs::read_to_string(bundle.join("upper/state")).expect("upper/state"), "data\n");
     assert_eq!(
         f.runtime.inspect("stop1").expect("inspect"),
         ContainerStatus::Running { pid: started.pid, start_time: started.start_time }

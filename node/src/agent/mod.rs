@@ -381,7 +381,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 continue;
             }
             Input::Exit(e) => agent.handle_exit(e),
-            Input::Task(t) => agent.handle_task(t),
+            Input::Task(t) => {
+                // A burst of creates finishes as a burst: take every result that is
+                // already waiting, then reconcile once for all of them.
+                agent.handle_task(t);
+                while let Ok(t) = task_rx.try_recv() {
+                    agent.handle_task(t);
+                }
+            }
             Input::Tick => {
                 while agent.jobs.try_join_next().is_some() {}
                 agent.probes.reap();

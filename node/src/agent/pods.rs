@@ -178,20 +178,20 @@ struct StartJob {
 
 impl StartJob {
     async fn run(self, tx: tokio::sync::mpsc::UnboundedSender<super::TaskResult>) {
-        let netns = if self.host_network {
-            Ok(None)
-        } else {
-            match self.runtime.ensure_pod_netns(&self.sandbox).await {
-                Err(e) => Err(e.to_string()),
-                Ok(path) => match self.address {
-                    None => Ok(Some(path)),
-                    // Idempotent: a restarted container finds its pod attached already.
-                    Some((ip, len, gateway)) => runtime::net::Net::host()
-                        .attach_pod(&self.sandbox, &path, ip, len, gateway)
-                        .await
-                        .map(|()| Some(path))
-                        .map_err(|e| e.to_string()),
-                },
+        let netns = match (self.host_network, self.address) {
+            (true, _) => Ok(None),
+            // Makes the namespace too when there is none yet, on the same thread as the
+            // veth pair. Idempotent: a restarted container finds its pod attached already.
+            (false, Some((ip, len, gateway))) => {
+                let path = self.runtime.pod_netns_path(&self.sandbox);
+                runtime::net::Net::host()
+                    .attach_pod(&self.sandbox, &path, ip, len, gateway)
+                    .await
+                    .map(|()| Some(path))
+                    .map_err(|e| e.to_string())
+            }
+            (false, None) => {
+                self.runtime.ensure_pod_netns(&self.sandbox).await.map(Some).map_err(|e| e.to_string())
             }
         };
         for (name, image, policy, mut spec) in self.specs {

@@ -30,7 +30,9 @@ pub fn host_veth_name(pod_id: &str) -> String {
 
 impl Net {
     /// Connects the pod whose network namespace is bind-mounted at `netns` to the bridge
-    /// that has address `gateway` (see [`Net::setup_node_network`]); idempotent.
+    /// that has address `gateway` (see [`Net::setup_node_network`]); idempotent. When
+    /// there is no namespace at `netns` yet, it makes one first (only `lo`, up, as
+    /// `Runtime::ensure_pod_netns` does).
     ///
     /// The host end, [`host_veth_name`]`(pod_id)`, joins the bridge in hairpin mode and goes up; the other
     /// end is created directly inside the pod's namespace as `eth0` with exactly one IPv4
@@ -86,9 +88,21 @@ fn attach(
     })?;
     let here = File::open("/proc/thread-self/ns/net")
         .map_err(|e| setns_error(object, "/proc/thread-self/ns/net".into(), e))?;
-    let pod_ns = File::open(netns).map_err(|e| setns_error(object, netns.to_owned(), e))?;
-    let mut pod = in_pod(object, netns, || Rtnl::open(object))?;
+    let mut pod = if crate::netns::is_netns(netns) {
+        in_pod(object, netns, || Rtnl::open(object))?
+    } else {
+        // A new pod: its namespace is made on this thread, which is then inside it, so
+        // a pod start costs one short-lived thread instead of one for the namespace
+        // and one for the veth pair.
+        crate::netns::create(netns).map_err(|e| Error::Net {
+            object: object.to_owned(),
+            command: format!("create network namespace {}", netns.display()),
+            message: e.to_string(),
+        })?;
+        Rtnl::open(object)?
+    };
     back(object, &here)?;
+    let pod_ns = File::open(netns).map_err(|e| setns_error(object, netns.to_owned(), e))?;
 
     let pod_eth0 = pod.link_index(POD_IF)?;
     let host_link = host.link_index(&host_name)?;

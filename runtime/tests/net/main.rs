@@ -59,8 +59,13 @@ async fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
     let (host_ns, net) = host(&lab, "host", 7).await;
     net.setup_node_network(&node_net(7)).await.expect("setting up again is fine");
     let a = pod(&lab, &net, "pod-a", 7, 2).await;
-    let b = pod(&lab, &net, "pod-b", 7, 3).await;
+    // Attaching a pod that has no namespace yet makes one (`lo` up) on the way.
+    let b = lab.runtime.pod_netns_path("pod-b");
+    net.attach_pod("pod-b", &b, pod_ip(7, 3), 24, pod_ip(7, 1))
+        .await
+        .expect("attach pod without a namespace");
     net.attach_pod("pod-a", &a, pod_ip(7, 2), 24, pod_ip(7, 1)).await.expect("attaching again is fine");
+    assert!(ip(&b, "link show dev lo").contains("UP"), "lo is up in a namespace made by attach_pod");
 
     let _server_b = Server::start(&b, Ipv4Addr::UNSPECIFIED, 8080, "b");
     let _server_gw = Server::start(&host_ns, pod_ip(7, 1), 9000, "gw");

@@ -50,6 +50,9 @@ pub struct Runtime {
     cfg: RuntimeConfig,
     cgroups: CgroupVersion,
     swap_accounting: bool,
+    /// The folder of pod network namespaces when it is a mount of its own, so that create
+    /// children can drop the other pods' namespace mounts from their mount tables.
+    own_netns_mount: Option<PathBuf>,
     exit_tx: UnboundedSender<ExitEvent>,
     exit_rx: Mutex<Option<UnboundedReceiver<ExitEvent>>>,
     watchers: Watchers,
@@ -82,8 +85,24 @@ impl Runtime {
         }
         let cgroups = CgroupVersion::detect()
             .map_err(|e| Error::io("runtime", "detect cgroup version of", "/sys/fs/cgroup", e))?;
+        let netns_dir = cfg.root.join("netns");
+        let own_netns_mount = match netns::make_own_mount(&netns_dir) {
+            Ok(true) => Some(netns_dir),
+            Ok(false) => {
+                tracing::info!(
+                    dir = %netns_dir.display(),
+                    "pod network namespaces made before this version; their folder becomes a mount of its own once they are gone (at the latest after a reboot)"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(dir = %netns_dir.display(), "cannot make the pod namespace folder a mount: {e}");
+                None
+            }
+        };
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         Ok(Runtime {
+            own_netns_mount,
             swap_accounting: cgroup::swap_accounting(cgroups),
             cgroups,
             cfg,
@@ -203,6 +222,11 @@ impl Runtime {
             layers: image.layers.clone(),
             upper: paths.upper.clone(),
             work: paths.work.clone(),
+            netns_dir: self.own_netns_mount.clone(),
+            netns: match &spec.network {
+                crate::Network::Namespace(path) => Some(path.clone()),
+                crate::Network::Host => None,
+            },
         };
         let object = format!("container {id}");
         let json = serde_json::to_string(&request)

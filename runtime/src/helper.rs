@@ -40,6 +40,13 @@ pub(crate) struct CreateRequest {
     pub layers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The folder of pod network namespaces, when it is a mount of its own: the child
+    /// unmounts it in its own mount namespace, keeping only `netns`.
+    #[serde(default)]
+    pub netns_dir: Option<PathBuf>,
+    /// The pod's network namespace file (in `netns_dir`) that the container joins.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// The helper's answer to a successful `create`.
@@ -190,6 +197,11 @@ fn create(request: &str) -> Result<String, String> {
     let stdin = File::open("/dev/null").map_err(|e| format!("container {id}: open /dev/null: {e}"))?;
     let rootfs = req.bundle.join("rootfs");
     private_mount_namespace().map_err(|e| format!("container {id}: {e}"))?;
+    if let Some(dir) = &req.netns_dir {
+        let own = req.netns.as_deref().filter(|ns| ns.parent() == Some(dir.as_path()));
+        netns::keep_only(dir, own)
+            .map_err(|e| format!("container {id}: pod network namespaces in {}: {e}", dir.display()))?;
+    }
     overlay::mount_rootfs(&req.layers, &req.upper, &req.work, &rootfs)
         .map_err(|e| format!("container {id}: rootfs: {e}"))?;
     fs::create_dir_all(&req.state_root)
@@ -245,7 +257,8 @@ fn create(request: &str) -> Result<String, String> {
 /// mount points, the rootfs's parent mount), and the kernel formats every line anew,
 /// escaping an overlay's long option string. With each running container's overlay in
 /// the node's namespace, perf put ≈ 2 ms of CPU per create there during a 50-pod start;
-/// without them ≈ 0.5 ms (the pods' network namespace mounts remain; BENCHMARKS.md).
+/// without them ≈ 0.5 ms; the pods' network namespace mounts are dropped next
+/// (`netns::keep_only`; BENCHMARKS.md).
 fn private_mount_namespace() -> Result<(), String> {
     use nix::mount::{mount, MsFlags};
     use nix::sched::{unshare, CloneFlags};

@@ -43,7 +43,10 @@ async fn root_in_pod_netns_cannot_raise_its_limits() {
     let Some(mut f) = fixture("limits") else { return };
     let netns = f.runtime.ensure_pod_netns("pod1").await.expect("netns");
     assert_eq!(f.runtime.ensure_pod_netns("pod1").await.expect("netns again"), netns);
-    let script = "echo id=$(id -u) nets=$(ls /sys/class/net | tr '\\n' ,); \
+    // Another pod's namespace on the node: the create child drops it from its mount table
+    // and must still join pod1's.
+    f.runtime.ensure_pod_netns("pod2").await.expect("netns of another pod");
+    let script = "echo id=$(id -u) nets=$(ls /sys/class/net | tr '\\n' ,) $(readlink /proc/self/ns/net); \
                   mount -t cgroup -o memory cgroup /mnt 2>/dev/null && echo MOUNTED_V1; \
                   mount -t cgroup2 none /mnt 2>/dev/null && echo MOUNTED_V2; \
                   (echo 1073741824 > /sys/fs/cgroup/memory/memory.limit_in_bytes) 2>/dev/null && echo RAISED; \
@@ -56,7 +59,8 @@ async fn root_in_pod_netns_cannot_raise_its_limits() {
     let event = f.next_exit("lim1").await;
     let log = f.log("lim1");
     assert_eq!(event.exit_code, Some(0), "log: {log}");
-    assert_eq!(log, "id=0 nets=lo,\ndone\n");
+    let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&netns).expect("netns file"));
+    assert_eq!(log, format!("id=0 nets=lo, net:[{inode}]\ndone\n"));
     let v1 = Path::new("/sys/fs/cgroup/memory").join(&f.cgroup_parent).join("lim1/memory.limit_in_bytes");
     let v2 = Path::new("/sys/fs/cgroup").join(&f.cgroup_parent).join("lim1/memory.max");
     let limit = fs::read_to_string(&v1).or_else(|_| fs::read_to_string(&v2)).expect("container cgroup");
@@ -64,6 +68,7 @@ async fn root_in_pod_netns_cannot_raise_its_limits() {
 
     f.runtime.remove_pod_netns("pod1").await.expect("remove netns");
     assert!(!netns.exists());
+    f.runtime.remove_pod_netns("pod2").await.expect("remove the other netns");
     f.runtime.remove_pod_netns("pod1").await.expect("removing again is fine");
     f.cleanup(&["lim1"]).await;
 }

@@ -56,6 +56,8 @@ impl Drop for Lab {
         for ns in fs::read_dir(self.base.join("root/netns")).into_iter().flatten().flatten() {
             let _ = nix::mount::umount2(&ns.path(), nix::mount::MntFlags::MNT_DETACH);
         }
+        // The folder itself is a mount of its own (see `Runtime::new`).
+        let _ = nix::mount::umount2(&self.base.join("root/netns"), nix::mount::MntFlags::MNT_DETACH);
         let _ = fs::remove_dir_all(&self.base);
     }
 }

@@ -130,6 +130,10 @@ impl Fixture {
             }
             let _ = fs::remove_dir(dir);
         }
+        // The runtime made its folder of pod network namespaces a mount of its own (as
+        // `ip netns` does with /run/netns); that outlives the containers, as on a node.
+        nix::mount::umount2(&self.base.join("root/netns"), nix::mount::MntFlags::MNT_DETACH)
+            .expect("unmount the pod namespace folder");
         fs::remove_dir_all(&self.base).expect("remove test dir");
     }
 }

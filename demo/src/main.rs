@@ -54,7 +54,8 @@ extern "C" fn on_term(_: libc::c_int) {
 /// $START_DELAY_SECS (default 0) first, like a server with a slow start.
 ///
 /// As PID 1 of its pid namespace the process ignores signals it has no handler for,
-/// so it installs one for SIGTERM and SIGINT and exits 0 on them.
+/// so it installs one for SIGTERM and SIGINT that exits 0. It waits for connections in a
+/// blocking `accept`, as a real server does: an idle replica takes no CPU.
 fn serve() -> Result<(), String> {
     exit_on_term();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
@@ -63,25 +64,49 @@ fn serve() -> Result<(), String> {
     while Instant::now() < ready_at && !TERMINATING.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(20));
     }
+    if TERMINATING.load(Ordering::SeqCst) {
+        return terminated();
+    }
     let listener =
         TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind port {port}: {e}"))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     println!("peer-demo listening on :{port}");
-    while !TERMINATING.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
+    // From here on a SIGTERM ends the process in its handler.
+    // SAFETY: `exit_at_once` only calls async-signal-safe functions (write, _exit).
+    unsafe {
+        libc::signal(libc::SIGTERM, exit_at_once as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, exit_at_once as *const () as libc::sighandler_t);
+    }
+    if TERMINATING.load(Ordering::SeqCst) {
+        return terminated();
+    }
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
                 std::thread::spawn(move || {
                     let _ = handle(stream);
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
             Err(e) => eprintln!("accept: {e}"),
         }
     }
-    println!("peer-demo: terminating");
     Ok(())
+}
+
+const TERMINATING_LINE: &str = "peer-demo: terminating\n";
+
+fn terminated() -> Result<(), String> {
+    print!("{TERMINATING_LINE}");
+    Ok(())
+}
+
+/// The SIGTERM handler while serving: says so and exits 0 (a blocking `accept` would not
+/// look at a flag).
+extern "C" fn exit_at_once(_: libc::c_int) {
+    // SAFETY: write and _exit are async-signal-safe; the buffer is a static string.
+    unsafe {
+        libc::write(libc::STDOUT_FILENO, TERMINATING_LINE.as_ptr().cast(), TERMINATING_LINE.len());
+        libc::_exit(0);
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers that set [`TERMINATING`].

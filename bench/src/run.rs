@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// Keep the agent running (not SIGSTOPped) during the reference batches.
     #[arg(long)]
     pub no_pause_agent: bool,
+    /// Time peer only, without the reference batches (for profiling peer's path).
+    #[arg(long)]
+    pub peer_only: bool,
     /// Where to write all raw measurements as JSON.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -151,6 +154,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     });
                 }
                 agent.remove_and_drain().with_context(|| format!("removing the pods, N={n}, run {run}"))?;
+                if args.peer_only {
+                    continue;
+                }
 
                 let _paused = (!args.no_pause_agent).then(|| Paused::new(args.agent_pid)).transpose()?;
                 let mut batch = |engine, workers, system| -> anyhow::Result<()> {

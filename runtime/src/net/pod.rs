@@ -124,6 +124,7 @@ fn attach(
         command: format!("netlink: get link {host_name}"),
         message: "the veth pair just made is gone".into(),
     })?;
+    host.set_no_link_local(host_index, &host_name)?;
     host.set_up(host_index, &host_name, Some(bridge))?;
     // Hairpin lets a packet leave through the port it came in on. Where br_netfilter is
     // active (Docker and Kubernetes hosts load it; bridged packets then pass the IPv4
@@ -153,6 +154,7 @@ fn configure_pod_side(
         }
     }
     pod.replace_address(eth0, ip_addr, len)?;
+    pod.set_no_link_local(eth0, POD_IF)?;
     pod.set_up(eth0, POD_IF, None)?;
     let lo = pod.link_index("lo")?.ok_or_else(|| missing("lo"))?;
     pod.set_up(lo, "lo", None)?;

@@ -18,8 +18,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressMessageBuffer};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage, LinkMessageBuffer,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkMessageBuffer,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -225,6 +225,19 @@ impl Rtnl {
             Ok(_) | Err(Failed::Errno(ENODEV)) => Ok(()),
             Err(e) => Err(e.error(&self.object, &format!("delete link {name}"))),
         }
+    }
+
+    /// Gives link `index` no IPv6 link-local address when it goes up (`ip link set X
+    /// addrgenmode none`; the kernel refuses it in the request that creates the link, and
+    /// applies it only at the next up). Pods use IPv4: this spares the kernel workers the
+    /// duplicate address detection and multicast reports of every pod's veth ends.
+    pub(super) fn set_no_link_local(&mut self, index: u32, name: &str) -> Result<(), Error> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+        ])]));
+        self.change(&format!("set link {name} addrgenmode none"), RouteNetlinkMessage::SetLink(message), 0)
     }
 
     /// Sets link `index` up, and makes it a port of `controller` when given.

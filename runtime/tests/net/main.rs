@@ -77,6 +77,11 @@ async fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
     let routes = ip(&a, "route show");
     assert!(routes.contains("default via 10.42.7.1 dev eth0"), "{routes}");
     assert_eq!(links(&a), ["lo", "eth0"]);
+    // Pods are IPv4: neither end of the pair gets an IPv6 link-local address (no duplicate
+    // address detection, no multicast reports for every pod started).
+    assert_eq!(ip(&a, "-6 -o addr show dev eth0"), "", "IPv6 on the pod's eth0");
+    let host_end = ip(&host_ns, &format!("-6 -o addr show dev {}", host_veth_name("pod-a")));
+    assert_eq!(host_end, "", "IPv6 on the pod's host veth");
 
     // Detach removes the pair; detaching again is fine.
     let veth_a = host_veth_name("pod-a");

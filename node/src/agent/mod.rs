@@ -288,6 +288,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     agent.sync_folder();
     let mut wake = agent.reconcile();
+    agent.save_folder_state();
     // Folder events mean a writer is done (see `watch`), so the first one rescans at
     // once; the rest of a burst (more files, an editor's several writes) are gathered
     // into one more rescan at most every FOLDER_DEBOUNCE.
@@ -312,6 +313,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.cluster.local_writes(&agent.store, writes);
                 agent.cluster.publish(&agent.store, None).await;
                 wake = agent.reconcile();
+                agent.save_folder_state();
                 agent.publish_claims().await;
                 agent.sync_services();
                 continue;
@@ -433,6 +435,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         agent.cluster.local_writes(&agent.store, writes);
         agent.cluster.publish(&agent.store, None).await;
         wake = agent.reconcile();
+        agent.save_folder_state();
         agent.drain_step();
         agent.publish_claims().await;
         agent.sync_services();
@@ -451,6 +454,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 }
 
 impl Agent {
+    /// Writes the spec folder's state if a sync changed it (after the reconcile that
+    /// starts what the change asked for: see `Folder::save`).
+    fn save_folder_state(&mut self) {
+        if let Err(msg) = self.folder.save() {
+            tracing::error!("{msg}");
+            self.events.warning("specs", "InvalidSpec", &msg);
+        }
+    }
+
     fn sync_folder(&mut self) {
         let outcome = self.folder.sync(&mut self.store);
         for (level, msg) in outcome.messages {

@@ -30,6 +30,7 @@ use nix::sched::{setns, CloneFlags};
 use crate::error::Error;
 
 pub use forward::{Forwarding, HostPortRule, NodePortRule, VirtualService, L4};
+pub use node::bridge_mac;
 pub use pod::host_veth_name;
 
 /// `rtm_protocol` of the routes `setup_node_network` adds (the service range to the bridge).

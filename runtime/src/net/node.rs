@@ -17,7 +17,8 @@ impl Net {
     ///
     /// - the bridge `node.bridge` exists, is up and has exactly one IPv4 address,
     ///   `gateway/prefix_len` (another one, from before the node was re-numbered, is
-    ///   removed; pods attached with old addresses must be attached again);
+    ///   removed; pods attached with old addresses must be attached again), and the MAC
+    ///   address [`bridge_mac`]`(gateway)`, so that no pod joining or leaving changes it;
     /// - `net.ipv4.ip_forward=1`; on the bridge `route_localnet=1` (so connections to
     ///   `127.0.0.1:<nodePort>` can be DNATed to a pod) and `send_redirects=0`;
     /// - a route of the service range to the bridge with source `gateway` (protocol
@@ -46,22 +47,25 @@ impl Net {
 
 fn setup(object: &str, node: &NodeNet) -> Result<(), Error> {
     let bridge = node.bridge.as_str();
-    match cmd::link(object, bridge)? {
-        None => {
-            if let Err(e) = ip(object, &["link", "add", "name", bridge, "type", "bridge"]) {
-                // Another call may have created it meanwhile; the check below decides.
-                if cmd::link(object, bridge)?.is_none() {
-                    return Err(e);
-                }
-            }
-        }
+    let mac = bridge_mac(node.gateway);
+    // The bridge as it was before this call; `None` when this call made it.
+    let existing = match cmd::link(object, bridge)? {
+        None => match ip(object, &["link", "add", "name", bridge, "address", &mac, "type", "bridge"]) {
+            Ok(_) => None,
+            // Another call may have created it meanwhile; the check below decides.
+            Err(e) => Some(cmd::link(object, bridge)?.ok_or(e)?),
+        },
         Some(link) if cmd::link_kind(&link) != Some("bridge") => {
             return Err(Error::InvalidNet {
                 object: object.to_owned(),
                 reason: format!("a link of kind {:?} already has this name", cmd::link_kind(&link)),
             })
         }
-        Some(_) => {}
+        Some(link) => Some(link),
+    };
+    // A bridge older than this rule, or one made by another call, gets its address now.
+    if existing.is_some_and(|link| link["address"].as_str() != Some(mac.as_str())) {
+        ip(object, &["link", "set", "dev", bridge, "address", &mac])?;
     }
     let want = (node.gateway, node.prefix_len);
     for (addr, len) in cmd::ipv4_addrs(object, bridge)? {
@@ -89,6 +93,22 @@ fn setup(object: &str, node: &NodeNet) -> Result<(), Error> {
     ip(object, &["route", "replace", &service, "dev", bridge, "src", &gateway, "proto", &proto])?;
 
     nft(&format!("{object}: nftables table ip {NODE_TABLE}"), &node_table(node))
+}
+
+/// The bridge's MAC address: `0a:58` and the four bytes of its IPv4 address, the
+/// locally administered address Kubernetes' bridge plugins give a node bridge (unique per
+/// node, since each node has its own range).
+///
+/// Why it is set at all: a Linux bridge without an address of its own takes the lowest
+/// MAC address of its ports, so it changes whenever the pod with the lowest one joins or
+/// leaves. The pods keep the old address for their gateway in their neighbour tables for
+/// many seconds, and once its port is gone nothing delivers frames sent to it: every
+/// packet the node's other pods send off the bridge is lost until the node happens to
+/// ask them for their own addresses again. A reply in flight when a pod was stopped was
+/// lost that way, and its client saw a read time-out (`tests/rollout.rs`).
+pub fn bridge_mac(gateway: Ipv4Addr) -> String {
+    let [a, b, c, d] = gateway.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// The whole `ip peer` table as one `nft -f` transaction that replaces it. Pure.
@@ -172,6 +192,15 @@ mod tests {
             }
         "#]]
         .assert_eq(&node_table(&node));
+    }
+
+    #[test]
+    fn bridge_macs_are_locally_administered_unicast_and_differ_per_node() {
+        expect![["0a:58:0a:2a:07:01"]].assert_eq(&bridge_mac(Ipv4Addr::new(10, 42, 7, 1)));
+        let first = u8::from_str_radix(&bridge_mac(Ipv4Addr::new(10, 42, 7, 1))[..2], 16).expect("hex");
+        assert_eq!(first & 0b10, 0b10, "locally administered");
+        assert_eq!(first & 0b1, 0, "unicast");
+        assert_ne!(bridge_mac(Ipv4Addr::new(10, 42, 7, 1)), bridge_mac(Ipv4Addr::new(10, 42, 8, 1)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use lab::{ask, echo, ip, lab, links, open, wait_until, Lab, Server};
 use runtime::net::{
-    host_veth_name, Forwarding, HostPortRule, Net, NodeNet, NodePortRule, VirtualService, L4,
+    bridge_mac, host_veth_name, Forwarding, HostPortRule, Net, NodeNet, NodePortRule, VirtualService, L4,
 };
 
 const CLUSTER: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 42, 0, 0), 16);
@@ -101,6 +101,45 @@ async fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
     net.setup_node_network(&node_net(9)).await.expect("re-number");
     let addrs = ip(&host_ns, "-4 -o addr show dev peer0");
     assert!(addrs.contains("10.42.9.1/24") && !addrs.contains("10.42.7.1"), "{addrs}");
+}
+
+/// The MAC address of link `name` in `ns`.
+fn mac(ns: &Path, name: &str) -> String {
+    ip(ns, &format!("-br link show dev {name}")).split_whitespace().nth(2).expect("a MAC address").to_owned()
+}
+
+#[tokio::test]
+async fn the_gateway_keeps_its_mac_address_when_the_pod_with_the_lowest_one_leaves() {
+    let Some(lab) = lab("bridge-mac") else { return };
+    let (host_ns, net) = host(&lab, "host", 7).await;
+    let _gateway = Server::start(&host_ns, pod_ip(7, 1), 9000, "gw");
+    let ids = ["pod-a", "pod-b", "pod-c"];
+    let mut pods = Vec::new();
+    for (id, last) in ids.into_iter().zip(2..) {
+        pods.push((id, pod(&lab, &net, id, 7, last).await, last));
+    }
+    // Every pod learns its gateway's MAC address, as a server does with its first answer.
+    for (id, ns, last) in &pods {
+        assert_eq!(ask(ns, pod_ip(7, 1), 9000).expect(id), format!("gw 10.42.7.{last}"));
+    }
+    let before = mac(&host_ns, "peer0");
+
+    // Without an address of its own the bridge takes the lowest of its ports' addresses:
+    // the pod with that port leaves, and the others still reach their gateway.
+    let lowest = pods.iter().map(|(id, _, _)| *id).min_by_key(|id| mac(&host_ns, &host_veth_name(id)));
+    let lowest = lowest.expect("pods");
+    net.detach_pod(lowest).await.expect("detach");
+    for (id, ns, last) in pods.iter().filter(|(id, _, _)| *id != lowest) {
+        let answer = ask(ns, pod_ip(7, 1), 9000).map_err(|e| format!("{id} lost its gateway: {e}"));
+        assert_eq!(answer.expect("an answer"), format!("gw 10.42.7.{last}"));
+    }
+    assert_eq!(mac(&host_ns, "peer0"), before, "the bridge keeps its MAC address");
+    assert_eq!(before, bridge_mac(pod_ip(7, 1)));
+
+    // A bridge made before the address was set gets it on the next setup.
+    ip(&host_ns, "link set dev peer0 address 02:00:00:00:00:01");
+    net.setup_node_network(&node_net(7)).await.expect("set up again");
+    assert_eq!(mac(&host_ns, "peer0"), bridge_mac(pod_ip(7, 1)));
 }
 
 #[tokio::test]

@@ -41,7 +41,6 @@ pub(crate) fn make_own_mount(dir: &Path) -> io::Result<bool> {
             return Ok(false);
         }
     }
-    let os = |what: &str, e: nix::Error| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"));
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| os("bind on itself", e))?;
     // Private first, so that the shared mount gets a peer group of its own instead of
@@ -52,6 +51,11 @@ pub(crate) fn make_own_mount(dir: &Path) -> io::Result<bool> {
     mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
         .map_err(|e| os("make shared", e))?;
     Ok(true)
+}
+
+/// A failed mount call as an `io::Error` that says which step failed.
+fn os(what: impl std::fmt::Display, e: nix::Error) -> io::Error {
+    io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
 /// Whether `path` is the root of a mount.
@@ -105,7 +109,6 @@ fn unescape(field: &str) -> String {
 ///
 /// Never call it in the node's mount namespace.
 pub(crate) fn keep_only(dir: &Path, own: Option<&Path>) -> io::Result<()> {
-    let os = |what: String, e: nix::Error| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"));
     // Opened before the unmount, while the path still leads to the namespace.
     let own = match own {
         Some(path) => Some((path, fs::File::open(path)?)),

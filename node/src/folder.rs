@@ -1,22 +1,21 @@
 //! The drop-in spec folder: turns files added, changed or removed into store writes.
 //!
 //! A file writes into the desired state only when its content changed since this node
-//! last applied it (content hashes are persisted next to the store). So a restart does
-//! not re-apply unchanged files, and a stale file cannot undo a newer `peer apply` or
-//! `peer delete` of the same object.
+//! last applied it (content hashes are kept in the store, saved with the objects they
+//! produced). So a restart does not re-apply unchanged files, and a stale file cannot
+//! undo a newer `peer apply` or `peer delete` of the same object.
 //!
 //! Bad input loses nothing: a file that is not valid YAML keeps all its objects as they
 //! were; a document that is invalid keeps the last good version of its object.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use protocol::spec::{fnv1a64, ObjectKey};
-use serde::{Deserialize, Serialize};
 
 use crate::manifest::{self, DocResult};
-use crate::store::{write_atomic, Source, Store};
+use crate::store::{AppliedFile, Source, Store};
 
 /// How serious a message about the folder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,20 +25,10 @@ pub enum Level {
     Error,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct FileState {
-    hash: u64,
-    keys: BTreeSet<ObjectKey>,
-}
-
-/// The folder's last applied state, persisted so restarts do not re-apply old files.
+/// The spec folder. What it last applied lives in the store ([`Store::applied_files`]).
 #[derive(Debug)]
 pub struct Folder {
     dir: PathBuf,
-    state_path: PathBuf,
-    files: BTreeMap<String, FileState>,
-    /// `files` changed since it was last written (see [`Folder::save`]).
-    unsaved: bool,
 }
 
 /// What one sync did.
@@ -50,25 +39,18 @@ pub struct Outcome {
 }
 
 impl Folder {
-    pub fn open(dir: &Path, state_path: &Path) -> anyhow::Result<Folder> {
+    pub fn open(dir: &Path) -> anyhow::Result<Folder> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating spec folder {}", dir.display()))?;
-        let files = match std::fs::read(state_path) {
-            Ok(bytes) => serde_json::from_slice::<Vec<(String, FileState)>>(&bytes)
-                .with_context(|| format!("reading {}", state_path.display()))?
-                .into_iter()
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
-        };
-        Ok(Folder { dir: dir.to_owned(), state_path: state_path.to_owned(), files, unsaved: false })
+        Ok(Folder { dir: dir.to_owned() })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Reads the folder and applies what changed to `store`.
-    pub fn sync(&mut self, store: &mut Store) -> Outcome {
+    /// Reads the folder and applies what changed to `store` (saved as the store saves:
+    /// at once, or at its commit when its writes are deferred).
+    pub fn sync(&self, store: &mut Store) -> Outcome {
         let mut out = Outcome::default();
         let present = match spec_files(&self.dir) {
             Ok(p) => p,
@@ -77,6 +59,7 @@ impl Folder {
                 return out;
             }
         };
+        let mut files = store.applied_files().clone();
         let mut dirty = false;
         for path in &present {
             let name = path.display().to_string();
@@ -88,48 +71,32 @@ impl Folder {
                 }
             };
             let hash = fnv1a64(text.as_bytes());
-            if self.files.get(&name).is_some_and(|f| f.hash == hash) {
+            if files.get(&name).is_some_and(|f| f.hash == hash) {
                 continue;
             }
-            let old_keys = self.files.get(&name).map(|f| f.keys.clone()).unwrap_or_default();
+            let old_keys = files.get(&name).map(|f| f.keys.clone()).unwrap_or_default();
             let keys = apply_text(&name, &text, &old_keys, store, &mut out);
-            self.files.insert(name, FileState { hash, keys });
+            files.insert(name, AppliedFile { hash, keys });
             dirty = true;
         }
         let present: BTreeSet<String> = present.iter().map(|p| p.display().to_string()).collect();
-        let gone: Vec<String> = self.files.keys().filter(|f| !present.contains(*f)).cloned().collect();
+        let gone: Vec<String> = files.keys().filter(|f| !present.contains(*f)).cloned().collect();
         for name in gone {
-            let state = self.files.remove(&name).unwrap_or_default();
+            let state = files.remove(&name).unwrap_or_default();
             for key in &state.keys {
                 remove_if_from(store, key, &name, &mut out);
             }
             out.messages.push((Level::Info, format!("{name}: removed; its objects are deleted")));
             dirty = true;
         }
-        self.unsaved |= dirty;
+        if dirty {
+            if let Err(e) = store.set_applied_files(files) {
+                out.messages
+                    .push((Level::Error, format!("{e:#}; the files are read again at the next rescan")));
+            }
+        }
         out.changed |= dirty;
         out
-    }
-
-    /// Writes the folder's state if a sync changed it; the error message otherwise.
-    ///
-    /// Kept out of `sync` so that the agent starts what a new file asks for before this
-    /// second fsync (≈ 1 ms on a journaled ext4): the objects themselves are already in
-    /// the store, and the state only says which file defined which objects. A crash
-    /// before it is written leaves the previous state, which the next start's rescan
-    /// corrects from the files in the folder, as a crash between the two writes always
-    /// could.
-    pub fn save(&mut self) -> Result<(), String> {
-        if !self.unsaved {
-            return Ok(());
-        }
-        let list: Vec<(&String, &FileState)> = self.files.iter().collect();
-        serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&self.state_path, &bytes))
-            .map_err(|e| format!("writing {}: {e}", self.state_path.display()))?;
-        self.unsaved = false;
-        Ok(())
     }
 }
 
@@ -212,30 +179,74 @@ mod tests {
 
     const SPEC: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  template:\n    spec:\n      containers: [{name: web, image: peer-demo:latest}]\n";
 
-    #[test]
-    fn the_folder_state_is_written_by_save_and_a_reopened_folder_remembers_it() {
-        let dir = std::env::temp_dir().join(format!("peer-folder-{}", std::process::id()));
+    fn fresh(name: &str) -> (PathBuf, PathBuf, Store, Folder) {
+        let dir = std::env::temp_dir().join(format!("peer-folder-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (specs, state) = (dir.join("specs"), dir.join("folder.json"));
-        let mut store = Store::open(&dir.join("desired.json"), &NodeId("n1".into()), 1).expect("store");
-        let mut folder = Folder::open(&specs, &state).expect("folder");
-        std::fs::write(specs.join("web.yaml"), SPEC).expect("spec");
+        let specs = dir.join("specs");
+        let store = Store::open(&dir.join("desired.json"), &NodeId("n1".into()), 1).expect("store");
+        let folder = Folder::open(&specs).expect("folder");
+        (dir, specs, store, folder)
+    }
 
+    #[test]
+    fn the_applied_files_are_saved_with_the_store_and_a_reopened_store_remembers_them() {
+        let (dir, specs, mut store, folder) = fresh("state");
+        std::fs::write(specs.join("web.yaml"), SPEC).expect("spec");
         assert!(folder.sync(&mut store).changed);
         assert_eq!(store.workloads().count(), 1, "applied at once");
-        assert!(!state.exists(), "the state waits for save");
-        folder.save().expect("save");
-        assert!(state.exists());
-        folder.save().expect("nothing to save is fine");
 
         // A restarted agent sees the file as applied, and still deletes its objects
         // when the file goes.
-        let mut reopened = Folder::open(&specs, &state).expect("reopen");
-        assert!(!reopened.sync(&mut store).changed, "nothing new");
+        let mut reopened = Store::open(&dir.join("desired.json"), &NodeId("n1".into()), 1).expect("reopen");
+        assert_eq!(reopened.applied_files().len(), 1);
+        assert!(!folder.sync(&mut reopened).changed, "nothing new");
         std::fs::remove_file(specs.join("web.yaml")).expect("remove spec");
-        assert!(reopened.sync(&mut store).changed);
-        assert_eq!(store.workloads().count(), 0, "the file's objects are deleted");
-        reopened.save().expect("save");
+        assert!(folder.sync(&mut reopened).changed);
+        assert_eq!(reopened.workloads().count(), 0, "the file's objects are deleted");
+        let again = Store::open(&dir.join("desired.json"), &NodeId("n1".into()), 1).expect("reopen");
+        assert!(again.applied_files().is_empty() && again.workloads().count() == 0);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[tokio::test]
+    async fn deferred_changes_are_saved_at_the_commit_and_shared_only_then() {
+        let (dir, specs, mut store, folder) = fresh("defer");
+        let path = dir.join("desired.json");
+        std::fs::write(specs.join("web.yaml"), SPEC).expect("spec");
+        store.defer();
+        assert!(folder.sync(&mut store).changed);
+        assert_eq!(store.workloads().count(), 1, "in memory at once");
+        assert!(!path.exists(), "nothing written before the commit");
+        assert!(store.drain_local_writes().is_empty(), "nothing shared before it is on disk");
+        store.commit().await.expect("commit");
+        let reopened = Store::open(&path, &NodeId("n1".into()), 1).expect("reopen");
+        assert_eq!((reopened.workloads().count(), reopened.applied_files().len()), (1, 1));
+        assert_eq!(store.drain_local_writes().len(), 1, "shared once saved");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_undoes_the_changes_and_the_next_sync_applies_them_again() {
+        let (dir, specs, mut store, folder) = fresh("undo");
+        let path = dir.join("desired.json");
+        std::fs::write(specs.join("web.yaml"), SPEC).expect("spec");
+        // The save's temp file cannot be created where a directory is (even for root).
+        let blocker = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::create_dir_all(&blocker).expect("blocker");
+        store.defer();
+        assert!(folder.sync(&mut store).changed);
+        let err = store.commit().await.expect_err("the save fails");
+        assert!(format!("{err:#}").contains("desired.json"), "{err:#}");
+        assert_eq!(store.workloads().count(), 0, "undone");
+        assert!(store.applied_files().is_empty(), "the file counts as not applied");
+        assert!(store.drain_local_writes().is_empty(), "nothing to share");
+
+        std::fs::remove_dir(&blocker).expect("unblock");
+        store.defer();
+        assert!(folder.sync(&mut store).changed, "applied again");
+        store.commit().await.expect("commit");
+        assert_eq!(store.workloads().count(), 1);
+        assert_eq!(store.drain_local_writes().len(), 1);
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

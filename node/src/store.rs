@@ -2,12 +2,19 @@
 //!
 //! The replicated part is `protocol::desired::DesiredState` (an LWW map with tombstones,
 //! ordered by Lamport stamps). Next to it the store keeps local-only bookkeeping: where
-//! this node's own writes came from (a spec file or `peer apply`). Everything is one
-//! file replaced atomically (write a temp file, fsync, rename, fsync the directory), so
-//! `kill -9` at any moment leaves the old or the new state, and a write reported as done
-//! is on disk.
+//! this node's own writes came from (a spec file or `peer apply`) and which content of
+//! each spec file it last applied. Everything is one file replaced atomically (write a
+//! temp file, fsync, rename, fsync the directory), so `kill -9` at any moment leaves the
+//! old or the new state, and a write reported as done is on disk.
+//!
+//! Writes are saved one by one, or gathered between [`Store::defer`] and
+//! [`Store::commit`]: the spec folder's changes are saved once, after the reconcile that
+//! starts what they ask for (the save's two fsyncs take ≈ 5 ms on a journaled ext4, as
+//! long as a whole container start). Until the commit is done nothing of them is
+//! handed to replication, so a peer only ever learns stamps that are on disk here; a
+//! commit that fails undoes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -23,6 +30,18 @@ pub enum Source {
     /// `peer apply` (the file name the user gave, for messages).
     Api(String),
 }
+
+/// What this node last applied from one file of the spec folder (see `folder`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedFile {
+    /// FNV-1a of the file's content.
+    pub hash: u64,
+    /// The objects the file defines.
+    pub keys: BTreeSet<ObjectKey>,
+}
+
+/// The spec folder's applied files, by path.
+pub type AppliedFiles = BTreeMap<String, AppliedFile>;
 
 /// A live object as the rest of the node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +60,27 @@ struct OnDisk {
     clock: Clock,
     #[serde(with = "protocol::desired::pairs")]
     sources: BTreeMap<ObjectKey, (Stamp, Source)>,
+    /// Absent in files of versions that kept it in `folder.json` next to this one.
+    #[serde(default)]
+    folder: Option<AppliedFiles>,
+}
+
+/// Everything the file holds, as it was before a write that may have to be undone.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    state: DesiredState,
+    clock: Clock,
+    sources: BTreeMap<ObjectKey, (Stamp, Source)>,
+    folder: AppliedFiles,
+}
+
+/// Writes gathered since [`Store::defer`].
+#[derive(Debug)]
+struct Batch {
+    before: Snapshot,
+    /// `local_writes` had this many entries when the batch began.
+    local_writes: usize,
+    changed: bool,
 }
 
 #[derive(Debug)]
@@ -50,8 +90,12 @@ pub struct Store {
     clock: Clock,
     /// Source of this node's writes, valid while the entry still has that stamp.
     sources: BTreeMap<ObjectKey, (Stamp, Source)>,
+    folder: AppliedFiles,
     /// This node's writes not yet handed to replication.
     local_writes: Vec<(ObjectKey, Entry)>,
+    batch: Option<Batch>,
+    /// `folder.json` of an earlier version, read at open and removed once saved here.
+    legacy_folder: Option<PathBuf>,
 }
 
 impl Store {
@@ -65,33 +109,44 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("reading desired state {}", path.display())),
         };
-        let store = match disk {
-            Some(d) if d.clock.node == *node && d.clock.incarnation == incarnation => Store {
-                path: path.to_owned(),
-                state: d.state,
-                clock: d.clock,
-                sources: d.sources,
-                local_writes: vec![],
-            },
+        let mut store = Store {
+            path: path.to_owned(),
+            state: DesiredState::new(),
+            clock: Clock::new(node.clone(), incarnation),
+            sources: BTreeMap::new(),
+            folder: AppliedFiles::new(),
+            local_writes: vec![],
+            batch: None,
+            legacy_folder: None,
+        };
+        let folder = match disk {
+            Some(d) if d.clock.node == *node && d.clock.incarnation == incarnation => {
+                (store.state, store.clock, store.sources) = (d.state, d.clock, d.sources);
+                d.folder
+            }
             Some(d) => {
                 // The same disk under a new identity keeps the state but stamps anew.
-                let mut clock = Clock::new(node.clone(), incarnation);
-                clock.observe(d.state.max_lamport());
-                Store {
-                    path: path.to_owned(),
-                    state: d.state,
-                    clock,
-                    sources: BTreeMap::new(),
-                    local_writes: vec![],
+                store.clock.observe(d.state.max_lamport());
+                store.state = d.state;
+                d.folder
+            }
+            None => None,
+        };
+        store.folder = match folder {
+            Some(f) => f,
+            None => {
+                let legacy = path.with_file_name("folder.json");
+                match std::fs::read(&legacy) {
+                    Ok(bytes) => {
+                        let files = serde_json::from_slice::<Vec<(String, AppliedFile)>>(&bytes)
+                            .with_context(|| format!("reading {}", legacy.display()))?;
+                        store.legacy_folder = Some(legacy);
+                        files.into_iter().collect()
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => AppliedFiles::new(),
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", legacy.display())),
                 }
             }
-            None => Store {
-                path: path.to_owned(),
-                state: DesiredState::new(),
-                clock: Clock::new(node.clone(), incarnation),
-                sources: BTreeMap::new(),
-                local_writes: vec![],
-            },
         };
         Ok(store)
     }
@@ -146,7 +201,7 @@ impl Store {
                 return Ok(None);
             }
         }
-        let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
+        let before = self.snapshot();
         let entry = self.state.put(object, &mut self.clock).with_context(|| format!("writing {key}"))?;
         self.sources.insert(key.clone(), (entry.stamp.clone(), source));
         self.save_or_restore(before)?;
@@ -169,7 +224,7 @@ impl Store {
 
     /// Deletes `key` as this node (a tombstone); `None` when it was not there.
     pub fn remove(&mut self, key: &ObjectKey) -> anyhow::Result<Option<(ObjectKey, Entry)>> {
-        let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
+        let before = self.snapshot();
         let Some(entry) = self.state.delete(key, &mut self.clock) else { return Ok(None) };
         self.sources.remove(key);
         self.save_or_restore(before)?;
@@ -180,7 +235,7 @@ impl Store {
     /// Runs `f` on the replicated state (a merge from a peer) and persists the result if
     /// it changed anything. A failed save restores the state as it was before.
     pub fn update<R>(&mut self, f: impl FnOnce(&mut DesiredState) -> R) -> anyhow::Result<R> {
-        let before = (self.state.clone(), self.clock.clone(), self.sources.clone());
+        let before = self.snapshot();
         let digest = self.state.digest();
         let floor = self.state.gc_floor().cloned();
         let r = f(&mut self.state);
@@ -191,24 +246,120 @@ impl Store {
         Ok(r)
     }
 
-    /// This node's writes since the last call, for pushing to peers.
+    /// What the spec folder last applied, by file.
+    pub fn applied_files(&self) -> &AppliedFiles {
+        &self.folder
+    }
+
+    /// Records what the spec folder applied; saved like a write.
+    pub fn set_applied_files(&mut self, files: AppliedFiles) -> anyhow::Result<()> {
+        if files == self.folder {
+            return Ok(());
+        }
+        let before = self.snapshot();
+        self.folder = files;
+        self.save_or_restore(before)
+    }
+
+    /// This node's writes since the last call, for pushing to peers: only those on disk,
+    /// so none while writes are deferred.
     pub fn drain_local_writes(&mut self) -> Vec<(ObjectKey, Entry)> {
+        if self.batch.is_some() {
+            return vec![];
+        }
         std::mem::take(&mut self.local_writes)
     }
 
-    fn save_or_restore(
-        &mut self,
-        before: (DesiredState, Clock, BTreeMap<ObjectKey, (Stamp, Source)>),
-    ) -> anyhow::Result<()> {
-        let disk =
-            OnDisk { state: self.state.clone(), clock: self.clock.clone(), sources: self.sources.clone() };
-        let saved = serde_json::to_vec(&disk).context("encoding desired state").and_then(|b| {
+    /// Keeps the writes from now on in memory only, until [`Store::commit`].
+    pub fn defer(&mut self) {
+        if self.batch.is_none() {
+            let before = self.copy();
+            self.batch = Some(Batch { before, local_writes: self.local_writes.len(), changed: false });
+        }
+    }
+
+    /// Saves the writes made since [`Store::defer`] in one write, on a blocking thread
+    /// (the caller's runtime goes on meanwhile). When it fails they are undone — objects,
+    /// their sources and the applied files — and the error says why.
+    pub async fn commit(&mut self) -> anyhow::Result<()> {
+        let Some(batch) = self.batch.take() else { return Ok(()) };
+        if !batch.changed {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let saved = match self.encode() {
+            Ok(bytes) => tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .with_context(|| format!("writing desired state {}", self.path.display())),
+            Err(e) => Err(e),
+        };
+        match saved {
+            Ok(()) => {
+                self.saved();
+                Ok(())
+            }
+            Err(e) => {
+                self.restore(batch.before);
+                self.local_writes.truncate(batch.local_writes);
+                Err(e)
+            }
+        }
+    }
+
+    /// The state to restore if the write about to be made cannot be saved; `None` while
+    /// writes are deferred (the batch keeps its own).
+    fn snapshot(&self) -> Option<Snapshot> {
+        self.batch.is_none().then(|| self.copy())
+    }
+
+    fn copy(&self) -> Snapshot {
+        Snapshot {
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            sources: self.sources.clone(),
+            folder: self.folder.clone(),
+        }
+    }
+
+    fn restore(&mut self, s: Snapshot) {
+        (self.state, self.clock, self.sources, self.folder) = (s.state, s.clock, s.sources, s.folder);
+    }
+
+    fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        let disk = OnDisk {
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            sources: self.sources.clone(),
+            folder: Some(self.folder.clone()),
+        };
+        serde_json::to_vec(&disk).context("encoding desired state")
+    }
+
+    /// After a successful save: the earlier version's separate folder file is now stale.
+    fn saved(&mut self) {
+        if let Some(legacy) = self.legacy_folder.take() {
+            if let Err(e) = std::fs::remove_file(&legacy) {
+                tracing::warn!("removing {} (now kept in {}): {e}", legacy.display(), self.path.display());
+            }
+        }
+    }
+
+    fn save_or_restore(&mut self, before: Option<Snapshot>) -> anyhow::Result<()> {
+        let Some(before) = before else {
+            if let Some(batch) = &mut self.batch {
+                batch.changed = true;
+            }
+            return Ok(());
+        };
+        let saved = self.encode().and_then(|b| {
             write_atomic(&self.path, &b)
                 .with_context(|| format!("writing desired state {}", self.path.display()))
         });
-        if saved.is_err() {
+        match saved {
+            Ok(()) => self.saved(),
             // Keep memory and disk in agreement: undo what could not be persisted.
-            (self.state, self.clock, self.sources) = before;
+            Err(_) => self.restore(before),
         }
         saved
     }
@@ -301,6 +452,37 @@ mod tests {
         store.sources.clear();
         store.put_keeping_source(workload("b", 2), hpa.clone()).expect("scale b");
         assert_eq!(store.get(&workload("b", 2).key).expect("live").source, Some(&hpa));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A node of an earlier version kept the spec folder's applied files in `folder.json`:
+    /// they are read from there until the store is saved with them, then it goes.
+    #[test]
+    fn takes_over_the_folder_file_of_an_earlier_version() {
+        let dir = std::env::temp_dir().join(format!("peer-store-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("desired.json");
+        let node = NodeId("n1".into());
+        let mut store = Store::open(&path, &node, 7).expect("open empty");
+        store.put(workload("a", 1), Source::File("specs/a.yaml".into())).expect("put");
+        // As the earlier version wrote them: no `folder` in desired.json, a list of pairs.
+        let mut disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        disk.as_object_mut().expect("object").remove("folder");
+        std::fs::write(&path, serde_json::to_vec(&disk).expect("json")).expect("write");
+        let legacy = dir.join("folder.json");
+        let key = serde_json::to_value(&workload("a", 1).key).expect("key");
+        let old = serde_json::json!([["specs/a.yaml", {"hash": 42, "keys": [key]}]]);
+        std::fs::write(&legacy, old.to_string()).expect("write legacy");
+
+        let mut reopened = Store::open(&path, &node, 7).expect("reopen");
+        let want = AppliedFile { hash: 42, keys: [workload("a", 1).key].into() };
+        assert_eq!(reopened.applied_files().get("specs/a.yaml"), Some(&want));
+        assert!(legacy.exists(), "kept until saved here");
+        reopened.put(workload("b", 1), Source::Api("b.yaml".into())).expect("put b");
+        assert!(!legacy.exists(), "removed once saved here");
+        let again = Store::open(&path, &node, 7).expect("reopen");
+        assert_eq!(again.applied_files().get("specs/a.yaml"), Some(&want));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -215,7 +215,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let identity = crate::identity::load_and_bump(&cfg.data_dir, cfg.node_name.as_deref())?;
     let node = NodeId(identity.node_id.clone());
     let store = Store::open(&cfg.data_dir.join("desired.json"), &node, identity.incarnation)?;
-    let folder = Folder::open(&cfg.specs_dir, &cfg.data_dir.join("folder.json"))?;
+    let folder = Folder::open(&cfg.specs_dir)?;
     let (task_tx, mut task_rx) = mpsc::unbounded_channel();
     let (input_tx, mut input_rx) = mpsc::unbounded_channel::<Input>();
 
@@ -286,9 +286,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut usage_tick = tokio::time::interval(metrics::SAMPLE_EVERY);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    agent.sync_folder();
-    let mut wake = agent.reconcile();
-    agent.save_folder_state();
+    let mut wake = agent.apply_folder().await;
     // Folder events mean a writer is done (see `watch`), so the first one rescans at
     // once; the rest of a burst (more files, an editor's several writes) are gathered
     // into one more rescan at most every FOLDER_DEBOUNCE.
@@ -308,12 +306,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = folder_sleep, if folder_due.is_some() => {
                 folder_due = None;
                 folder_scanned = tokio::time::Instant::now();
-                agent.sync_folder();
+                wake = agent.apply_folder().await;
                 let writes = agent.store.drain_local_writes();
                 agent.cluster.local_writes(&agent.store, writes);
                 agent.cluster.publish(&agent.store, None).await;
-                wake = agent.reconcile();
-                agent.save_folder_state();
                 agent.publish_claims().await;
                 agent.sync_services();
                 continue;
@@ -394,7 +390,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Input::Tick => {
                 while agent.jobs.try_join_next().is_some() {}
                 agent.probes.reap();
+                agent.store.defer();
                 agent.sync_folder();
+                agent.commit_folder().await;
                 agent.rotate_logs();
                 agent.cluster.tick(&mut agent.store, now_ms());
                 agent.cluster.forget_departed().await;
@@ -435,7 +433,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         agent.cluster.local_writes(&agent.store, writes);
         agent.cluster.publish(&agent.store, None).await;
         wake = agent.reconcile();
-        agent.save_folder_state();
         agent.drain_step();
         agent.publish_claims().await;
         agent.sync_services();
@@ -454,12 +451,35 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    /// Writes the spec folder's state if a sync changed it (after the reconcile that
-    /// starts what the change asked for: see `Folder::save`).
-    fn save_folder_state(&mut self) {
-        if let Err(msg) = self.folder.save() {
-            tracing::error!("{msg}");
-            self.events.warning("specs", "InvalidSpec", &msg);
+    /// Applies what changed in the spec folder and starts it: the reconcile runs before
+    /// the store saves the change (its fsyncs take as long as a container start), and
+    /// the save runs off this thread while the creates go on. Nothing of the change is
+    /// shared with peers before it is saved; when the save fails the change is undone
+    /// (and retried at the next rescan) and the reconcile runs again, which stops what
+    /// it started. Returns when to reconcile next.
+    async fn apply_folder(&mut self) -> Option<tokio::time::Instant> {
+        self.store.defer();
+        self.sync_folder();
+        let wake = self.reconcile();
+        if self.commit_folder().await {
+            wake
+        } else {
+            self.reconcile()
+        }
+    }
+
+    /// Saves the store's deferred writes; false (with the error logged and recorded as
+    /// an event) when they could not be saved and were undone.
+    async fn commit_folder(&mut self) -> bool {
+        match self.store.commit().await {
+            Ok(()) => true,
+            Err(e) => {
+                let msg =
+                    format!("{e:#}; the spec folder's changes are undone and tried again at the next rescan");
+                tracing::error!("{msg}");
+                self.events.warning("specs", "FailedToSave", &msg);
+                false
+            }
         }
     }
 

@@ -229,6 +229,7 @@ async fn wait_pidfd(w: &Watch, fd: OwnedFd) -> Ended {
             }
         };
         match try_reap(afd.get_ref()) {
+            Ok(Some(Ended { exit_code: None, .. })) => return reap_once_ours(w, afd.get_ref()).await,
             Ok(Some(ended)) => return ended,
             Ok(None) => guard.clear_ready(),
             Err(e) => {
@@ -237,6 +238,31 @@ async fn wait_pidfd(w: &Watch, fd: OwnedFd) -> Ended {
             }
         }
     }
+}
+
+/// How long an exited process that is not (yet) our child is given to become ours.
+const REPARENT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The process exited but is not our child. A container whose init exits at once can
+/// get here: the create child that is its parent answers before it exits, and only its
+/// exit hands the init over to the agent (the nearest child subreaper). So while the
+/// zombie is there, try again for a while; `None` once someone else reaped it.
+async fn reap_once_ours(w: &Watch, pidfd: &OwnedFd) -> Ended {
+    let unknown = Ended { exit_code: None, signal: None };
+    let deadline = tokio::time::Instant::now() + REPARENT_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        match try_reap(pidfd) {
+            Ok(Some(ended)) if ended.exit_code.is_some() => return ended,
+            Ok(_) if proc_stat(w.pid).is_some_and(|s| s.start_time == w.start_time) => {}
+            Ok(_) => return unknown,
+            Err(e) => {
+                tracing::warn!(id = %w.id, pid = w.pid, error = %e, "waitid failed; reporting the exit as unknown");
+                return unknown;
+            }
+        }
+    }
+    unknown
 }
 
 async fn poll_until_gone(w: &Watch) -> Ended {

@@ -98,16 +98,21 @@ fn serve() -> i32 {
         if request.trim().is_empty() {
             continue;
         }
-        let reply = match fork_create(&request) {
+        let (answer, child) = fork_create(&request);
+        let reply = match answer {
             Ok(answer) => ServerReply::Created(answer),
             Err(message) => ServerReply::Failed(message),
         };
         let Ok(json) = serde_json::to_string(&reply) else { return 1 };
         // The buffer is empty again before the next fork, so no child repeats it.
-        if std::io::Write::write_all(&mut out, format!("{json}\n").as_bytes())
-            .and_then(|()| std::io::Write::flush(&mut out))
-            .is_err()
-        {
+        let sent = std::io::Write::write_all(&mut out, format!("{json}\n").as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut out));
+        // The child exits right after its answer; its exit tears down its mount namespace
+        // (≈ 0.7 ms), which the agent need not wait for.
+        if let Some(child) = child {
+            let _ = reap(child);
+        }
+        if sent.is_err() {
             return 1;
         }
     }
@@ -117,73 +122,129 @@ fn serve() -> i32 {
 /// The longest answer a forked child passes back, in characters (≤ 4 bytes each).
 const ANSWER_MAX: usize = 8 * 1024;
 
-/// Runs [`create`] in a forked child and returns what it answered.
-fn fork_create(request: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
+/// A child's answer on its pipe: a status byte (0 created, 1 failed), the text's length
+/// (u32, little endian), the text. The pipe's write end also lives on in the container's
+/// processes (cloned, not forked and exec'd) until its init execs, so the end of the
+/// answer cannot be the end of the pipe.
+fn encode_answer(ok: bool, text: &str) -> Vec<u8> {
+    let text: String = text.chars().take(ANSWER_MAX).collect();
+    let mut frame = Vec::with_capacity(5 + text.len());
+    frame.push(if ok { 0 } else { 1 });
+    frame.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// The answer in `bytes` once complete: `Some(Ok)` created, `Some(Err)` failed.
+fn decode_answer(bytes: &[u8]) -> Option<Result<String, String>> {
+    let (&status, rest) = bytes.split_first()?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let text = String::from_utf8_lossy(rest.get(4..4 + len)?).into_owned();
+    Some(if status == 0 { Ok(text) } else { Err(text) })
+}
+
+/// Runs [`create`] in a forked child and returns what it answered, as soon as it did,
+/// and the child to reap (`None` when it was reaped already).
+fn fork_create(request: &str) -> (Result<String, String>, Option<nix::unistd::Pid>) {
+    use std::io::Write;
     use std::os::fd::{AsRawFd, OwnedFd};
 
-    use nix::sys::wait::{waitpid, WaitStatus};
     use nix::unistd::{fork, pipe, ForkResult};
 
-    let (read_end, write_end): (OwnedFd, OwnedFd) =
-        pipe().map_err(|e| format!("create server: pipe: {e}"))?;
+    let (read_end, write_end): (OwnedFd, OwnedFd) = match pipe() {
+        Ok(ends) => ends,
+        Err(e) => return (Err(format!("create server: pipe: {e}")), None),
+    };
     // SAFETY: the server is single-threaded (it never starts a thread), so the child may
     // run any code; it leaves with `_exit`, never returning into the server's loop.
-    match unsafe { fork() }.map_err(|e| format!("create server: fork: {e}"))? {
-        ForkResult::Child => {
+    match unsafe { fork() } {
+        Err(e) => (Err(format!("create server: fork: {e}")), None),
+        Ok(ForkResult::Child) => {
             drop(read_end);
             // stdout is the server's answer channel: nothing the child or libcontainer
             // might print may land in it. Answers go through the pipe; stderr stays.
             if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
                 let _ = nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
             }
-            let (code, text) = match create(request) {
-                Ok(answer) => (0, answer),
-                Err(message) => (1, message),
+            let frame = match create(request) {
+                Ok(answer) => encode_answer(true, &answer),
+                Err(message) => encode_answer(false, &message),
             };
             // Well below a pipe's buffer, so the write never waits for the server.
-            let text: String = text.chars().take(ANSWER_MAX).collect();
             let mut pipe = File::from(write_end);
-            let written = pipe.write_all(text.as_bytes()).is_ok();
+            let written = pipe.write_all(&frame).is_ok();
             drop(pipe);
             // SAFETY: ends this forked child at once, without running the server's
             // destructors or flushing buffers that belong to the server.
-            unsafe { libc::_exit(if written { code } else { 2 }) }
+            unsafe { libc::_exit(if written { 0 } else { 2 }) }
         }
-        ForkResult::Parent { child } => {
+        Ok(ForkResult::Parent { child }) => {
             drop(write_end);
-            let status = loop {
-                match waitpid(child, None) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    other => break other,
+            match read_answer(File::from(read_end), child) {
+                Ok(Some(answer)) => (answer, Some(child)),
+                // The child ended without a whole answer: say how.
+                Ok(None) => {
+                    let status = reap(child);
+                    (Err(format!("create server: child ended with {status:?} without an answer")), None)
                 }
-            };
-            // The child wrote its whole answer before exiting. The pipe's write end also
-            // lives on in the container's processes (cloned, not forked and exec'd) until
-            // its init execs, so read what is there instead of waiting for the end.
-            let mut reader = File::from(read_end);
-            nix::fcntl::fcntl(
-                reader.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .map_err(|e| format!("create server: answer pipe: {e}"))?;
-            let mut bytes = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                match reader.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(format!("create server: reading the child's answer: {e}")),
+                Err(e) => {
+                    let status = reap(child);
+                    (Err(format!("create server: reading the child's answer: {e} (child: {status:?})")), None)
                 }
             }
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            match status {
-                Ok(WaitStatus::Exited(_, 0)) => Ok(text),
-                Ok(WaitStatus::Exited(_, 1)) => Err(text),
-                other => Err(format!("create server: child ended with {other:?}: {text}")),
+        }
+    }
+}
+
+/// Waits for the child's whole answer on `pipe`, or for the child to end without one
+/// (`None`); its pidfd tells the latter, since the pipe may never reach its end.
+fn read_answer(mut pipe: File, child: nix::unistd::Pid) -> std::io::Result<Option<Result<String, String>>> {
+    use std::io::Read;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+    let pidfd = exit::pidfd_open(child.as_raw())?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut fds =
+            [PollFd::new(pipe.as_fd(), PollFlags::POLLIN), PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let ended = fds[1].revents().is_some_and(|r| !r.is_empty());
+        // Read what is there (all of it once the child ended: it wrote before exiting).
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
+            if bytes.len() > 5 + 4 * ANSWER_MAX {
+                return Err(std::io::Error::other("answer longer than allowed"));
+            }
+        }
+        if let Some(answer) = decode_answer(&bytes) {
+            return Ok(Some(answer));
+        }
+        if ended {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reaps `child`, retrying when interrupted.
+fn reap(child: nix::unistd::Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
         }
     }
 }
@@ -282,4 +343,23 @@ fn discard(state_root: &Path, id: &str) {
         let _ = container.delete(true);
     }
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_childs_answer_is_whole_only_with_all_its_bytes() {
+        let frame = encode_answer(true, r#"{"pid":7,"start_time":9}"#);
+        for cut in 0..frame.len() {
+            assert_eq!(decode_answer(&frame[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(decode_answer(&frame), Some(Ok(r#"{"pid":7,"start_time":9}"#.to_owned())));
+        let failed = encode_answer(false, "container x: create: ünïcode");
+        assert_eq!(decode_answer(&failed), Some(Err("container x: create: ünïcode".to_owned())));
+        // A long message is cut to ANSWER_MAX characters, not bytes.
+        let long = encode_answer(false, &"é".repeat(ANSWER_MAX + 10));
+        assert_eq!(decode_answer(&long), Some(Err("é".repeat(ANSWER_MAX))));
+    }
 }

@@ -9,7 +9,8 @@
 //! request it forks a child that creates and starts the container and exits, so every
 //! create runs in a fresh single-threaded process whose exit hands the container's init
 //! to the agent (the nearest child subreaper), without an exec, dynamic loading and
-//! relocation of the binary per container (≈ 5 ms of CPU each, BENCHMARKS.md).
+//! relocation of the binary per container (≈ 5 ms of CPU each, BENCHMARKS.md). The
+//! server answers once the child's answer is whole, before the child has exited.
 //!
 //! One-shot commands: `... exec-probe <json request>` or `... netns <path>`. On success
 //! the helper prints its answer (JSON for `exec-probe`) on stdout and exits 0; on

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use crate::exit::{self, Watch, Watchers};
 use crate::helper::{CreateReply, CreateRequest, ServerReply};
 use crate::image::ResolvedImage;
 use crate::spec::{ContainerSpec, ContainerStatus, ExitEvent, Started};
-use crate::{netns, overlay, process};
+use crate::{netns, overlay, process, StartGate};
 
 /// How often `stop_container` looks whether the container is gone.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -194,6 +194,29 @@ impl Runtime {
     /// Stale state of an exited container with the same id is deleted first; its upper
     /// dir (the container's writes) is kept. Fails with `AlreadyRunning` if it still runs.
     pub async fn run_container(&self, spec: &ContainerSpec, image: &ResolvedImage) -> Result<Started, Error> {
+        self.run_container_gated(spec, image, None).await
+    }
+
+    /// A shut [`StartGate`] for container `id`, in its bundle (removed with it): pass
+    /// its path to [`Runtime::run_container_gated`] to create the container while the pod
+    /// is made ready, and open it once it is.
+    pub fn start_gate(&self, id: &str) -> Result<StartGate, Error> {
+        validate_id(id)?;
+        let dir = self.bundle_paths(id).dir;
+        let object = format!("container {id}");
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&object, "create directory", &dir, e))?;
+        let path = dir.join("start-gate");
+        StartGate::shut(path.clone()).map_err(|e| Error::io(&object, "lock", &path, e))
+    }
+
+    /// [`Runtime::run_container`]; with `gate`, the container is created at once and
+    /// started only once the gate at that path opens (it is deleted if the gate says no).
+    pub async fn run_container_gated(
+        &self,
+        spec: &ContainerSpec,
+        image: &ResolvedImage,
+        gate: Option<&Path>,
+    ) -> Result<Started, Error> {
         let id = spec.id.as_str();
         validate_id(id)?;
         self.clear_stale_state(id).await?;
@@ -227,6 +250,7 @@ impl Runtime {
                 crate::Network::Namespace(path) => Some(path.clone()),
                 crate::Network::Host => None,
             },
+            gate: gate.map(Path::to_path_buf),
         };
         let object = format!("container {id}");
         let json = serde_json::to_string(&request)

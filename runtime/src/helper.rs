@@ -26,7 +26,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::{exit, netns, overlay, probe};
+use crate::{exit, gate, netns, overlay, probe};
 
 /// What the agent asks the helper to create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +48,9 @@ pub(crate) struct CreateRequest {
     /// The pod's network namespace file (in `netns_dir`) that the container joins.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// A start gate (`gate.rs`) to wait for between the create and the start.
+    #[serde(default)]
+    pub gate: Option<PathBuf>,
 }
 
 /// The helper's answer to a successful `create`.
@@ -292,6 +295,14 @@ fn create(request: &str) -> Result<String, String> {
             return Err(format!("container {id}: create: {e}"));
         }
     };
+    if let Some(gate) = &req.gate {
+        if let Err(why) = gate::wait(gate) {
+            let _ = container.delete(true);
+            exit::reap_children(exit::FAILED_BUILD_PATIENCE);
+            discard(&req.state_root, id);
+            return Err(format!("container {id}: not started: {why}"));
+        }
+    }
     if let Err(e) = container.start() {
         let _ = container.delete(true);
         exit::reap_children(exit::FAILED_BUILD_PATIENCE);

@@ -184,3 +184,52 @@ async fn dns_and_hosts_are_the_callers_and_read_only() {
     assert!(err.to_string().starts_with("container dns2: dns search \"a b\""), "{err}");
     f.cleanup(&["dns1", "dns2"]).await;
 }
+
+/// A gated create builds the container at once and starts it only when the gate opens;
+/// a gate that says no leaves no container, state or zombie behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_container_starts_only_when_its_gate_opens() {
+    let Some(mut f) = fixture("gate") else { return };
+    let spec = f.spec("gate1", "echo started");
+    let gate = f.runtime.start_gate("gate1").expect("gate");
+    let path = gate.path().to_owned();
+    let fix = &f;
+    let opener = async move {
+        // Built but waiting: libcontainer's state is there, the process has not run.
+        let mut built = false;
+        for _ in 0..500 {
+            if fix.runtime.inspect("gate1").ok() == Some(ContainerStatus::Stopped) {
+                built = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = fix.log("gate1");
+        gate.open(Ok(()));
+        (built, log)
+    };
+    let (run, (built, log)) =
+        tokio::join!(f.runtime.run_container_gated(&spec, &f.image, Some(&path)), opener);
+    assert!(built, "the container was not created while its gate was shut");
+    assert_eq!(log, "", "ran before its gate opened");
+    let started = run.expect("run");
+    let event = f.next_exit("gate1").await;
+    assert_eq!((event.pid, event.exit_code), (started.pid, Some(0)));
+    assert_eq!(f.log("gate1"), "started\n");
+
+    let spec = f.spec("gate2", "echo started");
+    let gate = f.runtime.start_gate("gate2").expect("gate");
+    let path = gate.path().to_owned();
+    gate.open(Err("pod network: no bridge"));
+    let err = f.runtime.run_container_gated(&spec, &f.image, Some(&path)).await.expect_err("refused");
+    assert!(err.to_string().contains("not started: pod network: no bridge"), "{err}");
+    assert_eq!(
+        f.runtime.inspect("gate2").expect("inspect"),
+        ContainerStatus::Missing,
+        "no libcontainer state"
+    );
+    assert_eq!(support::zombie_children_named("youki:"), Vec::<String>::new());
+    assert_eq!(f.log("gate2"), "");
+    f.cleanup(&["gate1", "gate2"]).await;
+}

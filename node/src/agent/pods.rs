@@ -2,7 +2,7 @@
 //! observed pods (persisted per pod under `pods/`) in step with what happened.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use protocol::spec::{Container, Kind, ObjectKey, PullPolicy};
 use runtime::image::{PullOptions, PullSecret};
 use runtime::{ContainerSpec, ContainerStatus, ExitEvent, Limits, Network, Runtime};
 
-use super::pulls::ImageJob;
+use super::pulls::{ImageJob, StartError};
 use super::{now_ms, Agent, DefaultLimits};
 use crate::reconcile::{
     self, Action, ContainerState, DesiredPod, ObservedContainer, ObservedPod, Terminated,
@@ -177,9 +177,26 @@ struct StartJob {
 }
 
 impl StartJob {
-    async fn run(self, tx: tokio::sync::mpsc::UnboundedSender<super::TaskResult>) {
+    async fn run(mut self, tx: tokio::sync::mpsc::UnboundedSender<super::TaskResult>) {
+        let send = |container: String, result: Result<(i32, u64), StartError>| {
+            let pod = self.pod_key.clone();
+            let _ = tx.send(match result {
+                Ok((pid, start_time)) => TaskResult::Started { pod, container, pid, start_time },
+                Err((reason, message)) => TaskResult::StartFailed { pod, container, reason, message },
+            });
+        };
+        let specs = std::mem::take(&mut self.specs);
+        let mut specs = specs.into_iter().peekable();
         let netns = match (self.host_network, self.address) {
             (true, _) => Ok(None),
+            // A new pod's first container is created while its veth pair is made: the
+            // create child waits at a start gate until the network is up.
+            (false, Some(address)) if self.fresh && specs.peek().is_some() => {
+                let (name, image, policy, spec) = specs.next().expect("peeked");
+                let (netns, first) = self.attach_while_creating(address, &image, policy, spec).await;
+                send(name, first);
+                netns
+            }
             // Makes the namespace too when there is none yet, on the same thread as the
             // veth pair. Idempotent: a restarted container finds its pod attached already.
             (false, Some((ip, len, gateway))) => {
@@ -194,31 +211,89 @@ impl StartJob {
                 self.runtime.ensure_pod_netns(&self.sandbox).await.map(Some).map_err(|e| e.to_string())
             }
         };
-        for (name, image, policy, mut spec) in self.specs {
+        for (name, image, policy, mut spec) in specs {
             let result = match &netns {
                 Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network: {e}"))),
                 Ok(ns) => {
                     spec.network = ns.clone().map_or(Network::Host, Network::Namespace);
-                    // A pull holds no create permit: only the create itself is bounded.
-                    match self.images.ensure(&image, policy).await {
-                        Err(e) => Err(e),
-                        Ok(resolved) => {
-                            let _permit = self.creates.acquire().await;
-                            start_one(&self.runtime, &resolved, &spec, self.fresh).await
-                        }
-                    }
+                    self.create(&image, policy, &spec, None).await
                 }
             };
-            let msg = match result {
-                Ok((pid, start_time)) => {
-                    TaskResult::Started { pod: self.pod_key.clone(), container: name, pid, start_time }
-                }
-                Err((reason, message)) => {
-                    TaskResult::StartFailed { pod: self.pod_key.clone(), container: name, reason, message }
-                }
-            };
-            let _ = tx.send(msg);
+            send(name, result);
         }
+    }
+
+    /// Attaches the pod to the node's network and, as soon as its namespace exists,
+    /// creates the first container in it behind a start gate that opens once the veth
+    /// pair, address and routes are there (a one-pod start no longer waits ≈ 1.5 ms for
+    /// them first). Without a gate (it could not be made) the two run one after the other.
+    async fn attach_while_creating(
+        &self,
+        (ip, len, gateway): (std::net::Ipv4Addr, u8, std::net::Ipv4Addr),
+        image: &str,
+        policy: PullPolicy,
+        mut spec: ContainerSpec,
+    ) -> (Result<Option<PathBuf>, String>, Result<(i32, u64), StartError>) {
+        let path = self.runtime.pod_netns_path(&self.sandbox);
+        spec.network = Network::Namespace(path.clone());
+        let gate = match self.runtime.start_gate(&spec.id) {
+            Ok(gate) => gate,
+            Err(e) => {
+                tracing::warn!(container = %spec.id, "no start gate, attaching first: {e}");
+                let attached = runtime::net::Net::host()
+                    .attach_pod(&self.sandbox, &path, ip, len, gateway)
+                    .await
+                    .map_err(|e| e.to_string());
+                let first = match &attached {
+                    Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network: {e}"))),
+                    Ok(()) => self.create(image, policy, &spec, None).await,
+                };
+                return (attached.map(|()| Some(path)), first);
+            }
+        };
+        let gate_path = gate.path().to_owned();
+        let (namespace_tx, namespace_rx) = tokio::sync::oneshot::channel();
+        let attach = async {
+            let attached = runtime::net::Net::host()
+                .attach_pod_telling(&self.sandbox, &path, ip, len, gateway, Some(namespace_tx))
+                .await
+                .map_err(|e| e.to_string());
+            match &attached {
+                Ok(()) => gate.open(Ok(())),
+                Err(e) => gate.open(Err(&format!("pod network: {e}"))),
+            }
+            attached
+        };
+        let create = async {
+            // No namespace (the attach failed before it was made): its error says why.
+            namespace_rx.await.ok()?;
+            Some(self.create(image, policy, &spec, Some(&gate_path)).await)
+        };
+        let (attached, created) = tokio::join!(attach, create);
+        let first = match (&attached, created) {
+            // The container was deleted at the gate, or never made: the network's error.
+            (Err(e), _) => Err(("CreateContainerError".to_owned(), format!("pod network: {e}"))),
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err((
+                "CreateContainerError".to_owned(),
+                "pod network: the namespace was not reported".to_owned(),
+            )),
+        };
+        (attached.map(|()| Some(path)), first)
+    }
+
+    /// Gets the image and creates and starts one container (behind `gate` if given).
+    async fn create(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        spec: &ContainerSpec,
+        gate: Option<&Path>,
+    ) -> Result<(i32, u64), StartError> {
+        // A pull holds no create permit: only the create itself is bounded.
+        let resolved = self.images.ensure(image, policy).await?;
+        let _permit = self.creates.acquire().await;
+        start_one(&self.runtime, &resolved, spec, self.fresh, gate).await
     }
 }
 
@@ -227,7 +302,8 @@ async fn start_one(
     resolved: &runtime::ResolvedImage,
     spec: &ContainerSpec,
     fresh: bool,
-) -> Result<(i32, u64), (String, String)> {
+    gate: Option<&Path>,
+) -> Result<(i32, u64), StartError> {
     // A restart's previous container (or one left by a crash mid-create) goes first, so
     // the new one starts from a fresh writable layer, as in Kubernetes.
     if !fresh {
@@ -238,7 +314,7 @@ async fn start_one(
             ));
         }
     }
-    match runtime.run_container(spec, resolved).await {
+    match runtime.run_container_gated(spec, resolved, gate).await {
         Ok(started) => Ok((started.pid, started.start_time)),
         Err(e) => Err(("CreateContainerError".to_owned(), e.to_string())),
     }

@@ -47,11 +47,29 @@ impl Net {
         prefix_len: u8,
         gateway: Ipv4Addr,
     ) -> Result<(), Error> {
+        self.attach_pod_telling(pod_id, netns, ip, prefix_len, gateway, None).await
+    }
+
+    /// [`Net::attach_pod`], sending on `namespace_ready` as soon as the namespace exists
+    /// at `netns` (before the veth pair), so that a container can be created in it while
+    /// its network is set up. Dropped unsent when the namespace could not be made.
+    pub async fn attach_pod_telling(
+        &self,
+        pod_id: &str,
+        netns: &Path,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+        namespace_ready: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), Error> {
         validate_id(pod_id)?;
         let object = format!("pod {pod_id}");
         check_prefix(&object, prefix_len)?;
         let (pod_id, netns) = (pod_id.to_owned(), netns.to_owned());
-        self.run(object.clone(), move || attach(&object, &pod_id, &netns, (ip, prefix_len), gateway)).await
+        self.run(object.clone(), move || {
+            attach(&object, &pod_id, &netns, (ip, prefix_len), gateway, namespace_ready)
+        })
+        .await
     }
 
     /// Deletes the pod's host veth end, which takes its `eth0` with it; fine if absent.
@@ -78,6 +96,7 @@ fn attach(
     netns: &Path,
     addr: (Ipv4Addr, u8),
     gateway: Ipv4Addr,
+    namespace_ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), Error> {
     let host_name = host_veth_name(pod_id);
     // One socket per namespace, opened on this thread while it is in that namespace.
@@ -103,6 +122,9 @@ fn attach(
     };
     back(object, &here)?;
     let pod_ns = File::open(netns).map_err(|e| setns_error(object, netns.to_owned(), e))?;
+    if let Some(ready) = namespace_ready {
+        let _ = ready.send(());
+    }
 
     let pod_eth0 = pod.link_index(POD_IF)?;
     let host_link = host.link_index(&host_name)?;

@@ -395,7 +395,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Input::Settled => {}
             Input::Task(t) => {
                 // A burst of creates finishes as a burst: take every result that is
-                // already waiting, then reconcile once for all of them.
+                // already waiting; the reconcile follows within TASK_SETTLE.
                 agent.handle_task(t);
                 while let Ok(t) = task_rx.try_recv() {
                     agent.handle_task(t);
@@ -406,6 +406,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Input::Tick => {
                 while agent.jobs.try_join_next().is_some() {}
                 agent.probes.reap();
+                // Nothing of a rescan's change runs before it is saved here (a missed
+                // event is rare; the fast path is `apply_folder`).
                 agent.store.defer();
                 agent.sync_folder();
                 agent.commit_folder().await;

@@ -469,6 +469,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What of a peer's claim placement and the service rules read: its state, revision,
+/// start (placement keeps incumbents by it) and address (the endpoint). Not its status
+/// word or restart count, which only `get pods` shows.
+fn push_claim(text: &mut String, pod: &str, c: &crate::cluster::claims::ClaimState) {
+    use std::fmt::Write;
+    let _ = write!(
+        text,
+        "{pod} {}{}{} {} {} {:?};",
+        if c.running { 'R' } else { 'P' },
+        if c.is_ready() { 'r' } else { 'u' },
+        if c.available { 'a' } else { 'n' },
+        c.revision,
+        c.since_ms,
+        c.ip,
+    );
+}
+
 impl Agent {
     /// Applies what changed in the spec folder and starts it: the reconcile runs before
     /// the store saves the change (its fsyncs take as long as a container start), and
@@ -642,11 +659,7 @@ impl Agent {
             text.push_str(&p.member.node_id);
             text.push_str(&serde_json::to_string(&p.info).unwrap_or_default());
             for (k, c) in &p.claims {
-                text.push_str(k);
-                text.push(if c.running { 'R' } else { 'P' });
-                text.push(if c.is_ready() { 'r' } else { 'u' });
-                text.push(if c.available { 'a' } else { 'n' });
-                text.push_str(&c.revision);
+                push_claim(&mut text, k, c);
             }
             text.push('\n');
         }
@@ -664,5 +677,47 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::cluster::claims::ClaimState;
+
+    #[test]
+    fn what_placement_and_services_read_of_a_claim_changes_the_view() {
+        let base = ClaimState {
+            running: true,
+            revision: "r1".into(),
+            since_ms: 5,
+            status: "Running".into(),
+            ready: (1, 1),
+            restarts: 0,
+            ip: Some(Ipv4Addr::new(10, 42, 1, 2)),
+            available: true,
+        };
+        let line = |c: &ClaimState| {
+            let mut text = String::new();
+            push_claim(&mut text, "default/web-0", c);
+            text
+        };
+        let changed = [
+            ClaimState { ip: Some(Ipv4Addr::new(10, 42, 1, 3)), ..base.clone() },
+            ClaimState { ip: None, ..base.clone() },
+            ClaimState { since_ms: 6, ..base.clone() },
+            ClaimState { running: false, ..base.clone() },
+            ClaimState { revision: "r2".into(), ..base.clone() },
+            ClaimState { ready: (0, 1), ..base.clone() },
+            ClaimState { available: false, ..base.clone() },
+        ];
+        for c in &changed {
+            assert_ne!(line(c), line(&base), "{c:?}");
+        }
+        // Only `get pods` shows these.
+        let shown = ClaimState { status: "Completed".into(), restarts: 3, ..base.clone() };
+        assert_eq!(line(&shown), line(&base));
     }
 }

@@ -187,27 +187,40 @@ impl StartJob {
         };
         let specs = std::mem::take(&mut self.specs);
         let mut specs = specs.into_iter().peekable();
-        let netns = match (self.host_network, self.address) {
-            (true, _) => Ok(None),
-            // A new pod's first container is created while its veth pair is made: the
-            // create child waits at a start gate until the network is up.
-            (false, Some(address)) if self.fresh && specs.peek().is_some() => {
+        // A new pod's first container is created while its veth pair is made: the create
+        // child waits at a start gate until the network is up. Without a gate (it could
+        // not be made) the two run one after the other.
+        let gate = match (self.host_network, self.address, specs.peek()) {
+            (false, Some(_), Some((_, _, _, first))) if self.fresh => {
+                match self.runtime.start_gate(&first.id) {
+                    Ok(gate) => Some(gate),
+                    Err(e) => {
+                        tracing::warn!(container = %first.id, "no start gate, attaching the pod first: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let netns = match (self.host_network, self.address, gate) {
+            (true, _, _) => Ok(None),
+            (false, Some(address), Some(gate)) => {
                 let (name, image, policy, spec) = specs.next().expect("peeked");
-                let (netns, first) = self.attach_while_creating(address, &image, policy, spec).await;
+                let (netns, first) = self.attach_while_creating(address, gate, &image, policy, spec).await;
                 send(name, first);
                 netns
             }
             // Makes the namespace too when there is none yet, on the same thread as the
             // veth pair. Idempotent: a restarted container finds its pod attached already.
-            (false, Some((ip, len, gateway))) => {
+            (false, Some((ip, len, gateway)), None) => {
                 let path = self.runtime.pod_netns_path(&self.sandbox);
                 runtime::net::Net::host()
-                    .attach_pod(&self.sandbox, &path, ip, len, gateway)
+                    .attach_pod(&self.sandbox, &path, ip, len, gateway, None)
                     .await
                     .map(|()| Some(path))
                     .map_err(|e| e.to_string())
             }
-            (false, None) => {
+            (false, None, _) => {
                 self.runtime.ensure_pod_netns(&self.sandbox).await.map(Some).map_err(|e| e.to_string())
             }
         };
@@ -226,36 +239,22 @@ impl StartJob {
     /// Attaches the pod to the node's network and, as soon as its namespace exists,
     /// creates the first container in it behind a start gate that opens once the veth
     /// pair, address and routes are there (a one-pod start no longer waits ≈ 1.5 ms for
-    /// them first). Without a gate (it could not be made) the two run one after the other.
+    /// them first).
     async fn attach_while_creating(
         &self,
         (ip, len, gateway): (std::net::Ipv4Addr, u8, std::net::Ipv4Addr),
+        gate: runtime::StartGate,
         image: &str,
         policy: PullPolicy,
         mut spec: ContainerSpec,
     ) -> (Result<Option<PathBuf>, String>, Result<(i32, u64), StartError>) {
         let path = self.runtime.pod_netns_path(&self.sandbox);
         spec.network = Network::Namespace(path.clone());
-        let gate = match self.runtime.start_gate(&spec.id) {
-            Ok(gate) => gate,
-            Err(e) => {
-                tracing::warn!(container = %spec.id, "no start gate, attaching first: {e}");
-                let attached = runtime::net::Net::host()
-                    .attach_pod(&self.sandbox, &path, ip, len, gateway)
-                    .await
-                    .map_err(|e| e.to_string());
-                let first = match &attached {
-                    Err(e) => Err(("CreateContainerError".to_owned(), format!("pod network: {e}"))),
-                    Ok(()) => self.create(image, policy, &spec, None).await,
-                };
-                return (attached.map(|()| Some(path)), first);
-            }
-        };
         let gate_path = gate.path().to_owned();
         let (namespace_tx, namespace_rx) = tokio::sync::oneshot::channel();
         let attach = async {
             let attached = runtime::net::Net::host()
-                .attach_pod_telling(&self.sandbox, &path, ip, len, gateway, Some(namespace_tx))
+                .attach_pod(&self.sandbox, &path, ip, len, gateway, Some(namespace_tx))
                 .await
                 .map_err(|e| e.to_string());
             match &attached {

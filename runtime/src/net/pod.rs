@@ -39,21 +39,11 @@ impl Net {
     /// address, `ip/prefix_len`, and a default route via `gateway` (with a link route to
     /// the gateway first when it lies outside `ip/prefix_len`, e.g. for a /32). A host end
     /// left from an earlier namespace of the same pod id is replaced.
+    ///
+    /// `namespace_ready`, when given, is sent as soon as the namespace exists at `netns`
+    /// (before the veth pair), so that a container can be created in it while its network
+    /// is set up; dropped unsent when the namespace could not be made.
     pub async fn attach_pod(
-        &self,
-        pod_id: &str,
-        netns: &Path,
-        ip: Ipv4Addr,
-        prefix_len: u8,
-        gateway: Ipv4Addr,
-    ) -> Result<(), Error> {
-        self.attach_pod_telling(pod_id, netns, ip, prefix_len, gateway, None).await
-    }
-
-    /// [`Net::attach_pod`], sending on `namespace_ready` as soon as the namespace exists
-    /// at `netns` (before the veth pair), so that a container can be created in it while
-    /// its network is set up. Dropped unsent when the namespace could not be made.
-    pub async fn attach_pod_telling(
         &self,
         pod_id: &str,
         netns: &Path,

@@ -44,7 +44,7 @@ async fn host(lab: &Lab, name: &str, third: u8) -> (PathBuf, Net) {
 /// A pod namespace attached to `net` with address `10.42.<third>.<last>`.
 async fn pod(lab: &Lab, net: &Net, id: &str, third: u8, last: u8) -> PathBuf {
     let ns = lab.ns(id).await;
-    net.attach_pod(id, &ns, pod_ip(third, last), 24, pod_ip(third, 1)).await.expect("attach pod");
+    net.attach_pod(id, &ns, pod_ip(third, last), 24, pod_ip(third, 1), None).await.expect("attach pod");
     ns
 }
 
@@ -61,10 +61,10 @@ async fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
     let a = pod(&lab, &net, "pod-a", 7, 2).await;
     // Attaching a pod that has no namespace yet makes one (`lo` up) on the way.
     let b = lab.runtime.pod_netns_path("pod-b");
-    net.attach_pod("pod-b", &b, pod_ip(7, 3), 24, pod_ip(7, 1))
+    net.attach_pod("pod-b", &b, pod_ip(7, 3), 24, pod_ip(7, 1), None)
         .await
         .expect("attach pod without a namespace");
-    net.attach_pod("pod-a", &a, pod_ip(7, 2), 24, pod_ip(7, 1)).await.expect("attaching again is fine");
+    net.attach_pod("pod-a", &a, pod_ip(7, 2), 24, pod_ip(7, 1), None).await.expect("attaching again is fine");
     assert!(ip(&b, "link show dev lo").contains("UP"), "lo is up in a namespace made by attach_pod");
 
     let _server_b = Server::start(&b, Ipv4Addr::UNSPECIFIED, 8080, "b");
